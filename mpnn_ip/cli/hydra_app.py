@@ -1,0 +1,219 @@
+"""Shared Hydra plumbing for the console scripts (``mpnn-train``, ``mpnn-eval``, ``mpnn-md``).
+
+API (what an entry point needs):
+
+``run_hydra_app(task_function, config_name, prog)``
+    The whole ``main()`` of a console script: finds the packaged configs (:func:`config_dir`),
+    puts the user's ``./configs`` on the search path (:func:`user_config_dir`), checks the
+    command-line overrides by composing the config once (a misspelt key or group option
+    becomes a one-paragraph error, exit code 2, instead of Hydra's traceback) and then runs
+    ``task_function(cfg)`` under ``hydra.main`` (run dirs, ``-m`` multirun, sweepers, ``--cfg``).
+
+``friendly_errors(prog)``
+    Context manager for the body of a task function: user-fixable errors (``ConfigError``,
+    ``DataError``, missing files, bad ``_target_`` arguments, missing ``???`` values,
+    corrupted checkpoints wrapped in ``ConfigError``) are printed as one paragraph to
+    stderr and the process exits with code 2. Programming errors keep their traceback.
+
+``compose_config(config_name, overrides)``
+    The composed config without running anything (tests, notebooks).
+
+``to_container(cfg)``
+    Resolved plain ``dict`` (for loggers and ``_convert_``-free use).
+
+Config directory: ``$MPNN_IP_CONFIG_DIR`` if set, else the repository's top-level ``configs/``
+(``Path(mpnn_ip.__file__).parents[1] / "configs"``, an editable install).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, NoReturn, Sequence
+
+from mpnn_ip.errors import ConfigError, DataError
+
+#: Exit status of every user-fixable error.
+USER_ERROR_EXIT_CODE = 2
+
+
+def config_dir() -> Path:
+    """The packaged Hydra config directory (``$MPNN_IP_CONFIG_DIR`` overrides it)."""
+    import mpnn_ip
+
+    env = os.environ.get("MPNN_IP_CONFIG_DIR")
+    path = Path(env).expanduser().resolve() if env else Path(mpnn_ip.__file__).resolve().parents[1] / "configs"
+    if not path.is_dir():
+        raise ConfigError(
+            f"the config directory {path} does not exist. Set MPNN_IP_CONFIG_DIR to the folder that "
+            "holds train.yaml, or reinstall the package in editable mode (pip install -e .)."
+        )
+    return path
+
+
+def user_config_dir(cwd: Path | None = None) -> Path | None:
+    """``./configs`` of the working directory when it exists and is not the packaged one."""
+    path = (cwd or Path.cwd()) / "configs"
+    if not path.is_dir():
+        return None
+    with contextlib.suppress(ConfigError):
+        if path.resolve() == config_dir():
+            return None
+    return path.resolve()
+
+
+def user_error(prog: str, message: str) -> NoReturn:
+    """Print ``prog: error: message`` to stderr and exit with code 2."""
+    print(f"{prog}: error: {message.strip()}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def explain(exc: BaseException) -> str | None:
+    """A one-paragraph explanation of a user-fixable error, or None for programming errors."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        InstantiationException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        InterpolationResolutionError,
+        MissingMandatoryValue,
+        ValidationError,
+    )
+
+    cause = exc.__cause__
+    if isinstance(exc, InstantiationException) and cause is not None:
+        inner = explain(cause)
+        if inner is not None:
+            return inner
+    if isinstance(exc, (ConfigError, DataError)):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        name = exc.filename or str(exc)
+        return (
+            f"file not found: {name}. Check the path you gave (e.g. data.train_path=... or "
+            "ckpt_path=...); relative paths are taken from the directory you run the command in."
+        )
+    if isinstance(exc, MissingMandatoryValue):
+        key = getattr(exc, "full_key", None) or "a setting"
+        return f"the setting {key} has no value (it is ??? in the config). Give it on the command line: {key}=VALUE."
+    if isinstance(exc, InstantiationException):
+        return (
+            f"{_first_lines(exc)}\nThe settings of a config group are the keyword arguments of the class "
+            "named by its _target_ (see that class's docstring); check spelling and values."
+        )
+    if isinstance(exc, (ConfigAttributeError, ConfigKeyError)):
+        return f"{_first_lines(exc)}\nThere is no such setting; print the full config with --cfg job to see what exists."
+    if isinstance(exc, (InterpolationResolutionError, ValidationError)):
+        return f"{_first_lines(exc)}\nCheck the value given for this setting (and any environment variable it reads)."
+    if isinstance(exc, MissingConfigException):
+        return f"{_first_lines(exc, limit=40)}\nChoose one of the options listed (or add your own file under ./configs/<group>/)."
+    if isinstance(exc, OverrideParseException):
+        return f"{_first_lines(exc)}\nOverrides look like key=value, group=option, +new_key=value or a sweep key=a,b."
+    if isinstance(exc, ConfigCompositionException):
+        return (
+            f"{_first_lines(exc)}\nCheck the spelling of the setting; print the full config with --cfg job, "
+            "or add a new key with +key=value."
+        )
+    return None
+
+
+def _first_lines(exc: BaseException, limit: int = 6) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        lines.append(str(cause).strip().splitlines()[0])
+    return "\n".join(lines[:limit])
+
+
+@contextlib.contextmanager
+def friendly_errors(prog: str) -> Iterator[None]:
+    """Turn user-fixable exceptions raised inside the block into ``user_error`` (exit code 2)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a user error
+        message = explain(exc)
+        if message is None:
+            raise
+        user_error(prog, message)
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = (), *, extra_search_dir: Path | None = None):
+    """Compose ``config_name`` with ``overrides`` from the packaged configs (plus ``./configs``).
+
+    Returns the ``DictConfig`` (unresolved; ``${hydra:...}`` interpolations do not resolve
+    outside a Hydra run, so callers override ``output_dir``).
+    """
+    from hydra import compose, initialize_config_dir
+
+    overrides = list(overrides)
+    search = extra_search_dir if extra_search_dir is not None else user_config_dir()
+    if search is not None and not any(o.startswith("hydra.searchpath") for o in overrides):
+        overrides.append(_searchpath_override(search))
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def to_container(cfg) -> dict[str, Any]:
+    """The resolved config as plain python containers."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def _searchpath_override(path: Path) -> str:
+    quoted = str(path).replace("\\", "\\\\").replace("'", "\\'")
+    return f"hydra.searchpath=['file://{quoted}']"
+
+
+def _validation_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides of one job of a sweep: first value of every choice/range sweep; other sweeps dropped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    first = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            first.append(override.input_line)
+            continue
+        with contextlib.suppress(Exception):
+            value = next(iter(override.sweep_string_iterator()))
+            first.append(f"{override.get_key_element()}={value}")
+    return first
+
+
+def _check_overrides(config_name: str, args) -> None:
+    """Compose once with the command-line overrides so that mistakes fail with a friendly message."""
+    if args.config_path or args.config_dir or args.help or args.hydra_help or args.shell_completion:
+        return
+    overrides = _validation_overrides(args.overrides)
+    compose_config(config_name, overrides)
+
+
+def run_hydra_app(task_function: Callable[[Any], Any], config_name: str, prog: str) -> None:
+    """Run ``task_function(cfg)`` as a Hydra app over the packaged configs (see the module docstring)."""
+    import hydra
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+
+    # hydra-core 1.3 calls an API that omegaconf >= 2.4 deprecates: noise on every run, not the user's concern
+    warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"Implicit conversion from Version to str", category=FutureWarning)
+    GlobalHydra.instance().clear()  # a previous app run in this process (tests, notebooks) left it set
+    with friendly_errors(prog):
+        packaged = config_dir()
+        args = get_args_parser().parse_args(sys.argv[1:])
+        extra = user_config_dir()
+        if extra is not None and not any(o.startswith("hydra.searchpath") for o in args.overrides):
+            sys.argv.append(_searchpath_override(extra))
+        _check_overrides(config_name, args)
+
+    main = hydra.main(version_base="1.3", config_path=str(packaged), config_name=config_name)(task_function)
+    main()

@@ -1,0 +1,93 @@
+"""``mpnn-train``: fit a potential (Hydra app over ``configs/train.yaml``).
+
+Examples::
+
+    mpnn-train experiment=quickstart                      # embedded Cu-Au EMT data, a few minutes on CPU
+    mpnn-train model=mace data=extxyz data.train_path=my.xyz
+    mpnn-train experiment=quickstart ckpt_path=outputs/quickstart/<run>/checkpoints/last.ckpt   # resume
+    mpnn-train -m experiment=quickstart optim.lr=1e-3,5e-3 model.num_layers=2,3           # one folder per job
+    mpnn-train --cfg job                                  # print the composed config
+
+The run directory (Hydra's output dir) receives the resolved ``config.yaml``, ``checkpoints/``
+(``best.ckpt``, ``last.ckpt``), ``metrics.csv``, ``metrics.json``, parity plots and the W&B run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpnn_ip.cli.hydra_app import friendly_errors, run_hydra_app, to_container
+
+PROG = "mpnn-train"
+
+
+def _set_matmul_precision(tf32: bool, accelerator: str) -> None:
+    """TF32 matmuls on CUDA only when asked (``tf32=true``); CPU runs are never affected."""
+    import torch
+
+    if tf32 and accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def fit(cfg) -> float | None:
+    """Build everything from ``cfg``, fit, test with the best checkpoint and write the run's reports.
+
+    Returns the value of ``cfg.optimized_metric`` (for Hydra sweepers such as Optuna), or None.
+    """
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from mpnn_ip.train import PotentialModule, builders
+    from mpnn_ip.train.checkpoint import load_checkpoint
+    from mpnn_ip.train.report import finish_run
+
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    _set_matmul_precision(bool(cfg.tf32), str(cfg.trainer.get("accelerator", "cpu")))
+
+    meta = load_checkpoint(cfg.ckpt_path)["mpnn_ip"] if cfg.ckpt_path else None  # bad files fail before data loading
+    datamodule = builders.build_datamodule(cfg.data)
+    statistics = datamodule.statistics()
+    if meta is not None:
+        model = builders.model_from_checkpoint_metadata(meta, cfg.model, cfg.ckpt_path, statistics["species"])
+        statistics = meta["statistics"]
+    else:
+        model = builders.build_model(cfg.model, statistics, cfg.dtype)
+    if cfg.compile:
+        model.compile(dynamic=True)
+
+    task = PotentialModule(
+        model,
+        loss=to_container(cfg.loss),
+        optimizer=builders.build_optimizer_factory(cfg.optim),
+        scheduler=builders.build_scheduler_factory(cfg.get("scheduler")),
+        scheduler_monitor=str(cfg.scheduler_monitor),
+        statistics=statistics,
+    )
+    loggers = builders.build_loggers(cfg.get("logger"))
+    callbacks = builders.build_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+    trainer = builders.build_trainer(cfg.trainer, callbacks, loggers)
+    for logger in loggers:
+        logger.log_hyperparams(to_container(cfg))
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
+    summary = finish_run(trainer, task, datamodule, output_dir, test=bool(cfg.test_after_fit))
+    metric = cfg.get("optimized_metric")
+    return None if not metric else summary.get(metric)
+
+
+def _task(cfg) -> float | None:
+    with friendly_errors(PROG):
+        return fit(cfg)
+
+
+def main() -> None:
+    """Console entry point of ``mpnn-train``."""
+    run_hydra_app(_task, config_name="train", prog=PROG)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""One labelled structure as a torch-geometric graph without edges, and batching of many.
+
+Edges depend on a model's cutoff, so frames carry none: the radius graph is built on the
+device, batched, inside the model (see :mod:`mpnn_ip.graph`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+from mpnn_ip.errors import DataError
+
+#: Closest allowed distance between two atoms (Å); anything closer is a broken structure.
+MIN_INTERATOMIC_DISTANCE = 0.1
+
+#: Keys of a batch that the models read; labels and masks travel beside them.
+MODEL_INPUT_KEYS = ("pos", "atomic_numbers", "cell", "pbc", "batch", "ptr")
+
+
+class AtomicGraph(Data):
+    """A structure and its optional labels (torch-geometric ``Data``, no edges).
+
+    Fields (``N`` atoms):
+        pos: [N, 3] float64, Å.
+        atomic_numbers: [N] long.
+        cell: [1, 3, 3] float64, Å; rows are lattice vectors (ASE); zeros when no direction is periodic.
+        pbc: [1, 3] bool.
+        energy: [1] float64, eV (0 where missing); has_energy: [1] bool.
+        forces: [N, 3] float64, eV/Å (0 where missing); has_forces: [1] bool.
+        stress: [1, 3, 3] float64, eV/Å³, ASE sign (positive = tensile) (0 where missing); has_stress: [1] bool.
+        weight: [1] float64, per-frame loss weight.
+    """
+
+    @classmethod
+    def from_atoms(
+        cls,
+        atoms,
+        *,
+        energy: float | None = None,
+        forces: np.ndarray | None = None,
+        stress: np.ndarray | None = None,
+        weight: float = 1.0,
+        path: str | None = None,
+        frame: int | None = None,
+    ) -> "AtomicGraph":
+        """Build a graph from an ASE ``Atoms``; labels are optional and validated.
+
+        ``stress`` is in eV/Å³ with ASE's sign, as 6-component Voigt (xx, yy, zz, yz, xz, xy)
+        or 3×3. ``path``/``frame`` only make error messages name where the data came from.
+        """
+        n = len(atoms)
+        if n == 0:
+            raise DataError("the structure has no atoms", path=path, frame=frame)
+        pos = np.asarray(atoms.get_positions(), dtype=np.float64)
+        numbers = np.asarray(atoms.get_atomic_numbers(), dtype=np.int64)
+        pbc = np.asarray(atoms.get_pbc(), dtype=bool).reshape(3)
+        cell = np.asarray(atoms.get_cell().array, dtype=np.float64).reshape(3, 3)
+        _check_finite(pos, "positions", path, frame)
+        _check_finite(cell, "cell", path, frame)
+        if np.any(numbers <= 0) or np.any(numbers > 118):
+            raise DataError(f"atomic numbers must be in 1..118, got {sorted(set(numbers.tolist()))}", path=path, frame=frame)
+        _check_cell(cell, pbc, path, frame)
+        if not pbc.any():
+            cell = np.zeros((3, 3))
+        _check_min_distance(atoms, path, frame)
+
+        data = dict(
+            pos=torch.as_tensor(pos),
+            atomic_numbers=torch.as_tensor(numbers),
+            cell=torch.as_tensor(cell).unsqueeze(0),
+            pbc=torch.as_tensor(pbc).unsqueeze(0),
+            weight=torch.tensor([float(weight)], dtype=torch.float64),
+        )
+        data.update(_energy_label(energy, path, frame))
+        data.update(_forces_label(forces, n, path, frame))
+        data.update(_stress_label(stress, path, frame))
+        return cls(**data)
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.pos.shape[0])
+
+
+def collate(graphs: Sequence[AtomicGraph]) -> Batch:
+    """Batch graphs (torch-geometric ``Batch``: adds ``batch`` [N] and ``ptr`` [B+1])."""
+    if len(graphs) == 0:
+        raise DataError("cannot batch an empty list of structures")
+    return Batch.from_data_list(list(graphs))
+
+
+def to_inputs(data: Data | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Plain dict of tensors from a batch, a single graph or a dict (the model's input form).
+
+    Adds ``batch`` (zeros) and ``ptr`` for a single unbatched graph; keeps labels and any
+    precomputed ``edge_index``/``cell_shifts``.
+    """
+    if isinstance(data, Mapping):
+        out = dict(data)
+    else:
+        out = {k: v for k, v in data.to_dict().items() if isinstance(v, torch.Tensor)}
+    n = out["pos"].shape[0]
+    if "batch" not in out or out["batch"] is None:
+        out["batch"] = torch.zeros(n, dtype=torch.long, device=out["pos"].device)
+    if "ptr" not in out or out["ptr"] is None:
+        out["ptr"] = torch.tensor([0, n], dtype=torch.long, device=out["pos"].device)
+    if out["cell"].dim() == 2:
+        out["cell"] = out["cell"].unsqueeze(0)
+    if out["pbc"].dim() == 1:
+        out["pbc"] = out["pbc"].unsqueeze(0)
+    return out
+
+
+def _check_finite(array: np.ndarray, what: str, path, frame) -> None:
+    if not np.all(np.isfinite(array)):
+        raise DataError(f"{what} contain NaN or inf", path=path, frame=frame)
+
+
+def _check_cell(cell: np.ndarray, pbc: np.ndarray, path, frame) -> None:
+    """Every periodic direction needs a non-zero lattice vector, and the periodic ones must be independent."""
+    lengths = np.linalg.norm(cell, axis=1)
+    for axis in np.flatnonzero(pbc):
+        if lengths[axis] < 1e-8:
+            raise DataError(f"direction {'xyz'[axis]} is periodic but its lattice vector is zero", path=path, frame=frame)
+    periodic = cell[pbc]
+    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8 * max(lengths.max(), 1.0)) < len(periodic):
+        raise DataError("the cell is singular: its periodic lattice vectors are linearly dependent", path=path, frame=frame)
+    if pbc.all() and abs(np.linalg.det(cell)) < 1e-8:
+        raise DataError("the cell is singular (zero volume) but all directions are periodic", path=path, frame=frame)
+
+
+def _check_min_distance(atoms, path, frame) -> None:
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) < 2 and not atoms.pbc.any():
+        return
+    # ASE bins space into boxes of the cutoff's size: a 0.1 Å cutoff over a molecule's 50 Å
+    # vacuum box means ~1e6 bins and seconds per frame. Search 1 Å instead, and let ASE use the
+    # atoms' extent (not the irrelevant cell vector) along non-periodic directions.
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    cell = np.where(pbc[:, None], atoms.get_cell().array, 0.0)
+    probe = Atoms(numbers=atoms.get_atomic_numbers(), positions=atoms.get_positions(), cell=cell, pbc=pbc)
+    i, j, d = neighbor_list("ijd", probe, max(1.0, MIN_INTERATOMIC_DISTANCE), self_interaction=False)
+    close = d < MIN_INTERATOMIC_DISTANCE
+    i, j, d = i[close], j[close], d[close]
+    if len(d):
+        k = int(np.argmin(d))
+        raise DataError(
+            f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.4f} Å apart (closer than "
+            f"{MIN_INTERATOMIC_DISTANCE} Å): overlapping atoms or a wrong unit/cell",
+            path=path,
+            frame=frame,
+        )
+
+
+def _energy_label(energy, path, frame) -> dict:
+    if energy is None:
+        return dict(energy=torch.zeros(1, dtype=torch.float64), has_energy=torch.tensor([False]))
+    value = np.asarray(energy, dtype=np.float64).reshape(-1)
+    if value.size != 1:
+        raise DataError(f"energy must be one number per frame, got shape {np.shape(energy)}", path=path, frame=frame)
+    _check_finite(value, "energy", path, frame)
+    return dict(energy=torch.as_tensor(value), has_energy=torch.tensor([True]))
+
+
+def _forces_label(forces, n, path, frame) -> dict:
+    if forces is None:
+        return dict(forces=torch.zeros(n, 3, dtype=torch.float64), has_forces=torch.tensor([False]))
+    value = np.asarray(forces, dtype=np.float64)
+    if value.shape != (n, 3):
+        raise DataError(f"forces must have shape ({n}, 3) for {n} atoms, got {value.shape}", path=path, frame=frame)
+    _check_finite(value, "forces", path, frame)
+    return dict(forces=torch.as_tensor(value), has_forces=torch.tensor([True]))
+
+
+def _stress_label(stress, path, frame) -> dict:
+    if stress is None:
+        return dict(stress=torch.zeros(1, 3, 3, dtype=torch.float64), has_stress=torch.tensor([False]))
+    value = stress_to_3x3(stress, path=path, frame=frame)
+    _check_finite(value, "stress", path, frame)
+    return dict(stress=torch.as_tensor(value).unsqueeze(0), has_stress=torch.tensor([True]))
+
+
+def stress_to_3x3(stress, *, path=None, frame=None) -> np.ndarray:
+    """Voigt (xx, yy, zz, yz, xz, xy), 9 components or 3×3 -> symmetric-as-given 3×3 array."""
+    value = np.asarray(stress, dtype=np.float64)
+    if value.shape == (6,):
+        xx, yy, zz, yz, xz, xy = value
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    if value.shape in ((9,), (3, 3)):
+        return value.reshape(3, 3)
+    raise DataError(f"stress must have 6 (Voigt) or 9 / 3x3 components, got shape {value.shape}", path=path, frame=frame)

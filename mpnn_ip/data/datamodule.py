@@ -1,0 +1,179 @@
+"""Lightning DataModule: read files (or the embedded synthetic set), split, batch, statistics."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import lightning as L
+import numpy as np
+from ase.data import atomic_numbers as symbol_to_number, chemical_symbols
+from torch.utils.data import DataLoader
+
+from mpnn_ip.data.atomic_graph import AtomicGraph, collate
+from mpnn_ip.data.dataset import AtomicDataset
+from mpnn_ip.data.reading import read_dataset, read_isolated_atom_energies
+from mpnn_ip.data.statistics import compute_statistics
+from mpnn_ip.data.synthetic import default_dataset_path
+from mpnn_ip.errors import ConfigError, DataError
+
+
+class AtomicDataModule(L.LightningDataModule):
+    """Training, validation and test frames of an interatomic-potential fit.
+
+    Args (all plain values; this signature is the reference of ``configs/data/*.yaml``):
+        train_path: training file (any ASE format); ``None`` = the embedded synthetic Cu-Au EMT
+            dataset (:func:`mpnn_ip.data.default_dataset_path`).
+        val_path: validation file; ``None`` = split validation frames off the training file.
+        test_path: test file; ``None`` = split test frames off the training file.
+        train_count: number of training frames kept from the training file after the
+            validation/test frames are taken out; ``None`` = all remaining.
+        val_fraction: share of the training file used for validation when ``val_path`` is None
+            (rounded; at least one frame when > 0).
+        val_count: number of validation frames split off; overrides ``val_fraction``.
+        test_fraction, test_count: the same for the test split (used when ``test_path`` is None).
+            Example, AcAc protocol (450 train / 50 val from one 500-frame file):
+            ``train_count=450, val_count=50, test_count=0``.
+        seed: seed of the random split (same seed, same split; independent of the global RNG).
+        batch_size: frames per training batch.
+        val_batch_size: frames per validation/test batch; ``None`` = ``batch_size``.
+        num_workers, pin_memory: passed to the ``DataLoader``s.
+        energy_key, forces_key, stress_key, stress_unit, stress_sign, virial_key, index, format:
+            reading options of :func:`mpnn_ip.data.read_dataset`, applied to every file.
+        isolated_atoms: file of isolated-atom frames or ``{symbol or Z: eV}``; when given these
+            are the E0s of the statistics, else E0s are fitted by least squares.
+        r_max: cutoff (Å) for the mean-neighbour-count statistic (use the model's).
+        species: allowed elements (symbols or Z); every frame must only contain these, else
+            ``DataError`` naming the element, file and frame; the statistics then cover all of
+            them (E0 0.0 for one absent from training, unless isolated-atom energies give it).
+            ``None`` = any, statistics over the species seen in training.
+
+    Validation/test frames split off the training file are drawn first from a seeded
+    permutation, so they do not change when ``train_count`` changes. Training batches are
+    shuffled with the global torch RNG (seeded by ``lightning.seed_everything``).
+    """
+
+    def __init__(
+        self,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        train_count: int | None = None,
+        val_fraction: float = 0.1,
+        val_count: int | None = None,
+        test_fraction: float = 0.1,
+        test_count: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        energy_key: str | None = "energy",
+        forces_key: str | None = "forces",
+        stress_key: str | None = "stress",
+        stress_unit: str = "eV/A^3",
+        stress_sign: int = 1,
+        virial_key: str | None = None,
+        index: str = ":",
+        format: str | None = None,
+        isolated_atoms: str | Mapping | None = None,
+        r_max: float = 5.0,
+        species: Sequence[str | int] | None = None,
+    ):
+        super().__init__()
+        self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
+        self.train_count, self.val_fraction, self.val_count = train_count, val_fraction, val_count
+        self.test_fraction, self.test_count, self.seed = test_fraction, test_count, seed
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.read_options = dict(
+            energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, stress_unit=stress_unit,
+            stress_sign=stress_sign, virial_key=virial_key, index=index, format=format,
+        )
+        self.isolated_atoms = isolated_atoms
+        self.r_max = r_max
+        self.species = None if species is None else sorted({_to_atomic_number(s) for s in species})
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+        self._statistics = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and split the data (once; later calls do nothing)."""
+        if self.train_dataset is not None:
+            return
+        train_file = str(self.train_path) if self.train_path is not None else str(default_dataset_path())
+        frames = self._read(train_file)
+        n_val = 0 if self.val_path is not None else _split_size(len(frames), self.val_fraction, self.val_count, "val")
+        n_test = 0 if self.test_path is not None else _split_size(len(frames), self.test_fraction, self.test_count, "test")
+        n_rest = len(frames) - n_val - n_test
+        n_train = n_rest if self.train_count is None else int(self.train_count)
+        if n_train < 1 or n_train > n_rest:
+            raise ConfigError(
+                f"{train_file} has {len(frames)} frames: cannot take {n_train} training frames after "
+                f"{n_val} validation and {n_test} test frames (adjust train_count / val_* / test_*)"
+            )
+        order = np.random.default_rng(self.seed).permutation(len(frames))
+        val = [frames[i] for i in order[:n_val]]
+        test = [frames[i] for i in order[n_val : n_val + n_test]]
+        train = [frames[i] for i in order[n_val + n_test : n_val + n_test + n_train]]
+        if self.val_path is not None:
+            val = self._read(str(self.val_path))
+        if self.test_path is not None:
+            test = self._read(str(self.test_path))
+        self.train_dataset, self.val_dataset, self.test_dataset = AtomicDataset(train), AtomicDataset(val), AtomicDataset(test)
+
+    def statistics(self) -> dict:
+        """Statistics of the training split (:func:`mpnn_ip.data.compute_statistics`), computed once."""
+        if self._statistics is None:
+            self.setup()
+            e0s = read_isolated_atom_energies(self.isolated_atoms) if self.isolated_atoms is not None else None
+            self._statistics = compute_statistics(self.train_dataset.graphs, self.r_max, e0s, species=self.species)
+        return self._statistics
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.test_dataset, self.val_batch_size, shuffle=False)
+
+    def _loader(self, dataset: AtomicDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+        )
+
+    def _read(self, path: str) -> list[AtomicGraph]:
+        graphs = read_dataset(path, **self.read_options)
+        if self.species is not None:
+            allowed = set(self.species)
+            for frame, graph in enumerate(graphs):
+                unknown = sorted(set(graph.atomic_numbers.tolist()) - allowed)
+                if unknown:
+                    names = ", ".join(chemical_symbols[z] for z in unknown)
+                    allowed_names = ", ".join(chemical_symbols[z] for z in self.species)
+                    raise DataError(f"element(s) {names} not in the model's species [{allowed_names}]", path=path, frame=frame)
+        return graphs
+
+
+def _split_size(total: int, fraction: float, count: int | None, name: str) -> int:
+    if count is not None:
+        if count < 0 or count >= total:
+            raise ConfigError(f"{name}_count={count} must be in 0..{total - 1} for a file of {total} frames")
+        return int(count)
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"{name}_fraction={fraction} must be in [0, 1)")
+    size = int(round(fraction * total))
+    return max(size, 1) if fraction > 0 and total > 2 else size
+
+
+def _to_atomic_number(species: str | int) -> int:
+    if isinstance(species, str) and not species.isdigit():
+        if species not in symbol_to_number:
+            raise ConfigError(f"unknown chemical symbol {species!r} in species")
+        return int(symbol_to_number[species])
+    return int(species)

@@ -1,0 +1,278 @@
+"""Read labelled structures from any ASE-readable file into :class:`AtomicGraph` frames.
+
+Label lookup: for each key, a frame's ``atoms.info``, then ``atoms.arrays``, then the results of
+an attached calculator (ASE's extxyz reader moves ``energy``/``forces``/``stress`` there; custom
+keys such as ``REF_energy`` stay in info/arrays). Only the exact key is looked up.
+
+Missing labels (see :func:`read_dataset`): a frame without a label gets it masked
+(``has_* = False``), never invented. A key the user chose (not the default) that no frame of the
+file has is an error listing the keys that do exist; a default key that no frame has is masked
+with a warning; a file with no label at all is an error. Pass ``None`` as a key to skip that label.
+The reader never writes to the user's file.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+
+import ase.io
+import numpy as np
+
+from mpnn_ip.data.atomic_graph import AtomicGraph
+from mpnn_ip.data.units import check_stress_sign, stress_to_ase, stress_unit_factor, virial_to_stress
+from mpnn_ip.errors import DataError
+
+_DEFAULT_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
+_WEIGHT_KEYS = ("weight", "config_weight")
+_ISOLATED_ATOM_TYPES = {"isolatedatom", "isolated_atom", "isolated", "e0", "iso_atom", "isoatom"}
+
+
+def read_dataset(
+    path,
+    *,
+    energy_key: str | None = "energy",
+    forces_key: str | None = "forces",
+    stress_key: str | None = "stress",
+    stress_unit: str = "eV/A^3",
+    stress_sign: int = 1,
+    virial_key: str | None = None,
+    index: str | int | slice = ":",
+    format: str | None = None,
+) -> list[AtomicGraph]:
+    """Read every selected frame of ``path`` as an :class:`AtomicGraph` (labels in eV, eV/Å, eV/Å³).
+
+    Args:
+        path: file in any format ASE reads (extxyz is the main one).
+        energy_key: total energy (eV) key; ``None`` = do not read energies.
+        forces_key: forces (eV/Å, [n_atoms, 3]) key; ``None`` = do not read forces.
+        stress_key: stress key (Voigt xx,yy,zz,yz,xz,xy or 9 / 3×3); ``None`` = do not read stress.
+        stress_unit: unit of the stored stress: ``eV/A^3`` (also ``eV/Å^3``, ``eV/Ang^3``), ``GPa``, ``kbar``, ``bar``.
+        stress_sign: ``1`` if positive stored stress is tensile (ASE), ``-1`` if positive is compressive.
+        virial_key: virial (eV, Voigt 6, 9 or 3×3) key; where a frame has it, its stress is
+            ``-virial / volume`` and ``stress_key`` is not used for that frame. Stress and virial
+            labels of frames not periodic in all three directions are masked with a warning.
+        index: ASE frame selection (``":"`` all, ``"0:100"``, ``-1``, ...). Error messages count
+            frames within this selection.
+        format: ASE format name; ``None`` = guess from the file name/content.
+
+    Per-frame loss weight: info ``weight`` or ``config_weight``, else 1. ``config_type`` from info
+    (``""`` when absent) is kept as a string attribute of the graph.
+
+    Raises:
+        DataError: missing/empty/unparseable file, a chosen key that no frame has, NaN/inf,
+            wrongly shaped forces, a zero or singular periodic cell, atoms closer than 0.1 Å.
+    """
+    stress_unit_factor(stress_unit)  # unit and sign are checked before the (slow) read
+    check_stress_sign(stress_sign)
+    frames = read_frames(path, index=index, format=format)
+    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
+    _check_keys_exist(frames, keys, path)
+    where = str(path) if index in (":", slice(None)) else f"{path} (index={index!r})"
+    graphs = []
+    for frame, atoms in enumerate(frames):
+        energy = _lookup(atoms, energy_key)
+        forces = _lookup(atoms, forces_key)
+        stress = _frame_stress(atoms, keys, stress_unit, stress_sign, where, frame)
+        graph = AtomicGraph.from_atoms(
+            atoms, energy=energy, forces=forces, stress=stress, weight=_frame_weight(atoms, where, frame), path=where, frame=frame
+        )
+        graph.config_type = str(atoms.info.get("config_type", ""))
+        graphs.append(graph)
+    return graphs
+
+
+def read_isolated_atom_energies(source, *, energy_key: str = "energy") -> dict[int, float]:
+    """Energies of isolated atoms (E0, eV) per atomic number.
+
+    ``source``: a dict ``{symbol or Z: eV}``, or a file of frames. From a file, frames marked
+    ``config_type=IsolatedAtom`` (or ``isolated_atom``) are used if there are any, else every
+    one-atom frame; the energy is read with ``energy_key`` like :func:`read_dataset` does.
+    """
+    if isinstance(source, dict) or hasattr(source, "items"):
+        return {_atomic_number(k): float(v) for k, v in source.items()}
+    frames = read_frames(source)
+    marked = [i for i, a in enumerate(frames) if _is_isolated_atom(a)]
+    chosen = marked if marked else [i for i, a in enumerate(frames) if len(a) == 1]
+    if not chosen:
+        raise DataError("no isolated-atom frames (one atom, or config_type=IsolatedAtom) found", path=str(source))
+    energies: dict[int, float] = {}
+    for i in chosen:
+        atoms = frames[i]
+        if len(atoms) != 1:
+            raise DataError(f"frame is marked as an isolated atom but has {len(atoms)} atoms", path=str(source), frame=i)
+        energy = _lookup(atoms, energy_key)
+        if energy is None:
+            raise DataError(f"isolated atom has no energy {energy_key!r}; keys present: {_describe_keys([atoms])}", path=str(source), frame=i)
+        value = float(np.asarray(energy, dtype=np.float64).reshape(-1)[0])
+        if not np.isfinite(value):
+            raise DataError("isolated-atom energy is NaN or inf", path=str(source), frame=i)
+        z = int(atoms.numbers[0])
+        if z in energies and abs(energies[z] - value) > 1e-6:
+            raise DataError(f"two different isolated-atom energies for Z={z}: {energies[z]} and {value} eV", path=str(source), frame=i)
+        energies[z] = value
+    return energies
+
+
+def read_frames(path, *, index: str | int | slice = ":", format: str | None = None) -> list:
+    """ASE frames of a file as a list, with errors that name the file.
+
+    If ASE cannot parse an (ext)xyz file whose comment lines have blanks around ``=``
+    (``Lattice = "..."``, as in FitSNAP's files; recent ASE reads these itself), the headers
+    are normalised in memory and read again; the file itself is never modified.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise DataError("file not found", path=str(path))
+    if not file.is_file():
+        raise DataError("is not a regular file", path=str(path))
+    size = file.stat().st_size
+    if size == 0 or (size < 4096 and not file.read_bytes().strip()):
+        raise DataError("file is empty", path=str(path))
+    try:
+        frames = ase.io.read(str(file), index=index, format=format)
+    except Exception as exc:  # ASE raises many types for malformed files
+        frames = _read_normalised_xyz(file, index, format)
+        if frames is None:
+            fmt = format or "an auto-detected format"
+            raise DataError(f"could not be read as {fmt}: {type(exc).__name__}: {exc}", path=str(path)) from exc
+    frames = [frames] if not isinstance(frames, list) else frames
+    if not frames:
+        raise DataError(f"no frames read (index={index!r})", path=str(path))
+    return frames
+
+
+def _read_normalised_xyz(file: Path, index, format):
+    """Frames of an xyz file after removing blanks around ``=`` in its headers; ``None`` if that does not help."""
+    if not _is_xyz_like(file, format):
+        return None
+    text = file.read_text()
+    normalised = _normalise_xyz_headers(text)
+    if normalised == text:
+        return None
+    try:
+        return ase.io.read(io.StringIO(normalised), index=index, format=format or "extxyz")
+    except Exception:
+        return None
+
+
+def _is_xyz_like(file: Path, format: str | None) -> bool:
+    if format is not None:
+        return format in ("extxyz", "xyz")
+    return file.suffix.lower() in (".xyz", ".extxyz")
+
+
+def _normalise_xyz_headers(text: str) -> str:
+    """Remove blanks around ``=`` in the comment line of each frame (only there)."""
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        count = lines[i].strip()
+        if not count:
+            i += 1
+            continue
+        if not count.isdigit() or i + 1 >= len(lines):
+            break  # not an xyz layout we understand: let ASE report it
+        if "=" in lines[i + 1]:
+            lines[i + 1] = _strip_blanks_around_equals(lines[i + 1])
+        i += 2 + int(count)
+    return "".join(lines)
+
+
+def _strip_blanks_around_equals(line: str) -> str:
+    """Blanks around ``=`` outside quotes are removed; quoted values stay as they are."""
+    parts = re.split(r'("[^"]*")', line)
+    for k in range(0, len(parts), 2):
+        parts[k] = re.sub(r"[ \t]*=[ \t]*", "=", parts[k])
+    return "".join(parts)
+
+
+def _lookup(atoms, key: str | None):
+    """Value of ``key`` in info, arrays or the calculator's results; ``None`` if absent."""
+    if key is None:
+        return None
+    if key in atoms.info:
+        return atoms.info[key]
+    if key in atoms.arrays:
+        return atoms.arrays[key]
+    calc = getattr(atoms, "calc", None)
+    results = getattr(calc, "results", None) or {}
+    return results.get(key)
+
+
+def _describe_keys(frames) -> str:
+    info, arrays, results = set(), set(), set()
+    for atoms in frames:
+        info.update(atoms.info)
+        arrays.update(k for k in atoms.arrays if k not in ("numbers", "positions"))
+        calc = getattr(atoms, "calc", None)
+        results.update(getattr(calc, "results", None) or {})
+    return f"info keys {sorted(info)}, arrays keys {sorted(arrays)}, calculator results {sorted(results)}"
+
+
+def _check_keys_exist(frames, keys: dict, path) -> None:
+    found = {name: key is not None and any(_lookup(a, key) is not None for a in frames) for name, key in keys.items()}
+    for name, key in keys.items():
+        if key is None or found[name]:
+            continue
+        if key != _DEFAULT_KEYS.get(name):
+            raise DataError(f"no frame has the {name} key {key!r}; keys present: {_describe_keys(frames)}", path=str(path))
+        stress_expected = any(a.pbc.all() for a in frames) and not found["virial"]
+        if name != "stress" or stress_expected:
+            warnings.warn(f"{path}: no frame has a {name!r} label (key {key!r}); it is masked. Keys present: {_describe_keys(frames)}", stacklevel=3)
+    if not any(found.values()):
+        raise DataError(
+            f"no frame has any label (energy {keys['energy']!r}, forces {keys['forces']!r}, stress {keys['stress']!r}, "
+            f"virial {keys['virial']!r}); keys present: {_describe_keys(frames)}",
+            path=str(path),
+        )
+
+
+def _frame_stress(atoms, keys: dict, unit: str, sign: int, path, frame):
+    """Stress [3, 3] eV/Å³ (ASE sign) from the virial or stress label; ``None`` when absent or unusable.
+
+    A stress needs a volume: on a frame that is not periodic in all three directions the
+    label is masked (with a warning) rather than trained on.
+    """
+    virial = _lookup(atoms, keys["virial"])
+    stress = _lookup(atoms, keys["stress"])
+    if virial is None and stress is None:
+        return None
+    if not atoms.pbc.all():
+        warnings.warn(f"{path}, frame {frame}: stress/virial label on a frame that is not periodic in x, y and z (pbc={atoms.pbc.tolist()}); it is masked", stacklevel=4)
+        return None
+    if virial is not None:
+        return virial_to_stress(virial, abs(float(np.linalg.det(atoms.cell.array))), path=path, frame=frame)
+    return stress_to_ase(stress, unit=unit, sign=sign, path=path, frame=frame)
+
+
+def _frame_weight(atoms, path, frame) -> float:
+    for key in _WEIGHT_KEYS:
+        if key in atoms.info:
+            try:
+                weight = float(atoms.info[key])
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"info {key!r} must be a number, got {atoms.info[key]!r}", path=path, frame=frame) from exc
+            if not np.isfinite(weight) or weight < 0:
+                raise DataError(f"info {key!r} must be finite and >= 0, got {weight}", path=path, frame=frame)
+            return weight
+    return 1.0
+
+
+def _is_isolated_atom(atoms) -> bool:
+    return str(atoms.info.get("config_type", "")).strip().lower() in _ISOLATED_ATOM_TYPES
+
+
+def _atomic_number(key) -> int:
+    from ase.data import atomic_numbers
+
+    if isinstance(key, str) and not key.strip().isdigit():
+        if key not in atomic_numbers:
+            raise DataError(f"unknown chemical symbol {key!r} in isolated-atom energies")
+        return int(atomic_numbers[key])
+    z = int(key)
+    if not 1 <= z <= 118:
+        raise DataError(f"atomic number {z} out of range 1..118 in isolated-atom energies")
+    return z

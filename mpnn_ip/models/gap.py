@@ -1,0 +1,159 @@
+"""GAP: SOAP-like descriptors with sparse Gaussian-process regression (Bartók et al., PRL 104, 136403, 2010).
+
+Atomic energy ``e_i = Σ_m α_m k(x_i, x_m) + shift[s_i]`` over sparse (representative) training
+environments x_m of the same centre species; x is the normalised power spectrum
+(:class:`mpnn_ip.nn.soap.PowerSpectrum`). Base kernel ``k0(x, y) = δ² (x·y)^ζ``; the model uses
+the kernel of the GP conditioned to vanish at the isolated atom o_s of the species,
+``k(x, y) = k0(x, y) - k0(x, o_s) - k0(o_s, y) + k0(o_s, o_s)`` (a valid covariance: that of
+f(x) - f(o_s)), so an isolated atom gets exactly ``E0 + shift``.
+
+The weights are fitted in closed form by :func:`mpnn_ip.train.gap_fit.fit_gap` (the class
+attribute ``fitted_in_closed_form`` tells the training code), never by gradient descent.
+Before fitting, the sparse points and weights are seeded random numbers, so that an unfitted
+model is a smooth, non-trivial function (like an untrained network).
+
+Uncertainty: the projected-process (DTC) predictive variance of the latent function,
+``σ²(x) = k(x, x) - k_xM K_MM⁻¹ k_Mx + k_xM Σ k_Mx`` with ``Σ = (K_MM + K_MN Λ⁻¹ K_NM)⁻¹``
+(the sparse-GP posterior covariance of α), per atom (``node_energy_variance``, eV²) and for
+the frame's total energy (``energy_uncertainty``, eV, a standard deviation; k summed over the
+frame's atom pairs). The uncertainty of the fitted per-species shift is not included.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch_geometric.utils import scatter, to_dense_batch
+
+from mpnn_ip.models.base import Potential
+from mpnn_ip.nn.soap import PowerSpectrum
+
+SPARSE_METHODS = ("cur", "fps")
+
+
+class GAP(Potential):
+    """Sparse-GP potential on a SOAP-like power spectrum.
+
+    Args:
+        species: chemical symbols or atomic numbers.
+        r_max: cutoff (Å).
+        n_max, l_max: radial functions per species and largest angular momentum of the descriptor.
+        sigma_atom: Gaussian smearing of the neighbour density (Å).
+        zeta: kernel exponent ζ (integer).
+        delta: prior standard deviation scale δ of the atomic energy (eV).
+        num_sparse: sparse points per species (fewer are used when the data has fewer environments).
+        sparse_method: ``"cur"`` (largest leverage scores) or ``"fps"`` (farthest-point sampling).
+        sigma_energy: expected error of energies (eV/atom; a frame of n atoms gets σ·√n).
+        sigma_forces: expected error of force components (eV/Å).
+        jitter: added to the diagonal of K_MM (times δ²) for a stable Cholesky.
+        central_weight: weight of the centre atom in the neighbour density.
+        e0s: per-species isolated-atom energies (eV), subtracted before the fit.
+        avg_num_neighbors, energy_scale: accepted for the model contract; unused (no messages, no readout scale).
+        energy_shift: eV, initial per-species shift (the fit replaces it).
+    """
+
+    fitted_in_closed_form = True
+
+    def __init__(
+        self,
+        species: Sequence[int | str],
+        r_max: float = 5.0,
+        n_max: int = 6,
+        l_max: int = 4,
+        sigma_atom: float = 0.5,
+        zeta: int = 2,
+        delta: float = 1.0,
+        num_sparse: int = 200,
+        sparse_method: str = "cur",
+        sigma_energy: float = 0.001,
+        sigma_forces: float = 0.05,
+        jitter: float = 1e-8,
+        central_weight: float = 1.0,
+        e0s: Mapping | None = None,
+        avg_num_neighbors: float = 1.0,
+        energy_scale: float = 1.0,
+        energy_shift: float = 0.0,
+    ):
+        super().__init__(species, r_max, e0s)
+        if sparse_method not in SPARSE_METHODS:
+            raise ValueError(f"GAP: unknown sparse_method {sparse_method!r}; choose one of {SPARSE_METHODS}")
+        if int(zeta) != zeta or zeta < 1:
+            raise ValueError(f"GAP: zeta must be a positive integer, got {zeta}")
+        self.config = dict(
+            species=list(species), r_max=self.r_max, n_max=int(n_max), l_max=int(l_max), sigma_atom=float(sigma_atom),
+            zeta=int(zeta), delta=float(delta), num_sparse=int(num_sparse), sparse_method=sparse_method,
+            sigma_energy=float(sigma_energy), sigma_forces=float(sigma_forces), jitter=float(jitter),
+            central_weight=float(central_weight), e0s=dict(e0s) if e0s is not None else None,
+            avg_num_neighbors=float(avg_num_neighbors), energy_scale=energy_scale, energy_shift=energy_shift,
+        )
+        self.zeta, self.delta = int(zeta), float(delta)
+        self.descriptor = PowerSpectrum(self.num_species, self.r_max, n_max, l_max, sigma_atom, central_weight)
+        size = self.num_species * int(num_sparse)
+        points = torch.randn(size, self.descriptor.num_features)
+        self.register_buffer("sparse_points", points / torch.linalg.norm(points, dim=-1, keepdim=True))
+        self.register_buffer("sparse_species", torch.arange(self.num_species).repeat_interleave(int(num_sparse)))
+        self.register_buffer("sparse_active", torch.ones(size, dtype=torch.bool))
+        self.register_buffer("alpha", 0.1 * torch.randn(size))
+        self.register_buffer("species_shift", torch.full((self.num_species,), float(energy_shift)))
+        self.register_buffer("kmm_inverse", torch.zeros(size, size))
+        self.register_buffer("posterior_covariance", torch.zeros(size, size))
+        self._environment = None
+
+    def isolated_descriptors(self) -> torch.Tensor:
+        """``[S, D]`` descriptor o_s of an atom of each species with no neighbours."""
+        species = torch.arange(self.num_species, device=self.sparse_points.device)
+        no_edges = torch.zeros(2, 0, dtype=torch.long, device=species.device)
+        return self.descriptor(species, no_edges, torch.zeros(0, 3, dtype=self.sparse_points.dtype, device=species.device))
+
+    def _base_kernel(self, dots: torch.Tensor) -> torch.Tensor:
+        return self.delta**2 * dots**self.zeta
+
+    def kernel(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """``k(x_i, x_m)`` for descriptors ``x [n, D]`` of centre species ``[n]`` and the sparse points -> ``[n, M]``.
+
+        Zero between different centre species and for inactive sparse points.
+        """
+        isolated = self.isolated_descriptors().to(x.dtype)
+        points = self.sparse_points.to(x.dtype)
+        to_isolated = self._base_kernel((x * isolated[species]).sum(-1))
+        points_to_isolated = self._base_kernel((points * isolated[self.sparse_species]).sum(-1))
+        k = self._base_kernel(x @ points.T) - to_isolated.unsqueeze(-1) - points_to_isolated + self.delta**2
+        same = (species.unsqueeze(-1) == self.sparse_species) & self.sparse_active
+        return torch.where(same, k, torch.zeros_like(k))
+
+    def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
+        x = self.descriptor(species, edge_index, edge_vectors)
+        self._environment = (x.detach(), species, batch, num_graphs)
+        return self.kernel(x, species) @ self.alpha.to(x.dtype) + self.species_shift.to(x.dtype)[species]
+
+    @torch.no_grad()
+    def predictive_variance(self, x, species, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
+        """DTC variance (eV²) of the atomic energies ``[n_atoms]`` and of the frame energies ``[B]``."""
+        k = self.kernel(x, species)
+        kmm_inverse, covariance = self.kmm_inverse.to(x.dtype), self.posterior_covariance.to(x.dtype)
+        isolated = self.isolated_descriptors().to(x.dtype)
+        to_isolated = self._base_kernel((x * isolated[species]).sum(-1))
+        prior = self._base_kernel((x * x).sum(-1)) - 2 * to_isolated + self.delta**2
+        node = prior - ((k @ kmm_inverse) * k).sum(-1) + ((k @ covariance) * k).sum(-1)
+
+        dense, valid = to_dense_batch(x, batch, batch_size=num_graphs)
+        dense_species, _ = to_dense_batch(species, batch, fill_value=-1, batch_size=num_graphs)
+        dense_to_isolated, _ = to_dense_batch(to_isolated, batch, batch_size=num_graphs)
+        pair = self._base_kernel(torch.bmm(dense, dense.transpose(1, 2)))
+        pair = pair - dense_to_isolated.unsqueeze(-1) - dense_to_isolated.unsqueeze(-2) + self.delta**2
+        same = (dense_species.unsqueeze(-1) == dense_species.unsqueeze(-2)) & valid.unsqueeze(-1) & valid.unsqueeze(-2)
+        frame_prior = torch.where(same, pair, torch.zeros_like(pair)).sum((1, 2))
+        kf = scatter(k, batch, dim=0, dim_size=num_graphs, reduce="sum")
+        frame = frame_prior - ((kf @ kmm_inverse) * kf).sum(-1) + ((kf @ covariance) * kf).sum(-1)
+        return node.clamp(min=0), frame.clamp(min=0)
+
+    def forward(self, inputs, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        """The base outputs plus ``node_energy_variance [N]`` (eV²) and ``energy_uncertainty [B]`` (eV, std)."""
+        out = super().forward(inputs, compute_forces=compute_forces, compute_stress=compute_stress)
+        x, species, batch, num_graphs = self._environment
+        self._environment = None
+        node, frame = self.predictive_variance(x, species, batch, num_graphs)
+        out["node_energy_variance"] = node
+        out["energy_uncertainty"] = frame.sqrt()
+        return out

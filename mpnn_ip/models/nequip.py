@@ -1,0 +1,223 @@
+"""NequIP: stacked equivariant convolutions with gated nonlinearities (Batzner et al. 2022).
+
+Per layer: ``TensorProductConvolution`` (linear, node features ⊗ edge spherical harmonics
+weighted by a radial MLP of the Bessel embedding, sum over neighbours / sqrt(avg_num_neighbors),
+linear) + species-dependent self-connection, then the gate, then (optionally) a residual
+update. Atomic energies are a linear readout of the last layer's scalars, scaled and shifted
+per species.
+
+Two choices follow NequIP 0.19 (the version the speed benchmark compares with):
+the first layer has no self-connection and no residual, so an isolated atom (no edges)
+gets exactly ``E0 + shift`` of its species; and the last layer produces only the
+``num_features x 0e`` scalars the readout reads, so no work is spent on l > 0 outputs
+that nothing uses.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from ase.data import atomic_numbers as _symbol_to_z
+from e3nn import o3
+
+from mpnn_ip.models.base import Potential
+from mpnn_ip.nn import (
+    EquivariantGate,
+    LinearReadout,
+    PerSpeciesScaleShift,
+    RadialEmbedding,
+    SpeciesEmbedding,
+    SpeciesSelfInteraction,
+    TensorProductConvolution,
+    ZBLRepulsion,
+    check_same_irreps,
+    convolution_output_irreps,
+)
+from mpnn_ip.nn.convolution import tp_path_exists
+
+
+def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
+    """NequIP's ``feature_irreps_hidden``: ``F x l`` for every l <= l_max, both parities when
+    ``parity`` (``Fx0e+Fx0o+Fx1e+Fx1o+...``), else only the spherical-harmonic parity (-1)^l."""
+    irreps = []
+    for l in range(l_max + 1):
+        parities = (1, -1) if parity else ((-1) ** l,)
+        irreps += [(num_features, (l, p)) for p in parities]
+    return o3.Irreps(irreps)
+
+
+class NequIPLayer(torch.nn.Module):
+    """Convolution + optional species self-connection -> gate -> optional residual.
+
+    The output irreps are the part of ``irreps_target`` reachable from ``irreps_in`` through the
+    edge spherical harmonics; the convolution produces the gate's input (scalars, one gate
+    scalar per l > 0 channel, the l > 0 channels).
+    Forward: node features ``[n_atoms, irreps_in.dim]``, species ``[n_atoms]``, edge_sh
+    ``[n_edges, irreps_sh.dim]``, radial embedding ``[n_edges, num_basis]``, edge_index
+    ``[2, n_edges]`` -> ``[n_atoms, irreps_out.dim]``.
+    """
+
+    def __init__(
+        self,
+        irreps_in,
+        irreps_sh,
+        irreps_target,
+        num_species: int,
+        num_basis: int,
+        radial_mlp: Sequence[int],
+        avg_num_neighbors: float,
+        self_connection: bool,
+        resnet: bool,
+        nonlinearity_scalars: Mapping[str, str],
+        nonlinearity_gates: Mapping[str, str],
+    ):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        reachable = convolution_output_irreps(self.irreps_in, irreps_sh, irreps_target)
+        irreps_scalars = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l == 0])
+        irreps_gated = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l > 0])
+        gate_parity = "0e" if tp_path_exists(self.irreps_in, irreps_sh, "0e") else "0o"
+        self.gate = EquivariantGate(irreps_scalars, irreps_gated, gate_parity, nonlinearity_scalars, nonlinearity_gates)
+        self.convolution = TensorProductConvolution(
+            self.irreps_in,
+            irreps_sh,
+            self.gate.irreps_in,
+            num_basis,
+            radial_mlp,
+            avg_num_neighbors,
+            neighbor_normalization="sqrt",
+        )
+        check_same_irreps(self.convolution.irreps_out, self.gate.irreps_in, "convolution", "gate")
+        self.self_connection = (
+            SpeciesSelfInteraction(self.irreps_in, num_species, self.gate.irreps_in) if self_connection else None
+        )
+        self.irreps_out = self.gate.irreps_out
+        self.resnet = bool(resnet) and self.irreps_out == self.irreps_in
+
+    def forward(self, node_features, species, edge_sh, radial_embedding, edge_index):
+        update = self.convolution(node_features, edge_sh, radial_embedding, edge_index)
+        if self.self_connection is not None:
+            update = update + self.self_connection(node_features, species)
+        update = self.gate(update)
+        return node_features + update if self.resnet else update
+
+
+class NequIP(Potential):
+    """NequIP interatomic potential.
+
+    Args:
+        species: chemical symbols or atomic numbers the model knows.
+        r_max: cutoff radius (Å).
+        num_layers: number of interaction layers.
+        l_max: highest rotation order of features and edge spherical harmonics.
+        parity: features of both parities (``Fx0e+Fx0o+Fx1e+Fx1o+...``); False keeps only
+            the spherical-harmonic parity (faster, often as accurate).
+        num_features: multiplicity F of every irrep of the hidden features.
+        num_bessel: number of Bessel functions of the radial embedding.
+        trainable_bessel: learn the Bessel frequencies.
+        cutoff_p: exponent p of the polynomial cutoff envelope.
+        radial_mlp: hidden widths of the radial MLP of every layer.
+        avg_num_neighbors: mean neighbour count of the training data; messages are divided by its sqrt.
+        e0s: per-species reference energies (eV), ``{Z or symbol: eV}``, added by the base class.
+        energy_scale: initial per-species scale of the atomic energies (eV; e.g. the force RMS).
+        energy_shift: initial per-species shift of the atomic energies (eV, on top of E0).
+        zbl: add the ZBL screened nuclear repulsion (:class:`~mpnn_ip.nn.ZBLRepulsion`).
+        resnet: residual update in layers whose input and output irreps match (not the first).
+        nonlinearity_scalars: activation of even / odd scalars, ``{"e": "silu", "o": "tanh"}``.
+        nonlinearity_gates: activation of the even / odd gates, ``{"e": "silu", "o": "tanh"}``.
+    """
+
+    def __init__(
+        self,
+        species: Sequence[int | str],
+        r_max: float = 5.0,
+        num_layers: int = 4,
+        l_max: int = 2,
+        parity: bool = True,
+        num_features: int = 32,
+        num_bessel: int = 8,
+        trainable_bessel: bool = False,
+        cutoff_p: float = 6,
+        radial_mlp: Sequence[int] = (64, 64),
+        avg_num_neighbors: float = 1.0,
+        e0s: Mapping | None = None,
+        energy_scale: float = 1.0,
+        energy_shift: float = 0.0,
+        zbl: bool = False,
+        resnet: bool = False,
+        nonlinearity_scalars: Mapping[str, str] | None = None,
+        nonlinearity_gates: Mapping[str, str] | None = None,
+    ):
+        super().__init__(species, r_max, e0s)
+        if num_layers < 1:
+            raise ValueError(f"NequIP needs at least one layer, got num_layers={num_layers}")
+        nonlinearity_scalars = dict(nonlinearity_scalars or {"e": "silu", "o": "tanh"})
+        nonlinearity_gates = dict(nonlinearity_gates or {"e": "silu", "o": "tanh"})
+        self.config = {
+            "species": list(self.species),
+            "r_max": float(r_max),
+            "num_layers": int(num_layers),
+            "l_max": int(l_max),
+            "parity": bool(parity),
+            "num_features": int(num_features),
+            "num_bessel": int(num_bessel),
+            "trainable_bessel": bool(trainable_bessel),
+            "cutoff_p": cutoff_p,
+            "radial_mlp": [int(w) for w in radial_mlp],
+            "avg_num_neighbors": float(avg_num_neighbors),
+            "e0s": None if e0s is None else {_as_z(k): float(v) for k, v in e0s.items()},
+            "energy_scale": energy_scale if isinstance(energy_scale, (int, float)) else [float(v) for v in energy_scale],
+            "energy_shift": energy_shift if isinstance(energy_shift, (int, float)) else [float(v) for v in energy_shift],
+            "zbl": bool(zbl),
+            "resnet": bool(resnet),
+            "nonlinearity_scalars": nonlinearity_scalars,
+            "nonlinearity_gates": nonlinearity_gates,
+        }
+        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
+        self.species_embedding = SpeciesEmbedding(self.num_species, num_features)
+
+        hidden = hidden_irreps(num_features, l_max, parity)
+        scalars_out = o3.Irreps(f"{num_features}x0e")
+        irreps = self.species_embedding.irreps_out
+        self.layers = torch.nn.ModuleList()
+        for index in range(num_layers):
+            layer = NequIPLayer(
+                irreps,
+                self.irreps_sh,
+                scalars_out if index == num_layers - 1 else hidden,
+                self.num_species,
+                num_bessel,
+                radial_mlp,
+                avg_num_neighbors,
+                self_connection=index > 0,
+                resnet=resnet and index > 0,
+                nonlinearity_scalars=nonlinearity_scalars,
+                nonlinearity_gates=nonlinearity_gates,
+            )
+            irreps = layer.irreps_out
+            self.layers.append(layer)
+        self.readout = torch.nn.Sequential(
+            LinearReadout(irreps, f"{max(num_features // 2, 1)}x0e"),
+            LinearReadout(f"{max(num_features // 2, 1)}x0e", "1x0e"),
+        )
+        self.scale_shift = PerSpeciesScaleShift(self.num_species, energy_scale, energy_shift, trainable=True)
+        self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
+
+    def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
+        lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        edge_sh = self.spherical_harmonics(edge_vectors)
+        radial = self.radial_embedding(lengths)
+        node_features = self.species_embedding(species)
+        for layer in self.layers:
+            node_features = layer(node_features, species, edge_sh, radial, edge_index)
+        node_energy = self.scale_shift(self.readout(node_features).squeeze(-1), species)
+        if self.zbl is not None:
+            node_energy = node_energy + self.zbl(species, edge_index, lengths)
+        return node_energy
+
+
+def _as_z(key) -> int:
+    return _symbol_to_z[key] if isinstance(key, str) else int(key)

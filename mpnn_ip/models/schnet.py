@@ -1,0 +1,97 @@
+"""SchNet: invariant message passing with continuous-filter convolutions (Schütt et al. 2017, 2018).
+
+The line that began with the deep tensor neural network (DTNN): a species embedding, distances
+expanded in Gaussians, interaction blocks (atom-wise Dense -> continuous-filter convolution ->
+Dense, shifted softplus, Dense; residual update), and an atom-wise output network
+(Dense, ssp, Dense) whose output is scaled and shifted per species.
+
+An atom's energy is measured from the same network's output for an isolated atom of its
+species (no neighbours), so an isolated atom gets exactly ``E0 + energy_shift``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from mpnn_ip.models.base import Potential
+from mpnn_ip.nn.activations import shifted_softplus
+from mpnn_ip.nn.cfconv import GaussianBasis, SchNetInteraction, cosine_cutoff
+from mpnn_ip.nn.radial import PolynomialCutoff
+from mpnn_ip.nn.scale_shift import PerSpeciesScaleShift
+
+CUTOFFS = ("cosine", "polynomial")
+
+
+class SchNet(Potential):
+    """SchNet potential.
+
+    Args:
+        species: chemical symbols or atomic numbers.
+        r_max: cutoff radius (Å).
+        num_features: atom feature channels (SchNet's ``n_atom_basis``).
+        num_interactions: interaction blocks.
+        num_gaussians: Gaussians of the distance expansion, centres evenly in [0, r_max].
+        num_filters: channels of the continuous filters.
+        cutoff: ``"cosine"`` (0.5 (cos(π r / r_max) + 1), the original) or ``"polynomial"`` (p = 6).
+        e0s: per-species isolated-atom energies (eV), ``{Z or symbol: eV}``.
+        avg_num_neighbors: divides the neighbour sum of each convolution.
+        energy_scale: eV, initial per-species scale of the output network.
+        energy_shift: eV, initial per-species shift on top of E0.
+    """
+
+    def __init__(
+        self,
+        species: Sequence[int | str],
+        r_max: float = 5.0,
+        num_features: int = 64,
+        num_interactions: int = 3,
+        num_gaussians: int = 50,
+        num_filters: int = 64,
+        cutoff: str = "cosine",
+        e0s: Mapping | None = None,
+        avg_num_neighbors: float = 1.0,
+        energy_scale: float = 1.0,
+        energy_shift: float = 0.0,
+    ):
+        super().__init__(species, r_max, e0s)
+        if cutoff not in CUTOFFS:
+            raise ValueError(f"SchNet: unknown cutoff {cutoff!r}; choose one of {CUTOFFS}")
+        self.config = dict(
+            species=list(species), r_max=float(r_max), num_features=int(num_features),
+            num_interactions=int(num_interactions), num_gaussians=int(num_gaussians),
+            num_filters=int(num_filters), cutoff=cutoff, e0s=dict(e0s) if e0s is not None else None,
+            avg_num_neighbors=float(avg_num_neighbors), energy_scale=energy_scale, energy_shift=energy_shift,
+        )
+        self.cutoff_kind = cutoff
+        self.polynomial_cutoff = PolynomialCutoff(self.r_max, p=6)
+        self.embedding = torch.nn.Embedding(self.num_species, num_features)
+        self.radial_basis = GaussianBasis(self.r_max, num_gaussians)
+        self.interactions = torch.nn.ModuleList(
+            SchNetInteraction(num_features, num_filters, num_gaussians, avg_num_neighbors)
+            for _ in range(num_interactions)
+        )
+        self.output_hidden = torch.nn.Linear(num_features, max(num_features // 2, 1))
+        self.output = torch.nn.Linear(max(num_features // 2, 1), 1)
+        self.scale_shift = PerSpeciesScaleShift(self.num_species, energy_scale, energy_shift)
+
+    def cutoff_envelope(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Smooth cutoff ``[n_edges]`` Å -> ``[n_edges]`` (1 at r = 0, value and slope 0 at r_max)."""
+        if self.cutoff_kind == "cosine":
+            return cosine_cutoff(lengths, self.r_max)
+        return self.polynomial_cutoff(lengths)
+
+    def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
+        num_atoms = species.shape[0]
+        # One neighbourless reference atom per species, appended after the real atoms.
+        reference = torch.arange(self.num_species, device=species.device)
+        node_features = self.embedding(torch.cat([species, reference]))
+        lengths = torch.linalg.norm(edge_vectors, dim=-1)
+        radial_basis = self.radial_basis(lengths)
+        cutoff = self.cutoff_envelope(lengths)
+        for interaction in self.interactions:
+            node_features = interaction(node_features, radial_basis, cutoff, edge_index)
+        raw = self.output(shifted_softplus(self.output_hidden(node_features))).squeeze(-1)
+        relative = raw[:num_atoms] - raw[num_atoms:][species]
+        return self.scale_shift(relative, species)

@@ -1,0 +1,39 @@
+"""Radial MLP: invariant edge-length features -> per-edge tensor-product weights."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet
+
+from mpnn_ip.nn.activations import activation
+
+
+class RadialMLP(torch.nn.Module):
+    """Bias-free MLP on the radial embedding, one output per tensor-product weight.
+
+    Uses e3nn's ``FullyConnectedNet`` (weights ~ N(0, 1) divided by sqrt(fan-in), activation
+    rescaled to unit second moment), the radial network of NequIP and MACE. Without biases a
+    radial embedding that vanishes at r_max gives weights that vanish there too, so messages
+    switch off smoothly at the cutoff.
+
+    Args:
+        num_basis: size of the radial embedding (number of Bessel functions).
+        hidden: widths of the hidden layers, e.g. ``[64, 64]``.
+        num_out: number of outputs (``TensorProduct.weight_numel``).
+        nonlinearity: name of the activation ("silu", "tanh", "ssp", ...).
+    Input ``radial_embedding: [n_edges, num_basis]`` -> ``[n_edges, num_out]``.
+    """
+
+    def __init__(self, num_basis: int, hidden: Sequence[int], num_out: int, nonlinearity: str = "silu"):
+        super().__init__()
+        self.num_basis = int(num_basis)
+        self.num_out = int(num_out)
+        self.irreps_in = o3.Irreps(f"{self.num_basis}x0e")
+        self.irreps_out = o3.Irreps(f"{self.num_out}x0e")
+        self.net = FullyConnectedNet([self.num_basis, *[int(h) for h in hidden], self.num_out], activation(nonlinearity))
+
+    def forward(self, radial_embedding: torch.Tensor) -> torch.Tensor:
+        return self.net(radial_embedding)

@@ -1,0 +1,33 @@
+"""Training: LightningModule, per-output losses, masked metrics, EMA and other callbacks, checkpoint metadata.
+
+Public names:
+    PotentialModule              LightningModule around a ``Potential`` (attribute ``model``)
+    WeightedPropertyLoss         ``{energy|forces|stress: {weight, fn}}`` loss
+    PropertyMetrics              MAE/RMSE of energy (per atom, per frame), forces, stress
+    ExponentialMovingAverage     EMA of the weights (validation, checkpoints, export)
+    LinearWarmup, ReseedEveryEpoch   learning-rate warm-up; per-epoch seeding for exact resume
+    MultiFileDataModule          ``AtomicDataModule`` whose paths may be glob patterns
+    checkpoint_metadata, load_checkpoint   ``ckpt["mpnn_ip"]`` and reading it back
+"""
+
+from __future__ import annotations
+
+from mpnn_ip.train.callbacks import LinearWarmup, ReseedEveryEpoch
+from mpnn_ip.train.checkpoint import checkpoint_metadata, load_checkpoint
+from mpnn_ip.train.ema import ExponentialMovingAverage
+from mpnn_ip.train.lightning_module import PotentialModule
+from mpnn_ip.train.losses import WeightedPropertyLoss
+from mpnn_ip.train.metrics import PropertyMetrics
+from mpnn_ip.train.multifile import MultiFileDataModule
+
+__all__ = [
+    "ExponentialMovingAverage",
+    "LinearWarmup",
+    "MultiFileDataModule",
+    "PotentialModule",
+    "PropertyMetrics",
+    "ReseedEveryEpoch",
+    "WeightedPropertyLoss",
+    "checkpoint_metadata",
+    "load_checkpoint",
+]

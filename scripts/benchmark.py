@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Speed and memory of our models on the peers' fixed workloads (prints numbers; no asserts).
+
+Mirrors the harness in ``../shared/bench`` (same workloads, protocol, loss and optimizer,
+JSON lines, table) by importing its ``bench_common`` and adding an adapter for mpnn_ip.
+Each (model, workload) runs in its own subprocess so that peak memory (max RSS) is its own.
+
+    python scripts/benchmark.py                       # small nequip + mace, all workloads
+    python scripts/benchmark.py --models nequip --workloads mol27x16 --quick
+    python scripts/benchmark.py --out ours.jsonl      # then: python ../shared/bench/bench_common.py table ours.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BENCH_DIR = REPO.parent / "shared" / "bench"
+
+#: Matched sizes of the peers' "small" models (../shared/bench/README.md).
+SMALL_PRESETS = {
+    "nequip": dict(num_layers=4, l_max=2, parity=True, num_features=32, radial_mlp=[64, 64], num_bessel=8, cutoff_p=6),
+    "mace": dict(num_interactions=2, hidden_irreps="64x0e+64x1o", max_ell=3, correlation=3, num_bessel=8,
+                 radial_mlp=[64, 64, 64], cutoff_p=5),
+}
+
+#: Peers' medians (s) measured with the same harness on a 2-core machine (../shared/bench/README.md).
+PEER_SECONDS = {
+    ("mol27x16", "nl"): (0.0015, 0.0015),
+    ("mol27x16", "infer_ef"): (0.73, 0.47),
+    ("mol27x16", "train_step"): (3.18, 2.11),
+    ("cu256", "infer_ef"): (1.02, 0.56),
+    ("cu256", "train_step"): (5.47, 2.03),
+    ("cu2048", "nl"): (0.018, 0.021),
+    ("cu2048", "infer_ef"): (21.9, 11.3),
+}
+
+
+def make_adapter(model_name: str):
+    """An ``Adapter`` of the shared harness that drives one of our models."""
+    import torch
+    from bench_common import R_MAX, Adapter
+
+    import mpnn_ip
+    from mpnn_ip.data import AtomicGraph, collate, to_inputs
+    from mpnn_ip.graph import radius_graph_pbc
+    from mpnn_ip.models import build_model
+
+    class Ours(Adapter):
+        code = "mpnn_ip"
+        def __init__(self):
+            self.model_name = f"{model_name}-s"
+            self.model = None
+
+        def version(self):
+            return mpnn_ip.__version__
+
+        def hyperparameters(self, wl):
+            return dict(SMALL_PRESETS[model_name], r_max=R_MAX, avg_num_neighbors=wl.avg_num_neighbors)
+
+        def build_model(self, wl):
+            torch.manual_seed(0)
+            self.model = build_model(model_name, species=wl.atomic_numbers, **self.hyperparameters(wl)).to(torch.float32)
+            return self.model
+
+        def nl_inputs(self, frames):
+            return to_inputs(collate([AtomicGraph.from_atoms(a) for a in frames]))
+
+        def neighbor_lists(self, inputs):
+            edge_index, _ = radius_graph_pbc(inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"], R_MAX)
+            return int(edge_index.shape[1])
+
+        def make_batch(self, frames):
+            inputs = self.nl_inputs(frames)
+            inputs["edge_index"], inputs["cell_shifts"] = radius_graph_pbc(
+                inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"], R_MAX
+            )
+            return inputs
+
+        def infer_ef(self, batch):
+            out = self.model(batch, compute_forces=True)
+            return {"energy": out["energy"].detach().numpy(), "forces": out["forces"].detach().numpy()}
+
+        def end2end(self, frames, compute_stress):
+            out = self.model(self.nl_inputs(frames), compute_forces=True, compute_stress=compute_stress)
+            stress = out["stress"].detach().numpy() if compute_stress else None
+            return {"energy": out["energy"].detach().numpy(), "forces": out["forces"].detach().numpy(), "stress": stress}
+
+        def train_forward(self, batch):
+            out = self.model(batch, compute_forces=True)
+            return out["energy"], out["forces"]
+
+    return Ours()
+
+
+def run_one(args) -> int:
+    """Child process: one model on one workload through the shared harness; JSON lines on stdout."""
+    sys.path.insert(0, str(args.bench_dir))
+    import bench_common
+
+    harness_args = ["--workloads", args.workloads, "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    rc = bench_common.main(make_adapter(args.models), harness_args)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"code": "mpnn_ip", "model": f"{args.models}-s", "workload": args.workloads,
+                      "measurement": "peak_rss_mib", "value": peak_mib}), flush=True)
+    return rc
+
+
+def print_summary(records: list[dict]) -> None:
+    """One table: our median seconds, the peers' measured medians and the speed-up over each."""
+    timing = {(r["model"], r["workload"], r["measurement"]): r for r in records if "median_s" in r}
+    memory = {(r["model"], r["workload"]): r["value"] for r in records if r.get("measurement") == "peak_rss_mib"}
+    params = {(r["model"], r["workload"]): r["n_params"] for r in records if "n_params" in r}
+    print(f"\n{'model':9s} {'workload':9s} {'measurement':18s} {'ours s':>9s} {'NequIP-s':>9s} {'MACE-s':>9s} "
+          f"{'peer/ours':>9s} {'params':>8s} {'peak MiB':>8s}")
+    for (model, wl, meas), r in sorted(timing.items()):
+        peers = PEER_SECONDS.get((wl, meas))
+        peer_cols = f"{peers[0]:9.4f} {peers[1]:9.4f}" if peers else f"{'-':>9s} {'-':>9s}"
+        matched = peers[0 if model.startswith("nequip") else 1] if peers else None
+        ratio = f"{matched / r['median_s']:9.2f}" if matched else f"{'-':>9s}"
+        print(f"{model:9s} {wl:9s} {meas:18s} {r['median_s']:9.4f} {peer_cols} {ratio} "
+              f"{params.get((model, wl), 0):8d} {memory.get((model, wl), 0):8.0f}")
+    print("\npeer/ours > 1: ours is faster than the matched peer (peer times from ../shared/bench/README.md, "
+          "measured on another run of a 2-core machine; rerun the peers for a same-run ratio).")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="nequip,mace")
+    parser.add_argument("--workloads", default="mol27x16,cu256,cu2048")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="1 warm-up, 2 repeats (smoke test)")
+    parser.add_argument("--bench-dir", type=Path, default=Path(os.environ.get("MPNN_IP_BENCH_DIR", DEFAULT_BENCH_DIR)))
+    parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not (args.bench_dir / "bench_common.py").is_file():
+        parser.error(f"no bench_common.py in {args.bench_dir}: pass --bench-dir (the shared benchmark harness)")
+    if args.child:
+        return run_one(args)
+
+    records, rc = [], 0
+    for model in args.models.split(","):
+        for wl in args.workloads.split(","):
+            cmd = [sys.executable, __file__, "--child", "--models", model, "--workloads", wl,
+                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir)] + (["--quick"] if args.quick else [])
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            rc |= proc.returncode
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            records += [json.loads(line) for line in lines]
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write("\n".join(lines) + "\n")
+    print_summary(records)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
