@@ -110,6 +110,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     if not state:
         raise ConfigError(f"checkpoint {path} has no model weights (no 'model.*' entries in its state_dict); use another checkpoint.")
+    # Load in the stored precision first: a float64 checkpoint copied into float32 tensors loses digits.
+    model = model.to(_DTYPES.get(meta.get("dtype", "float32"), torch.float32))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

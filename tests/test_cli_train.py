@@ -144,6 +144,10 @@ def test_resume_from_last_checkpoint_equals_uninterrupted_run(workdir, multirun)
     assert a["epoch"] == b["epoch"] == 1
     for key, value in a["state_dict"].items():
         assert torch.allclose(value, b["state_dict"][key], rtol=0, atol=1e-6), key
+    plateau_a, plateau_b = a["lr_schedulers"][0], b["lr_schedulers"][0]
+    for key in ("last_epoch", "num_bad_epochs", "_last_lr"):
+        assert plateau_a[key] == plateau_b[key], key
+    assert plateau_b["best"] == pytest.approx(plateau_a["best"], abs=1e-6)
     metrics_a = json.loads((full / "metrics.json").read_text())["metrics"]
     metrics_b = json.loads((resumed / "metrics.json").read_text())["metrics"]
     for key, value in metrics_a.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -48,13 +50,12 @@ def test_config_rebuilds_and_physics_of_unfitted_model():
     model = GAP(species=SPECIES, e0s=E0S, **SMALL).to(torch.float64).eval()
     rebuilt = type(model)(**model.config)
     assert rebuilt.config == model.config
-    for atoms in (make_molecule(), make_triclinic_crystal()):
-        physics.check_rotation_equivariance(model, atoms)
-        physics.check_forces_finite_differences(model, atoms)
-        physics.check_stress_finite_differences(model, atoms)
+    physics.check_rotation_equivariance(model, make_molecule())
+    physics.check_forces_finite_differences(model, make_molecule())
+    physics.check_stress_finite_differences(model, make_triclinic_crystal())
     physics.check_cutoff_smoothness(model, [("H", "O"), ("Cu", "Au")])
     physics.check_isolated_atoms(model, E0S)
-    physics.check_float32_matches_float64(model, model.to(torch.float32), [make_molecule()])
+    physics.check_float32_matches_float64(model, copy.deepcopy(model).to(torch.float32), [make_molecule()])
 
 
 def test_select_sparse_returns_distinct_rows():
@@ -80,10 +81,10 @@ def test_fit_reproduces_training_energies_when_noise_vanishes(with_forces):
 
 
 def test_fitted_model_forces_match_finite_differences_and_state_dict_round_trip():
-    graphs = _frames(6, seed=20)
-    model = _gap(num_sparse=10)
+    graphs = _frames(4, seed=20)
+    model = _gap(num_sparse=8)
     info = fit_gap(model, graphs)
-    assert info["num_force_rows"] == 6 * 6 * 3 and info["train_force_rmse"] < 1.0
+    assert info["num_force_rows"] == 4 * 6 * 3 and info["train_force_rmse"] < 1.0
     atoms = molecule("CH3OH")
     atoms.rattle(stdev=0.05, seed=99)
     physics.check_forces_finite_differences(model, atoms)
@@ -97,8 +98,8 @@ def test_fitted_model_forces_match_finite_differences_and_state_dict_round_trip(
 
 
 def test_uncertainty_grows_away_from_training_data():
-    graphs = _frames(6, seed=30)
-    model = _gap(num_sparse=10)
+    graphs = _frames(4, seed=30)
+    model = _gap(num_sparse=8)
     fit_gap(model, graphs)
     near = model(to_inputs(collate(graphs[:1])), compute_forces=False)["energy_uncertainty"]
     squeezed = molecule("CH3OH")

@@ -7,7 +7,7 @@ import torch
 from e3nn import o3
 
 import physics
-from conftest import make_molecule, make_triclinic_crystal
+from conftest import make_molecule, make_triclinic_crystal, make_water
 from mpnn_ip.models import build_model
 from mpnn_ip.models.mace import MACE, PRESETS
 from mpnn_ip.nn.mace_interaction import MACEInteraction, message_paths
@@ -35,14 +35,8 @@ def test_defaults_build_and_run():
     torch.manual_seed(0)
     model = MACE(species=["H", "O"])
     assert model.config["hidden_irreps"] == "64x0e+64x1o" and model.config["cutoff_p"] == 5
-    out = model(physics.model_inputs(physics_water()), compute_forces=True)
+    out = model(physics.model_inputs(make_water()), compute_forces=True)
     assert torch.isfinite(out["energy"]).all() and out["forces"].shape == (3, 3)
-
-
-def physics_water():
-    from conftest import make_water
-
-    return make_water()
 
 
 def test_config_rebuilds_the_same_model():
@@ -71,11 +65,13 @@ def test_energy_is_rotation_invariant_and_forces_match_finite_differences():
     physics.check_forces_finite_differences(model, make_molecule())
 
 
-def test_edge_tensor_product_matches_e3nn():
+@pytest.mark.parametrize("node_irreps", ["0e", "0e+1o"])
+def test_edge_tensor_product_matches_e3nn(node_irreps):
     """Per-edge messages equal ``o3.TensorProduct`` with MACE's "uvu" instructions and radial weights."""
     torch.manual_seed(0)
     channels, n_atoms, n_edges = 3, 5, 9
-    irreps_node = o3.Irreps(f"{channels}x0e+{channels}x1o")
+    irreps_node = o3.Irreps([(channels, ir) for _, ir in o3.Irreps(node_irreps)])
+    dim_node = sum(ir.dim for _, ir in irreps_node)
     irreps_sh = o3.Irreps.spherical_harmonics(3)
     irreps_target = o3.Irreps([(channels, ir) for _, ir in irreps_sh])
     block = MACEInteraction(irreps_node, irreps_sh, irreps_target, f"{channels}x0e", 2, 4, [8]).to(torch.float64)
@@ -85,14 +81,14 @@ def test_edge_tensor_product_matches_e3nn():
     reference = o3.TensorProduct(irreps_node, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False).to(torch.float64)
 
     generator = torch.Generator().manual_seed(1)
-    features = torch.randn(n_atoms, 4, channels, dtype=torch.float64, generator=generator)  # channels-last [n, D, C]
+    features = torch.randn(n_atoms, dim_node, channels, dtype=torch.float64, generator=generator)  # channels-last [n, D, C]
     vectors = torch.randn(n_edges, 3, dtype=torch.float64, generator=generator)
     edge_sh = o3.spherical_harmonics(irreps_sh, vectors, normalize=True, normalization="component")
     weights = torch.randn(n_edges, len(paths), channels, dtype=torch.float64, generator=generator)
     neighbour = torch.randint(0, n_atoms, (n_edges,), generator=generator)
 
     ours = block.edge_messages(features, edge_sh, weights, neighbour)  # [E, rows, C]
-    e3nn_features = torch.cat([features[:, 0, :], features[:, 1:4, :].transpose(1, 2).reshape(n_atoms, -1)], dim=-1)
+    e3nn_features = torch.cat([features[:, 0, :], features[:, 1:, :].transpose(1, 2).reshape(n_atoms, -1)], dim=-1)
     theirs = reference(e3nn_features[neighbour], edge_sh, weights.reshape(n_edges, -1))
     row_path = block.constants.get(torch.float64, "cpu")["row_path"]
     start = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -45,7 +47,6 @@ def test_isolated_atom_energy_is_e0_and_float32_agrees():
     plain = build_model("schnet", species=SPECIES, e0s=E0S, **SMALL).to(torch.float64).eval()
     physics.check_isolated_atoms(plain, E0S)
     model = _model()
-    import copy
 
     physics.check_float32_matches_float64(model, copy.deepcopy(model).to(torch.float32), [make_molecule(), make_slab()])
 

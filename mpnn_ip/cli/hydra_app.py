@@ -94,6 +94,8 @@ def explain(exc: BaseException) -> str | None:
             return inner
     if isinstance(exc, (ConfigError, DataError)):
         return str(exc)
+    if type(exc).__name__ == "MisconfigurationException":  # Lightning's, e.g. trainer=gpu without a GPU
+        return f"{_first_lines(exc)}\nCheck the trainer settings (trainer=cpu | gpu | ddp, trainer.devices=...)."
     if isinstance(exc, FileNotFoundError):
         name = exc.filename or str(exc)
         return (
@@ -191,10 +193,10 @@ def _validation_overrides(overrides: Sequence[str]) -> list[str]:
 
 def _check_overrides(config_name: str, args) -> None:
     """Compose once with the command-line overrides so that mistakes fail with a friendly message."""
-    if args.config_path or args.config_dir or args.help or args.hydra_help or args.shell_completion:
+    if args.config_path or args.config_dir or args.help or args.hydra_help or args.shell_completion or args.experimental_rerun:
         return
     overrides = _validation_overrides(args.overrides)
-    compose_config(config_name, overrides)
+    compose_config(args.config_name or config_name, overrides)
 
 
 def run_hydra_app(task_function: Callable[[Any], Any], config_name: str, prog: str) -> None:

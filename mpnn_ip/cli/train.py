@@ -14,6 +14,7 @@ The run directory (Hydra's output dir) receives the resolved ``config.yaml``, ``
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from mpnn_ip.cli.hydra_app import friendly_errors, run_hydra_app, to_container
@@ -30,6 +31,15 @@ def _set_matmul_precision(tf32: bool, accelerator: str) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def _route_lightning_logs_to_hydra() -> None:
+    """Lightning adds its own console handler on import; in the CLI its messages go through Hydra's
+    logging instead (all of them to ``<run dir>/train.log``, warnings also to the console)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
 def fit(cfg) -> float | None:
     """Build everything from ``cfg``, fit, test with the best checkpoint and write the run's reports.
 
@@ -37,6 +47,8 @@ def fit(cfg) -> float | None:
     """
     import lightning as L
     from omegaconf import OmegaConf
+
+    _route_lightning_logs_to_hydra()
 
     from mpnn_ip.train import PotentialModule, builders
     from mpnn_ip.train.checkpoint import load_checkpoint
@@ -56,6 +68,8 @@ def fit(cfg) -> float | None:
         statistics = meta["statistics"]
     else:
         model = builders.build_model(cfg.model, statistics, cfg.dtype)
+        if hasattr(model, "prepare"):  # models with data-dependent setup (e.g. BPNN feature standardisation)
+            model.prepare(list(datamodule.train_dataset.graphs))
     if cfg.compile:
         model.compile(dynamic=True)
 

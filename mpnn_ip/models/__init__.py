@@ -10,6 +10,9 @@ from mpnn_ip.models.base import Potential, normalize_species
 MODEL_REGISTRY = {
     "nequip": "mpnn_ip.models.nequip:NequIP",
     "mace": "mpnn_ip.models.mace:MACE",
+    "schnet": "mpnn_ip.models.schnet:SchNet",
+    "bpnn": "mpnn_ip.models.bpnn:BPNN",
+    "gap": "mpnn_ip.models.gap:GAP",
 }
 
 

@@ -13,10 +13,13 @@ Before fitting, the sparse points and weights are seeded random numbers, so that
 model is a smooth, non-trivial function (like an untrained network).
 
 Uncertainty: the projected-process (DTC) predictive variance of the latent function,
-``σ²(x) = k(x, x) - k_xM K_MM⁻¹ k_Mx + k_xM Σ k_Mx`` with ``Σ = (K_MM + K_MN Λ⁻¹ K_NM)⁻¹``
-(the sparse-GP posterior covariance of α), per atom (``node_energy_variance``, eV²) and for
-the frame's total energy (``energy_uncertainty``, eV, a standard deviation; k summed over the
-frame's atom pairs). The uncertainty of the fitted per-species shift is not included.
+``σ²(x) = k(x, x) - k_xM K_MM⁻¹ k_Mx + φ_x Σ φ_xᵀ`` with ``φ_x = [k_xM, species one-hot]`` and
+``Σ = (K_MM ⊕ I/s² + Φ_N Λ⁻¹ Φ_Nᵀ)⁻¹`` the joint posterior covariance of α and the per-species
+shifts (prior std s, :data:`mpnn_ip.train.gap_fit.SHIFT_PRIOR_STD`), per atom
+(``node_energy_variance``, eV²) and for the frame's total energy (``energy_uncertainty``, eV,
+a standard deviation; kernels summed over the frame's atom pairs, φ over its atoms). Stored
+as square roots for stability: ``kmm_cholesky`` L (K_MM = L Lᵀ) and ``posterior_root`` R⁻¹
+(Σ = R⁻¹ R⁻ᵀ). Before fitting they are I and 0 and the variance is not meaningful.
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ class GAP(Potential):
         self.register_buffer("sparse_active", torch.ones(size, dtype=torch.bool))
         self.register_buffer("alpha", 0.1 * torch.randn(size))
         self.register_buffer("species_shift", torch.full((self.num_species,), float(energy_shift)))
-        self.register_buffer("kmm_inverse", torch.zeros(size, size))
-        self.register_buffer("posterior_covariance", torch.zeros(size, size))
+        self.register_buffer("kmm_cholesky", torch.eye(size))
+        self.register_buffer("posterior_root", torch.zeros(size + self.num_species, size + self.num_species))
         self._environment = None
 
     def isolated_descriptors(self) -> torch.Tensor:
@@ -131,11 +134,18 @@ class GAP(Potential):
     def predictive_variance(self, x, species, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
         """DTC variance (eV²) of the atomic energies ``[n_atoms]`` and of the frame energies ``[B]``."""
         k = self.kernel(x, species)
-        kmm_inverse, covariance = self.kmm_inverse.to(x.dtype), self.posterior_covariance.to(x.dtype)
+        counts = torch.nn.functional.one_hot(species, self.num_species).to(x.dtype)
+        cholesky, root = self.kmm_cholesky.to(x.dtype), self.posterior_root.to(x.dtype)
+
+        def nystrom(rows):  # k K_MM⁻¹ kᵀ per row
+            return torch.linalg.solve_triangular(cholesky, rows.T, upper=False).pow(2).sum(0)
+
+        def posterior(rows):  # φ Σ φᵀ per row
+            return (rows @ root).pow(2).sum(-1)
         isolated = self.isolated_descriptors().to(x.dtype)
         to_isolated = self._base_kernel((x * isolated[species]).sum(-1))
         prior = self._base_kernel((x * x).sum(-1)) - 2 * to_isolated + self.delta**2
-        node = prior - ((k @ kmm_inverse) * k).sum(-1) + ((k @ covariance) * k).sum(-1)
+        node = prior - nystrom(k) + posterior(torch.cat([k, counts], dim=-1))
 
         dense, valid = to_dense_batch(x, batch, batch_size=num_graphs)
         dense_species, _ = to_dense_batch(species, batch, fill_value=-1, batch_size=num_graphs)
@@ -144,8 +154,8 @@ class GAP(Potential):
         pair = pair - dense_to_isolated.unsqueeze(-1) - dense_to_isolated.unsqueeze(-2) + self.delta**2
         same = (dense_species.unsqueeze(-1) == dense_species.unsqueeze(-2)) & valid.unsqueeze(-1) & valid.unsqueeze(-2)
         frame_prior = torch.where(same, pair, torch.zeros_like(pair)).sum((1, 2))
-        kf = scatter(k, batch, dim=0, dim_size=num_graphs, reduce="sum")
-        frame = frame_prior - ((kf @ kmm_inverse) * kf).sum(-1) + ((kf @ covariance) * kf).sum(-1)
+        features = scatter(torch.cat([k, counts], dim=-1), batch, dim=0, dim_size=num_graphs, reduce="sum")
+        frame = frame_prior - nystrom(features[:, : k.shape[1]]) + posterior(features)
         return node.clamp(min=0), frame.clamp(min=0)
 
     def forward(self, inputs, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
-from torch_geometric.utils import scatter
 
 from mpnn_ip.nn.cfconv import cosine_cutoff
 
@@ -63,7 +62,8 @@ class PowerSpectrum(torch.nn.Module):
         harmonics = o3.spherical_harmonics(list(range(self.l_max + 1)), edge_vectors, normalize=True, normalization="component")
         per_edge = radial.unsqueeze(-1) * harmonics.unsqueeze(1)
         index = edge_index[0] * self.num_species + species[edge_index[1]]
-        coefficients = scatter(per_edge, index, dim=0, dim_size=num_atoms * self.num_species, reduce="sum")
+        # index_add rather than scatter_add: its forward-mode derivative (used by the GAP fit) is ~10x faster.
+        coefficients = per_edge.new_zeros((num_atoms * self.num_species, *per_edge.shape[1:])).index_add(0, index, per_edge)
         coefficients = coefficients.reshape(num_atoms, self.num_species, self.n_max, -1)
         central = self.central_weight * self.radial(torch.zeros(1, dtype=dtype, device=species.device))[0]
         own = torch.nn.functional.one_hot(species, self.num_species).to(dtype)

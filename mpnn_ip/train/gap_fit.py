@@ -5,7 +5,7 @@ holds total energies minus Σ E0 (eV) and force components (eV/Å), K their desi
 (energy rows: Σ_{i ∈ frame} k(x_i, x_m) and species counts; force rows: minus the derivative of
 the energy row w.r.t. that coordinate) and Λ the noise (σ_E √n_atoms, σ_F). The whitened
 system ``[Λ^{-1/2} K; L_MMᵀ 0; 0 I/s]`` is solved by one QR factorisation in float64;
-``Σ = (RᵀR)⁻¹`` gives the posterior covariance of α. Force rows come from forward-mode
+``Σ = (RᵀR)⁻¹`` is the joint posterior covariance of (α, shift), stored as R⁻¹. Force rows come from forward-mode
 autograd through the descriptors: one pass per (local atom index, direction) perturbs that
 coordinate in every frame of a batch at once (frames are independent).
 """
@@ -47,12 +47,24 @@ def select_sparse(environments: torch.Tensor, count: int, method: str) -> torch.
     return torch.tensor(chosen)
 
 
-def _batches(model, graphs, batch_size):
-    """Frames sorted by size, collated; each with its radius graph and species index."""
-    order = sorted(range(len(graphs)), key=lambda k: graphs[k].num_nodes)
+def _batches(model, graphs, atoms_per_batch):
+    """Frames sorted by size, collated up to ``atoms_per_batch`` atoms; each with its radius graph and species index.
+
+    Large batches make the fit fast: the force rows cost 3 x (largest frame) passes over each batch.
+    """
+    # Frames without force labels batch together and need no force passes.
+    order = sorted(range(len(graphs)), key=lambda k: (bool(graphs[k].has_forces.any()), graphs[k].num_nodes))
     device = model.sparse_points.device
-    for start in range(0, len(order), batch_size):
-        inputs = {k: v.to(device) for k, v in to_inputs(collate([graphs[k] for k in order[start : start + batch_size]])).items()}
+    chunks, current, atoms = [], [], 0
+    for k in order:
+        if current and atoms + graphs[k].num_nodes > atoms_per_batch:
+            chunks.append(current)
+            current, atoms = [], 0
+        current.append(k)
+        atoms += graphs[k].num_nodes
+    chunks.append(current)
+    for chunk in chunks:
+        inputs = {k: v.to(device) for k, v in to_inputs(collate([graphs[k] for k in chunk])).items()}
         inputs["pos"], inputs["cell"] = inputs["pos"].to(torch.float64), inputs["cell"].to(torch.float64).reshape(-1, 3, 3)
         inputs["edge_index"], inputs["cell_shifts"] = radius_graph_pbc(
             inputs["pos"], inputs["cell"], inputs["pbc"].reshape(-1, 3), inputs["batch"], model.r_max
@@ -71,7 +83,7 @@ def _frame_rows(model, inputs, x):
     num_graphs = inputs["cell"].shape[0]
     counts = torch.nn.functional.one_hot(inputs["species"], model.num_species).to(x.dtype)
     per_atom = torch.cat([model.kernel(x, inputs["species"]), counts], dim=-1)
-    return scatter(per_atom, inputs["batch"], dim=0, dim_size=num_graphs, reduce="sum")
+    return per_atom.new_zeros((num_graphs, per_atom.shape[1])).index_add(0, inputs["batch"], per_atom)
 
 
 def _design_rows(model, inputs, sigma_energy, sigma_forces):
@@ -108,17 +120,17 @@ def _design_rows(model, inputs, sigma_energy, sigma_forces):
     return rows, targets, noise, is_force
 
 
-def fit_gap(model, train_graphs, batch_size: int = 32) -> dict:
+def fit_gap(model, train_graphs, atoms_per_batch: int = 8192) -> dict:
     """Choose sparse points from ``train_graphs`` (AtomicGraph list) and fit α, Σ and the shifts in closed form.
 
-    Writes the model's buffers (sparse points, α, shifts, K_MM⁻¹, Σ) in place.
+    Writes the model's buffers (sparse points, α, shifts, Cholesky factor of K_MM, R⁻¹) in place.
     Returns timings (s), sizes and training residuals (RMSE: energy eV/atom, forces eV/Å).
     """
     config = model.config
     original_dtype = model.dtype
     model.to(torch.float64)
     start = time.perf_counter()
-    batches = list(_batches(model, train_graphs, batch_size))
+    batches = list(_batches(model, train_graphs, atoms_per_batch))
     environments, env_species = [], []
     with torch.no_grad():
         for inputs in batches:
@@ -161,20 +173,20 @@ def fit_gap(model, train_graphs, batch_size: int = 32) -> dict:
     q, r = torch.linalg.qr(system)
     theta = torch.linalg.solve_triangular(r, (q.T @ rhs).unsqueeze(-1), upper=True).squeeze(-1)
     r_inverse = torch.linalg.solve_triangular(r, torch.eye(num_params, dtype=r.dtype, device=r.device), upper=True)
-    covariance = (r_inverse @ r_inverse.T)[:num_active, :num_active]
 
     size = active.shape[0]
     index = torch.nonzero(active).flatten()
     alpha = torch.zeros(size, dtype=torch.float64, device=active.device)
     alpha[index] = theta[:num_active]
-    full_inverse = torch.zeros(size, size, dtype=torch.float64, device=active.device)
-    full_inverse[index.unsqueeze(-1), index] = torch.cholesky_inverse(chol)
-    full_covariance = torch.zeros_like(full_inverse)
-    full_covariance[index.unsqueeze(-1), index] = covariance
+    full_cholesky = torch.eye(size, dtype=torch.float64, device=active.device)
+    full_cholesky[index.unsqueeze(-1), index] = chol
+    with_shifts = torch.cat([index, size + torch.arange(model.num_species, device=index.device)])
+    full_root = torch.zeros(size + model.num_species, size + model.num_species, dtype=torch.float64, device=active.device)
+    full_root[with_shifts.unsqueeze(-1), with_shifts] = r_inverse
     model.alpha.copy_(alpha)
     model.species_shift.copy_(theta[num_active:])
-    model.kmm_inverse.copy_(full_inverse)
-    model.posterior_covariance.copy_(full_covariance)
+    model.kmm_cholesky.copy_(full_cholesky)
+    model.posterior_root.copy_(full_root)
     time_solve = time.perf_counter() - start - time_sparse - time_design
     model.to(original_dtype)
 

@@ -59,11 +59,14 @@ def finish_run(trainer, task, datamodule, output_dir: Path, test: bool = True) -
         "statistics": plain(task.statistics),
     }
     plots: list[Path] = []
-    if test and trainer.is_global_zero:
+    if test:
         split, loader = _evaluation_split(datamodule)
         tested = trainer.test(task, dataloaders=loader, ckpt_path=str(ckpt) if ckpt else None, verbose=False)
         metrics = {k.removeprefix("test/"): float(v) for k, v in (tested[0] if tested else {}).items()}
         summary.update({f"test/{k}": v for k, v in metrics.items()})
+    if not trainer.is_global_zero:
+        return summary
+    if test:
         task.model.eval()
         _, plots = _parity(task.model, loader, output_dir)
         force_rms = task.statistics.get("force_rms")
