@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mpnn_ip.errors import ConfigError
 
@@ -23,13 +24,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def plain(value: Any) -> Any:
     """``value`` with numpy scalars/arrays, tensors, tuples and OmegaConf containers turned into plain python."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            value = OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra-core
-        pass
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):
         return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
