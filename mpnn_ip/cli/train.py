@@ -70,7 +70,8 @@ def fit(cfg) -> float | None:
         model = builders.build_model(cfg.model, statistics, cfg.dtype)
         if hasattr(model, "prepare"):  # models with data-dependent setup (e.g. BPNN feature standardisation)
             model.prepare(list(datamodule.train_dataset.graphs))
-    if cfg.compile:
+    closed_form = bool(getattr(model, "fitted_in_closed_form", False))  # GAP: fitted by linear algebra, not SGD
+    if cfg.compile and not closed_form:
         model.compile(dynamic=True)
 
     task = PotentialModule(
@@ -87,10 +88,41 @@ def fit(cfg) -> float | None:
     for logger in loggers:
         logger.log_hyperparams(to_container(cfg))
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
+    if closed_form:
+        _fit_closed_form(trainer, task, datamodule, output_dir, resume_from=cfg.ckpt_path or None)
+    else:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
     summary = finish_run(trainer, task, datamodule, output_dir, test=bool(cfg.test_after_fit))
     metric = cfg.get("optimized_metric")
     return None if not metric else summary.get(metric)
+
+
+def _fit_closed_form(trainer, task, datamodule, output_dir: Path, resume_from: str | None) -> None:
+    """Fit a closed-form model (GAP) on the train split, validate it and save it as ``last.ckpt``.
+
+    With ``resume_from`` (``ckpt_path=``) the checkpoint's fit is loaded and validated, not refitted.
+    The fit's timings, sizes and training residuals go to ``<run dir>/closed_form_fit.json``.
+    """
+    import json
+
+    from mpnn_ip.train.gap_fit import fit_gap
+
+    log = logging.getLogger(PROG)
+    if resume_from is None:
+        log.info("Fitting %s in closed form on %d training frames", type(task.model).__name__, len(datamodule.train_dataset))
+        info = fit_gap(task.model, list(datamodule.train_dataset.graphs))
+        (output_dir / "closed_form_fit.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"Closed-form fit: {info['time_total_s']:.1f} s, {info['num_energy_rows']} energy rows, "
+              f"{info['num_force_rows']} force rows, sparse points per species {info['num_sparse_per_species']}", flush=True)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"fit/{k}": v for k, v in info.items() if isinstance(v, (int, float))}, step=0)
+    trainer.validate(task, datamodule=datamodule, ckpt_path=resume_from, verbose=False)
+    callback = trainer.checkpoint_callback
+    directory = Path(callback.dirpath) if callback is not None and callback.dirpath else output_dir / "checkpoints"
+    path = directory / "last.ckpt"
+    trainer.save_checkpoint(path)
+    if callback is not None:
+        callback.last_model_path = callback.best_model_path = str(path)
 
 
 def _task(cfg) -> float | None:
