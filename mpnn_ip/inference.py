@@ -18,17 +18,17 @@ from mpnn_ip.errors import ConfigError
 FORMAT_VERSION = 1
 #: Prefix of the model's entries in the LightningModule state dict.
 MODEL_PREFIX = "model."
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"float32"``/``"float64"``/``torch.float*``/``None`` -> torch dtype or None (keep the checkpoint's)."""
-    if dtype is None or isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
+    if name not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; use float32 or float64")
-    return _DTYPES[name]
+    return DTYPES[name]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     if not state:
         raise ConfigError(f"checkpoint {path} has no model weights (no 'model.*' entries in its state_dict); use another checkpoint.")
     # Load in the stored precision first: a float64 checkpoint copied into float32 tensors loses digits.
-    model = model.to(_DTYPES.get(meta.get("dtype", "float32"), torch.float32))
+    model = model.to(DTYPES.get(meta.get("dtype", "float32"), torch.float32))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -121,7 +121,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
             f"config ({first}). The file was probably written by another model type or an edited checkpoint; "
             "use a checkpoint written by mpnn-train for this model."
         ) from exc
-    target = resolve_dtype(dtype) or _DTYPES.get(meta.get("dtype", "float32"), torch.float32)
+    target = resolve_dtype(dtype) or DTYPES.get(meta.get("dtype", "float32"), torch.float32)
     model = model.to(device=torch.device(device), dtype=target)
     model.checkpoint_metadata = {k: v for k, v in meta.items() if k != "model_config"} | {"path": str(path)}
     return model.eval()

@@ -1,4 +1,4 @@
-"""The ``ckpt["mpnn_ip"]`` metadata of a checkpoint, and reading it back with helpful errors.
+"""The ``ckpt["mpnn_ip"]`` metadata of a checkpoint (reading it back: :func:`mpnn_ip.inference.read_checkpoint`).
 
 A checkpoint is self-contained (see the checkpoint contract in the architecture notes):
 ``build_model(meta["model_name"], **meta["model_config"])`` + the ``model.``-prefixed entries of
@@ -8,7 +8,6 @@ here is plain python (loads with ``torch.load(path, weights_only=True)``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -16,10 +15,13 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mpnn_ip.errors import ConfigError
+from mpnn_ip.inference import DTYPES, FORMAT_VERSION
+from mpnn_ip.inference import read_checkpoint as load_checkpoint  # one reader for training and inference
 
-FORMAT_VERSION = 1
+__all__ = ["DTYPES", "FORMAT_VERSION", "UNITS", "checkpoint_metadata", "dtype_name", "load_checkpoint", "plain",
+           "registry_name"]
+
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def plain(value: Any) -> Any:
@@ -85,30 +87,3 @@ def checkpoint_metadata(model: torch.nn.Module, statistics: Mapping | None) -> d
         "statistics": plain(statistics or {}),
         "units": dict(UNITS),
     }
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with one-paragraph errors for missing, corrupted or foreign files."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist; give the path of a .ckpt file written by mpnn-train")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise ConfigError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-            "The file is corrupted, truncated or not a checkpoint written by mpnn-train; use another "
-            "checkpoint (e.g. checkpoints/last.ckpt of the run)."
-        ) from exc
-    if not isinstance(ckpt, dict) or "mpnn_ip" not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(
-            f"checkpoint {path} has no mpnn_ip metadata: it was not written by mpnn-train "
-            "(a plain Lightning or torch file cannot be resumed or loaded here)"
-        )
-    meta = ckpt["mpnn_ip"]
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(
-            f"checkpoint {path} has format version {meta.get('format_version')}, this package reads "
-            f"{FORMAT_VERSION}; use the mpnn_ip version {meta.get('package_version')} that wrote it"
-        )
-    return ckpt
