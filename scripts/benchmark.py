@@ -8,6 +8,7 @@ Each (model, workload) runs in its own subprocess so that peak memory (max RSS) 
     python scripts/benchmark.py                       # small nequip + mace, all workloads
     python scripts/benchmark.py --models nequip --workloads mol27x16 --quick
     python scripts/benchmark.py --out ours.jsonl      # then: python ../shared/bench/bench_common.py table ours.jsonl
+    python scripts/benchmark.py --device cuda         # same workloads on a GPU (peak GPU memory reported too)
 """
 
 from __future__ import annotations
@@ -30,19 +31,25 @@ SMALL_PRESETS = {
                  radial_mlp=[64, 64, 64], cutoff_p=5),
 }
 
-#: Peers' medians (s) measured with the same harness on a 2-core machine (../shared/bench/README.md).
+#: Peers' medians (s) on this project's 2-core CPU machine, same day and load as our numbers in the
+#: issue-3 note (nequip 0.19.1 / mace-torch 0.3.16 through ../shared/bench/run_peers.sh, 2026-11-26).
+#: ../shared/bench/README.md lists faster medians from another machine; compare within one machine only.
 PEER_SECONDS = {
-    ("mol27x16", "nl"): (0.0015, 0.0015),
-    ("mol27x16", "infer_ef"): (0.73, 0.47),
-    ("mol27x16", "train_step"): (3.18, 2.11),
-    ("cu256", "infer_ef"): (1.02, 0.56),
-    ("cu256", "train_step"): (5.47, 2.03),
-    ("cu2048", "nl"): (0.018, 0.021),
-    ("cu2048", "infer_ef"): (21.9, 11.3),
+    ("mol27x16", "nl"): (0.0043, 0.0046),
+    ("mol27x16", "infer_ef"): (1.518, 1.113),
+    ("mol27x16", "infer_efs_end2end"): (1.534, 1.210),
+    ("mol27x16", "train_step"): (5.917, 3.583),
+    ("cu256", "nl"): (0.0057, 0.0061),
+    ("cu256", "infer_ef"): (1.809, 1.437),
+    ("cu256", "infer_efs_end2end"): (1.846, 1.481),
+    ("cu256", "train_step"): (10.54, 4.066),
+    ("cu2048", "nl"): (0.0384, 0.0287),
+    ("cu2048", "infer_ef"): (39.71, 18.32),
+    ("cu2048", "infer_efs_end2end"): (35.72, 18.89),
 }
 
 
-def make_adapter(model_name: str):
+def make_adapter(model_name: str, device: str = "cpu"):
     """An ``Adapter`` of the shared harness that drives one of our models."""
     import torch
     from bench_common import R_MAX, Adapter
@@ -66,11 +73,13 @@ def make_adapter(model_name: str):
 
         def build_model(self, wl):
             torch.manual_seed(0)
-            self.model = build_model(model_name, species=wl.atomic_numbers, **self.hyperparameters(wl)).to(torch.float32)
+            self.model = build_model(model_name, species=wl.atomic_numbers, **self.hyperparameters(wl))
+            self.model = self.model.to(device=device, dtype=torch.float32)
             return self.model
 
         def nl_inputs(self, frames):
-            return to_inputs(collate([AtomicGraph.from_atoms(a) for a in frames]))
+            """Host-side graphs of the frames, moved to the device (the radius graph is built there)."""
+            return {k: v.to(device) for k, v in to_inputs(collate([AtomicGraph.from_atoms(a) for a in frames])).items()}
 
         def neighbor_lists(self, inputs):
             edge_index, _ = radius_graph_pbc(inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"], R_MAX)
@@ -85,16 +94,18 @@ def make_adapter(model_name: str):
 
         def infer_ef(self, batch):
             out = self.model(batch, compute_forces=True)
-            return {"energy": out["energy"].detach().numpy(), "forces": out["forces"].detach().numpy()}
+            return {"energy": out["energy"].detach().cpu().numpy(), "forces": out["forces"].detach().cpu().numpy()}
 
         def end2end(self, frames, compute_stress):
             out = self.model(self.nl_inputs(frames), compute_forces=True, compute_stress=compute_stress)
-            stress = out["stress"].detach().numpy() if compute_stress else None
-            return {"energy": out["energy"].detach().numpy(), "forces": out["forces"].detach().numpy(), "stress": stress}
+            stress = out["stress"].detach().cpu().numpy() if compute_stress else None
+            return {"energy": out["energy"].detach().cpu().numpy(), "forces": out["forces"].detach().cpu().numpy(),
+                    "stress": stress}
 
         def train_forward(self, batch):
+            # The harness's loss targets live on the host; the copy back joins the graph (and syncs the GPU).
             out = self.model(batch, compute_forces=True)
-            return out["energy"], out["forces"]
+            return out["energy"].cpu(), out["forces"].cpu()
 
     return Ours()
 
@@ -105,29 +116,45 @@ def run_one(args) -> int:
     import bench_common
 
     harness_args = ["--workloads", args.workloads, "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-    rc = bench_common.main(make_adapter(args.models), harness_args)
+    rc = bench_common.main(make_adapter(args.models, args.device), harness_args)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"code": "mpnn_ip", "model": f"{args.models}-s", "workload": args.workloads,
                       "measurement": "peak_rss_mib", "value": peak_mib}), flush=True)
+    if args.device.startswith("cuda"):
+        import torch
+
+        print(json.dumps({"code": "mpnn_ip", "model": f"{args.models}-s", "workload": args.workloads,
+                          "measurement": "peak_gpu_mib", "value": torch.cuda.max_memory_allocated() / 2**20,
+                          "device": torch.cuda.get_device_name()}), flush=True)
     return rc
 
 
-def print_summary(records: list[dict]) -> None:
-    """One table: our median seconds, the peers' measured medians and the speed-up over each."""
+def print_summary(records: list[dict], device: str = "cpu") -> None:
+    """One table: our median seconds, the peers' measured medians and the speed-up over each.
+
+    On a GPU the peers' columns stay empty (their medians are 2-thread CPU numbers) and the memory
+    column is the peak GPU memory allocated by torch.
+    """
+    on_gpu = device.startswith("cuda")
     timing = {(r["model"], r["workload"], r["measurement"]): r for r in records if "median_s" in r}
-    memory = {(r["model"], r["workload"]): r["value"] for r in records if r.get("measurement") == "peak_rss_mib"}
+    wanted = "peak_gpu_mib" if on_gpu else "peak_rss_mib"
+    memory = {(r["model"], r["workload"]): r["value"] for r in records if r.get("measurement") == wanted}
     params = {(r["model"], r["workload"]): r["n_params"] for r in records if "n_params" in r}
     print(f"\n{'model':9s} {'workload':9s} {'measurement':18s} {'ours s':>9s} {'NequIP-s':>9s} {'MACE-s':>9s} "
           f"{'peer/ours':>9s} {'params':>8s} {'peak MiB':>8s}")
     for (model, wl, meas), r in sorted(timing.items()):
-        peers = PEER_SECONDS.get((wl, meas))
+        peers = None if on_gpu else PEER_SECONDS.get((wl, meas))
         peer_cols = f"{peers[0]:9.4f} {peers[1]:9.4f}" if peers else f"{'-':>9s} {'-':>9s}"
         matched = peers[0 if model.startswith("nequip") else 1] if peers else None
         ratio = f"{matched / r['median_s']:9.2f}" if matched else f"{'-':>9s}"
         print(f"{model:9s} {wl:9s} {meas:18s} {r['median_s']:9.4f} {peer_cols} {ratio} "
               f"{params.get((model, wl), 0):8d} {memory.get((model, wl), 0):8.0f}")
-    print("\npeer/ours > 1: ours is faster than the matched peer (peer times from ../shared/bench/README.md, "
-          "measured on another run of a 2-core machine; rerun the peers for a same-run ratio).")
+    if on_gpu:
+        devices = {r["device"] for r in records if "device" in r}
+        print(f"\nDevice: {', '.join(sorted(devices)) or device}; 'peak MiB' = torch.cuda.max_memory_allocated.")
+        return
+    print("\npeer/ours > 1: ours is faster than the matched peer (peer medians: PEER_SECONDS, measured on this "
+          "project's 2-core machine; on another machine rerun ../shared/bench/run_peers.sh for a same-run ratio).")
 
 
 def main(argv=None) -> int:
@@ -135,6 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="nequip,mace")
     parser.add_argument("--workloads", default="mol27x16,cu256,cu2048")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the radius graph and model run there)")
     parser.add_argument("--quick", action="store_true", help="1 warm-up, 2 repeats (smoke test)")
     parser.add_argument("--bench-dir", type=Path, default=Path(os.environ.get("MPNN_IP_BENCH_DIR", DEFAULT_BENCH_DIR)))
     parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
@@ -149,7 +177,7 @@ def main(argv=None) -> int:
     for model in args.models.split(","):
         for wl in args.workloads.split(","):
             cmd = [sys.executable, __file__, "--child", "--models", model, "--workloads", wl,
-                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir)] + (["--quick"] if args.quick else [])
+                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir), "--device", args.device] + (["--quick"] if args.quick else [])
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             rc |= proc.returncode
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -157,7 +185,7 @@ def main(argv=None) -> int:
             if args.out:
                 with args.out.open("a") as f:
                     f.write("\n".join(lines) + "\n")
-    print_summary(records)
+    print_summary(records, args.device)
     return rc
 
 
