@@ -78,6 +78,24 @@ def test_separate_validation_and_test_files(train_file, tmp_path):
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (40, 6, 6)
 
 
+def test_glob_patterns_concatenate_the_matching_files_in_sorted_order(tmp_path):
+    ase.io.write(tmp_path / "b.xyz", make_frames(3, seed=2), format="extxyz")
+    ase.io.write(tmp_path / "a.xyz", make_frames(4, seed=3), format="extxyz")
+    ase.io.write(tmp_path / "val_1.xyz", make_frames(2, seed=4), format="extxyz")
+    dm = AtomicDataModule(train_path=str(tmp_path / "[ab].xyz"), val_path=str(tmp_path / "val_*.xyz"), test_fraction=0.0)
+    graphs = dm._read(str(tmp_path / "[ab].xyz"))
+    expected = [round(a.get_potential_energy(), 10) for a in make_frames(4, seed=3) + make_frames(3, seed=2)]
+    assert [round(g.energy.item(), 10) for g in graphs] == expected
+    dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset)) == (7, 2)
+
+
+def test_pattern_without_matches_is_a_data_error_naming_it(tmp_path):
+    dm = AtomicDataModule(train_path=str(tmp_path / "missing_*.xyz"))
+    with pytest.raises(DataError, match="missing_"):
+        dm.setup()
+
+
 def test_setup_is_idempotent(train_file):
     dm = AtomicDataModule(train_path=str(train_file))
     dm.setup("fit")

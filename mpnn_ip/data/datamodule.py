@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate
 from mpnn_ip.data.dataset import AtomicDataset
-from mpnn_ip.data.reading import read_dataset, read_isolated_atom_energies
+from mpnn_ip.data.reading import expand_paths, read_dataset, read_isolated_atom_energies
 from mpnn_ip.data.statistics import compute_statistics
 from mpnn_ip.data.synthetic import default_dataset_path
 from mpnn_ip.errors import ConfigError, DataError
@@ -21,10 +21,11 @@ class AtomicDataModule(L.LightningDataModule):
     """Training, validation and test frames of an interatomic-potential fit.
 
     Args (all plain values; this signature is the reference of ``configs/data/*.yaml``):
-        train_path: training file (any ASE format); ``None`` = the embedded synthetic Cu-Au EMT
+        train_path: training file (any ASE format) or glob pattern (``ta/*.xyz``: the matching files'
+            frames, in sorted file order); ``None`` = the embedded synthetic Cu-Au EMT
             dataset (:func:`mpnn_ip.data.default_dataset_path`).
-        val_path: validation file; ``None`` = split validation frames off the training file.
-        test_path: test file; ``None`` = split test frames off the training file.
+        val_path: validation file or pattern; ``None`` = split validation frames off the training file.
+        test_path: test file or pattern; ``None`` = split test frames off the training file.
         train_count: number of training frames kept from the training file after the
             validation/test frames are taken out; ``None`` = all remaining.
         val_fraction: share of the training file used for validation when ``val_path`` is None
@@ -148,6 +149,10 @@ class AtomicDataModule(L.LightningDataModule):
         )
 
     def _read(self, path: str) -> list[AtomicGraph]:
+        """Frames of ``path``, or of every file matching it when it is a glob pattern (sorted file order)."""
+        return [graph for file in expand_paths(path) for graph in self._read_file(file)]
+
+    def _read_file(self, path: str) -> list[AtomicGraph]:
         graphs = read_dataset(path, **self.read_options)
         if self.species is not None:
             allowed = set(self.species)

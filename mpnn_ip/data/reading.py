@@ -13,6 +13,7 @@ The reader never writes to the user's file.
 
 from __future__ import annotations
 
+import glob
 import io
 import re
 import warnings
@@ -82,6 +83,21 @@ def read_dataset(
         graph.config_type = str(atoms.info.get("config_type", ""))
         graphs.append(graph)
     return graphs
+
+
+def expand_paths(pattern) -> list[str]:
+    """Sorted files matching the glob ``pattern`` (``ta_snap/*.xyz``); a plain path is returned as is.
+
+    Raises:
+        DataError: a pattern that matches no file (named, with the folder to check).
+    """
+    pattern = str(pattern)
+    if not glob.has_magic(pattern):
+        return [pattern]
+    matches = sorted(p for p in glob.glob(str(Path(pattern).expanduser())) if Path(p).is_file())
+    if not matches:
+        raise DataError(f"no file matches the pattern {pattern}; check the folder and the pattern")
+    return matches
 
 
 def read_isolated_atom_energies(source, *, energy_key: str = "energy") -> dict[int, float]:

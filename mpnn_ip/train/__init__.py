@@ -6,7 +6,6 @@ Public names:
     PropertyMetrics              MAE/RMSE of energy (per atom, per frame), forces, stress
     ExponentialMovingAverage     EMA of the weights (validation, checkpoints, export)
     LinearWarmup, ReseedEveryEpoch   learning-rate warm-up; per-epoch seeding for exact resume
-    MultiFileDataModule          ``AtomicDataModule`` whose paths may be glob patterns
     checkpoint_metadata, load_checkpoint   ``ckpt["mpnn_ip"]`` and reading it back
 """
 
@@ -18,12 +17,10 @@ from mpnn_ip.train.ema import ExponentialMovingAverage
 from mpnn_ip.train.lightning_module import PotentialModule
 from mpnn_ip.train.losses import WeightedPropertyLoss
 from mpnn_ip.train.metrics import PropertyMetrics
-from mpnn_ip.train.multifile import MultiFileDataModule
 
 __all__ = [
     "ExponentialMovingAverage",
     "LinearWarmup",
-    "MultiFileDataModule",
     "PotentialModule",
     "PropertyMetrics",
     "ReseedEveryEpoch",
