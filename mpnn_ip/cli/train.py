@@ -63,14 +63,14 @@ def fit(cfg) -> float | None:
     meta = load_checkpoint(cfg.ckpt_path)["mpnn_ip"] if cfg.ckpt_path else None  # bad files fail before data loading
     datamodule = builders.build_datamodule(cfg.data)
     statistics = datamodule.statistics()
+    prepared: dict = {}
     if meta is not None:
         model = builders.model_from_checkpoint_metadata(meta, cfg.model, cfg.ckpt_path, statistics["species"])
         statistics = meta["statistics"]
     else:
         model = builders.build_model(cfg.model, statistics, cfg.dtype)
-        if hasattr(model, "prepare"):  # models with data-dependent setup (e.g. BPNN feature standardisation)
-            model.prepare(list(datamodule.train_dataset.graphs))
-    closed_form = bool(getattr(model, "fitted_in_closed_form", False))  # GAP: fitted by linear algebra, not SGD
+        prepared = model.prepare(list(datamodule.train_dataset.graphs))  # e.g. BPNN standardisation, GAP's fit
+    closed_form = model.fitted_in_closed_form
     if cfg.compile and not closed_form:
         model.compile(dynamic=True)
 
@@ -89,7 +89,7 @@ def fit(cfg) -> float | None:
         logger.log_hyperparams(to_container(cfg))
 
     if closed_form:
-        _fit_closed_form(trainer, task, datamodule, output_dir, resume_from=cfg.ckpt_path or None)
+        _save_closed_form(trainer, task, datamodule, output_dir, prepared, resume_from=cfg.ckpt_path or None)
     else:
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
     summary = finish_run(trainer, task, datamodule, output_dir, test=bool(cfg.test_after_fit))
@@ -97,25 +97,21 @@ def fit(cfg) -> float | None:
     return None if not metric else summary.get(metric)
 
 
-def _fit_closed_form(trainer, task, datamodule, output_dir: Path, resume_from: str | None) -> None:
-    """Fit a closed-form model (GAP) on the train split, validate it and save it as ``last.ckpt``.
+def _save_closed_form(trainer, task, datamodule, output_dir: Path, report: dict, resume_from: str | None) -> None:
+    """Validate a model that ``prepare`` fitted in closed form (GAP) and save it as ``last.ckpt``.
 
-    With ``resume_from`` (``ckpt_path=``) the checkpoint's fit is loaded and validated, not refitted.
-    The fit's timings, sizes and training residuals go to ``<run dir>/closed_form_fit.json``.
+    ``report`` (the fit's timings, sizes and training residuals) goes to ``<run dir>/closed_form_fit.json``
+    and to the loggers. With ``resume_from`` (``ckpt_path=``) the checkpoint's fit is loaded and validated.
     """
     import json
 
-    from mpnn_ip.train.gap_fit import fit_gap
-
-    log = logging.getLogger(PROG)
-    if resume_from is None:
-        log.info("Fitting %s in closed form on %d training frames", type(task.model).__name__, len(datamodule.train_dataset))
-        info = fit_gap(task.model, list(datamodule.train_dataset.graphs))
-        (output_dir / "closed_form_fit.json").write_text(json.dumps(info, indent=2) + "\n")
-        print(f"Closed-form fit: {info['time_total_s']:.1f} s, {info['num_energy_rows']} energy rows, "
-              f"{info['num_force_rows']} force rows, sparse points per species {info['num_sparse_per_species']}", flush=True)
+    if report:
+        path = output_dir / "closed_form_fit.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"Closed-form fit of {type(task.model).__name__} on {len(datamodule.train_dataset)} frames: "
+              f"{report.get('time_total_s', float('nan')):.1f} s (details: {path})", flush=True)
         for logger in trainer.loggers:
-            logger.log_metrics({f"fit/{k}": v for k, v in info.items() if isinstance(v, (int, float))}, step=0)
+            logger.log_metrics({f"fit/{k}": v for k, v in report.items() if isinstance(v, (int, float))}, step=0)
     trainer.validate(task, datamodule=datamodule, ckpt_path=resume_from, verbose=False)
     callback = trainer.checkpoint_callback
     directory = Path(callback.dirpath) if callback is not None and callback.dirpath else output_dir / "checkpoints"

@@ -43,7 +43,12 @@ class Potential(torch.nn.Module):
         r_max: cutoff radius (Å).
         e0s: per-species reference energy (eV) added to each atom, ``{Z or symbol: eV}``;
             missing species get 0.
+
+    Class attribute ``fitted_in_closed_form``: True for models that :meth:`prepare` fits completely
+    (no gradient descent afterwards; the training command validates and saves them instead).
     """
+
+    fitted_in_closed_form: bool = False
 
     def __init__(self, species: Sequence[int | str], r_max: float, e0s: Mapping | None = None):
         super().__init__()
@@ -101,6 +106,14 @@ class Potential(torch.nn.Module):
         Returns: [N] energies.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement node_energies")
+
+    def prepare(self, graphs: list) -> dict:
+        """Data-dependent setup from the training graphs (``AtomicGraph`` list), called once before
+        training (not on resume). None here; e.g. BPNN standardises its features, GAP fits itself.
+
+        Returns: a JSON-able report for the run folder (empty when there is nothing to report).
+        """
+        return {}
 
     def forward(
         self,

@@ -153,8 +153,9 @@ class BPNN(Potential):
         self.feature_mean.copy_(mean.to(self.feature_mean))
         self.feature_std.copy_(std.to(self.feature_std))
 
-    def prepare(self, graphs: list) -> None:
-        """Hook the training code calls with the training graphs before training: fits the standardisation."""
+    def prepare(self, graphs: list) -> dict:
+        """Fit the feature standardisation on the training graphs (see :meth:`Potential.prepare`)."""
         from mpnn_ip.data.atomic_graph import collate
 
         self.fit_feature_standardization(collate(graphs[k : k + 64]) for k in range(0, len(graphs), 64))
+        return {}

@@ -7,8 +7,8 @@ the kernel of the GP conditioned to vanish at the isolated atom o_s of the speci
 ``k(x, y) = k0(x, y) - k0(x, o_s) - k0(o_s, y) + k0(o_s, o_s)`` (a valid covariance: that of
 f(x) - f(o_s)), so an isolated atom gets exactly ``E0 + shift``.
 
-The weights are fitted in closed form by :func:`mpnn_ip.train.gap_fit.fit_gap` (the class
-attribute ``fitted_in_closed_form`` tells the training code), never by gradient descent.
+The weights are fitted in closed form by :meth:`GAP.prepare` (:func:`mpnn_ip.train.gap_fit.fit_gap`;
+the class attribute ``fitted_in_closed_form`` tells the training code), never by gradient descent.
 Before fitting, the sparse points and weights are seeded random numbers, so that an unfitted
 model is a smooth, non-trivial function (like an untrained network).
 
@@ -111,6 +111,12 @@ class GAP(Potential):
 
     def _base_kernel(self, dots: torch.Tensor) -> torch.Tensor:
         return self.delta**2 * dots**self.zeta
+
+    def prepare(self, graphs: list) -> dict:
+        """Fit in closed form on the training graphs; returns the fit's timings, sizes and train residuals."""
+        from mpnn_ip.train.gap_fit import fit_gap
+
+        return fit_gap(self, graphs)
 
     def kernel(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """``k(x_i, x_m)`` for descriptors ``x [n, D]`` of centre species ``[n]`` and the sparse points -> ``[n, M]``.

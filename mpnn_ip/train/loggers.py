@@ -22,11 +22,10 @@ def wandb_mode() -> str:
         return "online"
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        if "api.wandb.ai" in netrc.read_text():
-            return "online"
-    except OSError:
-        pass
-    return "offline"
+        credentials = netrc.read_text()
+    except OSError:  # no readable ~/.netrc: not logged in
+        credentials = ""
+    return "online" if "api.wandb.ai" in credentials else "offline"
 
 
 def wandb_logger(
