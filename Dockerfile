@@ -8,8 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MPLBACKEND=Agg \
-    WANDB_MODE=offline \
-    MPNN_IP_CONFIG_DIR=/opt/mpnn_ip/configs
+    WANDB_MODE=offline
 
 # torch-cluster compiled for exactly this torch + CUDA, from the PyG wheel index (wheels of
 # torch 2.4.0 serve every 2.4.x); installed first so that the package's own install finds it.
@@ -18,10 +17,11 @@ RUN pip install torch-cluster -f https://data.pyg.org/whl/torch-2.4.0+cu124.html
 
 WORKDIR /opt/mpnn_ip
 COPY pyproject.toml README.md ./
+# The Hydra configs are package data (mpnn_ip/configs), so the installed package carries them.
 COPY mpnn_ip ./mpnn_ip
-COPY configs ./configs
 # The base image's torch satisfies torch>=2.1, so pip keeps the CUDA build instead of replacing it.
-RUN pip install . && python -c "import mpnn_ip.cli.train, mpnn_ip.cli.evaluate, mpnn_ip.cli.md, torch_geometric, e3nn"
+RUN pip install . && python -c "import mpnn_ip.cli.train, mpnn_ip.cli.evaluate, mpnn_ip.cli.md, torch_geometric, e3nn" \
+    && cd / && mpnn-train --cfg job > /dev/null
 
 # Runs, checkpoints and plots land in the mounted working directory.
 WORKDIR /work

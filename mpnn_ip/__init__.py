@@ -24,7 +24,7 @@ _LAZY = {
     "edge_vectors": "mpnn_ip.graph",
     "build_model": "mpnn_ip.models",
     "Potential": "mpnn_ip.models",
-    "load_model": "mpnn_ip.inference",
+    "load_model": "mpnn_ip.checkpoint",
     "MPNNCalculator": "mpnn_ip.calculators",
 }
 

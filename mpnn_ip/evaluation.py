@@ -2,7 +2,8 @@
 
 Used by ``mpnn-eval`` and by the training code after a fit. Metrics are masked by the
 ``has_energy`` / ``has_forces`` / ``has_stress`` flags of each frame, so partly labelled
-files are fine. Quantities and units:
+files are fine. The quantities, their units and how each is paired with its label are those of
+:mod:`mpnn_ip.outputs`, the same as the training metrics use:
 
     energy_per_atom   eV/atom   per frame
     energy            eV        per frame (total energy)
@@ -20,8 +21,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-#: quantity -> unit, in the order they are reported.
-QUANTITIES = {"energy_per_atom": "eV/atom", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"}
+from mpnn_ip.outputs import LABELLED_OUTPUTS, QUANTITY_UNITS, labelled_outputs, labels, paired_values
 
 
 def evaluate(
@@ -42,16 +42,19 @@ def evaluate(
         progress: show a tqdm progress bar over batches.
 
     Returns: ``{"num_frames", "num_atoms", "metrics": {"forces_mae": float, ...},
-    "units": QUANTITIES, "energy": {"pred", "ref", "mask", "num_atoms"} [B] arrays (eV),
+    "units": QUANTITY_UNITS, "energy": {"pred", "ref", "mask", "num_atoms"} [B] arrays (eV),
     "forces": {"pred", "ref" [N,3] eV/Å, "mask" [N]}, "stress": {"pred", "ref" [B,3,3] eV/Å³,
-    "mask" [B]} (only when computed), "extra": {key: [B] array}}`` for additional per-frame
-    outputs of the model such as ``energy_uncertainty``. The model's train/eval mode is restored.
+    "mask" [B]} (only when computed for some batch), "extra": {key: [B] array}}`` for additional
+    per-frame outputs of the model such as ``energy_uncertainty``. Arrays are float64; predictions
+    of a batch the model did not compute an output for are NaN and masked out.
+    The model's train/eval mode is restored.
     """
     from tqdm import tqdm
 
     batches = _batches(graphs_or_loader, batch_size)
     device = _model_device(model)
-    collected: dict[str, list] = {}
+    collected: dict[str, dict[str, list]] = {}
+    frame_extras = [name for name, (per, _) in getattr(model, "extra_outputs", {}).items() if per == "frame"]
     was_training = model.training
     model.eval()
     try:
@@ -59,7 +62,7 @@ def evaluate(
             batch = batch.to(device)
             stress = bool(batch.has_stress.any()) if compute_stress is None else bool(compute_stress)
             out = model(batch, compute_forces=True, compute_stress=stress)
-            _collect(collected, out, batch, stress)
+            _collect(collected, out, batch, frame_extras)
     finally:
         model.train(was_training)
     if not collected:
@@ -93,93 +96,63 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float64).numpy()
+def _collect(collected: dict[str, dict[str, list]], out: Mapping[str, torch.Tensor], batch, frame_extras) -> None:
+    """Append the batch's predictions, references and masks (float64 numpy) to ``collected``, and the
+    per-frame extra outputs the model declares (``frame_extras``).
+
+    ``collected["computed"]`` lists the outputs the model returned for some batch.
+    """
+    labelled = labelled_outputs(out, batch, dtype=torch.float64)
+    for output in LABELLED_OUTPUTS:
+        entry = labelled.get(output)
+        if entry is None:  # not computed for this batch (stress of frames without stress labels)
+            entry = labels(batch, output, torch.float64)
+            entry.update(pred=torch.full_like(entry["ref"], math.nan), mask=torch.zeros_like(entry["mask"]))
+        for key, value in entry.items():
+            collected.setdefault(output, {}).setdefault(key, []).append(value.detach().cpu().numpy())
+    collected.setdefault("computed", {}).update(dict.fromkeys(labelled))
+    extra = collected.setdefault("extra", {})
+    for key in frame_extras:
+        extra.setdefault(key, []).append(out[key].detach().to("cpu", torch.float64).numpy())
 
 
-def _collect(collected: dict, out: Mapping[str, torch.Tensor], batch, stress: bool) -> None:
-    num_graphs = int(batch.num_graphs)
-    n_atoms = torch.diff(batch.ptr)
-    rows = {
-        "energy_pred": _numpy(out["energy"]),
-        "energy_ref": _numpy(batch.energy),
-        "energy_mask": batch.has_energy.cpu().numpy(),
-        "num_atoms": n_atoms.cpu().numpy(),
-        "forces_pred": _numpy(out["forces"]),
-        "forces_ref": _numpy(batch.forces),
-        "forces_mask": batch.has_forces[batch.batch].cpu().numpy(),
+def _assemble(collected: dict[str, dict[str, list]]) -> dict:
+    arrays = {
+        name: {key: np.concatenate(values) for key, values in collected[name].items()}
+        for name in (*LABELLED_OUTPUTS, "extra")
     }
-    if stress:
-        rows["stress_pred"] = _numpy(out["stress"])
-        rows["stress_ref"] = _numpy(batch.stress)
-        rows["stress_mask"] = batch.has_stress.cpu().numpy()
-    else:
-        rows["stress_pred"] = np.full((num_graphs, 3, 3), np.nan)
-        rows["stress_ref"] = _numpy(batch.stress)
-        rows["stress_mask"] = np.zeros(num_graphs, dtype=bool)
-    known = {"energy", "node_energy", "forces", "stress", "virial"}
-    for key, value in out.items():
-        if key not in known and isinstance(value, torch.Tensor) and value.shape[:1] == (num_graphs,):
-            rows[f"extra:{key}"] = _numpy(value)
-    for key, value in rows.items():
-        collected.setdefault(key, []).append(value)
-
-
-def _assemble(collected: dict) -> dict:
-    cat = {key: np.concatenate(values) for key, values in collected.items()}
-    num_atoms = cat["num_atoms"].astype(np.int64)
+    num_atoms = arrays["energy"]["num_atoms"]
     results = {
         "num_frames": int(len(num_atoms)),
         "num_atoms": int(num_atoms.sum()),
-        "units": dict(QUANTITIES),
-        "energy": {
-            "pred": cat["energy_pred"],
-            "ref": cat["energy_ref"],
-            "mask": cat["energy_mask"].astype(bool),
-            "num_atoms": num_atoms,
-        },
-        "forces": {"pred": cat["forces_pred"], "ref": cat["forces_ref"], "mask": cat["forces_mask"].astype(bool)},
-        "extra": {key.removeprefix("extra:"): value for key, value in cat.items() if key.startswith("extra:")},
+        "units": dict(QUANTITY_UNITS),
+        **{output: arrays[output] for output in LABELLED_OUTPUTS if output in collected["computed"]},
+        "extra": arrays["extra"],
     }
-    if cat["stress_mask"].any():
-        results["stress"] = {"pred": cat["stress_pred"], "ref": cat["stress_ref"], "mask": cat["stress_mask"].astype(bool)}
     results["metrics"] = compute_metrics(results)
     return results
 
 
-def paired_values(results: Mapping) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{quantity: (predicted, reference)}`` flat arrays of the labelled entries only."""
-    pairs = {}
-    energy = results["energy"]
-    mask = energy["mask"]
-    if mask.any():
-        n = energy["num_atoms"][mask]
-        pairs["energy_per_atom"] = (energy["pred"][mask] / n, energy["ref"][mask] / n)
-        pairs["energy"] = (energy["pred"][mask], energy["ref"][mask])
-    forces = results["forces"]
-    if forces["mask"].any():
-        pairs["forces"] = (forces["pred"][forces["mask"]].ravel(), forces["ref"][forces["mask"]].ravel())
-    stress = results.get("stress")
-    if stress is not None and stress["mask"].any():
-        pairs["stress"] = (stress["pred"][stress["mask"]].ravel(), stress["ref"][stress["mask"]].ravel())
-    return pairs
-
-
 def compute_metrics(results: Mapping) -> dict[str, float]:
-    """``{"{quantity}_mae", "{quantity}_rmse", "{quantity}_count"}`` for each labelled quantity."""
+    """``{"{quantity}_mae", "{quantity}_rmse", "{quantity}_count"}`` for each labelled quantity.
+
+    ``results``: those of :func:`evaluate` (or any dict of ``{output: {"pred", "ref", "mask", ...}}``).
+    """
     metrics: dict[str, float] = {}
     for quantity, (pred, ref) in paired_values(results).items():
-        error = pred - ref
-        metrics[f"{quantity}_mae"] = float(np.mean(np.abs(error)))
-        metrics[f"{quantity}_rmse"] = float(np.sqrt(np.mean(error**2)))
-        metrics[f"{quantity}_count"] = int(error.size)
+        metrics[f"{quantity}_mae"], metrics[f"{quantity}_rmse"] = _mae_rmse(pred - ref)
+        metrics[f"{quantity}_count"] = int(pred.size)
     return metrics
+
+
+def _mae_rmse(error: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(np.abs(error))), float(np.sqrt(np.mean(error**2)))
 
 
 def format_metrics_table(metrics: Mapping[str, float]) -> str:
     """A plain-text table: quantity, unit, MAE, RMSE, number of labelled values."""
     lines = [f"{'quantity':<16} {'unit':<8} {'MAE':>12} {'RMSE':>12} {'count':>8}"]
-    for quantity, unit in QUANTITIES.items():
+    for quantity, unit in QUANTITY_UNITS.items():
         if f"{quantity}_mae" not in metrics:
             continue
         lines.append(
@@ -197,7 +170,7 @@ def write_metrics(results: Mapping, path: str | Path, **extra) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "metrics": {k: v for k, v in results["metrics"].items() if not (isinstance(v, float) and math.isnan(v))},
-        "units": dict(QUANTITIES),
+        "units": dict(QUANTITY_UNITS),
         "num_frames": results["num_frames"],
         "num_atoms": results["num_atoms"],
         **extra,
@@ -221,9 +194,8 @@ def parity_plots(results: Mapping, out_dir: str | Path, prefix: str = "") -> lis
     for quantity, (pred, ref) in paired_values(results).items():
         if quantity == "energy":
             continue
-        unit = QUANTITIES[quantity]
-        error = pred - ref
-        mae, rmse = float(np.mean(np.abs(error))), float(np.sqrt(np.mean(error**2)))
+        unit = QUANTITY_UNITS[quantity]
+        mae, rmse = _mae_rmse(pred - ref)
         fig = Figure(figsize=(4.5, 4.5), layout="constrained")
         ax = fig.add_subplot()
         ax.scatter(ref, pred, s=6, alpha=0.5, edgecolors="none")

@@ -56,7 +56,6 @@ def make_adapter(model_name: str, device: str = "cpu"):
 
     import mpnn_ip
     from mpnn_ip.data import AtomicGraph, collate, to_inputs
-    from mpnn_ip.graph import radius_graph_pbc
     from mpnn_ip.models import build_model
 
     class Ours(Adapter):
@@ -82,15 +81,14 @@ def make_adapter(model_name: str, device: str = "cpu"):
             return {k: v.to(device) for k, v in to_inputs(collate([AtomicGraph.from_atoms(a) for a in frames])).items()}
 
         def neighbor_lists(self, inputs):
-            edge_index, _ = radius_graph_pbc(inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"], R_MAX)
-            return int(edge_index.shape[1])
+            with torch.no_grad():
+                return int(self.model.graph(inputs)["edge_index"].shape[1])
 
         def make_batch(self, frames):
             inputs = self.nl_inputs(frames)
-            inputs["edge_index"], inputs["cell_shifts"] = radius_graph_pbc(
-                inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"], R_MAX
-            )
-            return inputs
+            with torch.no_grad():
+                graph = self.model.graph(inputs)
+            return inputs | {"edge_index": graph["edge_index"], "cell_shifts": graph["cell_shifts"]}
 
         def infer_ef(self, batch):
             out = self.model(batch, compute_forces=True)

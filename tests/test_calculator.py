@@ -86,7 +86,9 @@ def test_unknown_element_raises_data_error():
 
 
 class _WithUncertainty(torch.nn.Module):
-    """A model that also returns a per-frame ``energy_uncertainty`` (as the GAP model will)."""
+    """A model that declares and returns a per-frame ``energy_uncertainty`` (as the GAP model does)."""
+
+    extra_outputs = {"energy_uncertainty": ("frame", "eV")}
 
     def __init__(self, model):
         super().__init__()
@@ -98,7 +100,7 @@ class _WithUncertainty(torch.nn.Module):
         return out
 
 
-def test_extra_per_frame_outputs_are_passed_through():
+def test_declared_extra_outputs_are_implemented_properties():
     atoms = make_molecule()
     atoms.calc = MPNNCalculator(_WithUncertainty(build_tiny_model()))
     energy = atoms.get_potential_energy()
@@ -107,6 +109,8 @@ def test_extra_per_frame_outputs_are_passed_through():
     plain.calc = MPNNCalculator(build_tiny_model())
     with pytest.raises(PropertyNotImplementedError):
         plain.calc.get_property("energy_uncertainty", plain)
+    assert "energy_uncertainty" not in plain.calc.implemented_properties
+    assert plain.calc.implemented_properties == MPNNCalculator.implemented_properties
 
 
 def test_results_are_recomputed_after_moving_atoms():

@@ -1,8 +1,9 @@
 """``mpnn-train model=schnet|bpnn|gap`` end to end: the classic families go through the same
 data module, checkpoint, calculator and reports as the equivariant models.
 
-GAP is fitted in closed form (no optimizer, no epochs): the run validates the fit, writes
-``last.ckpt`` (loadable with ``weights_only=True``), tests it and records the fit's timings.
+GAP is fitted in closed form by its ``prepare`` (no optimizer, one epoch without gradient steps):
+the same Lightning flow validates the fit, writes ``best.ckpt``/``last.ckpt`` (loadable with
+``weights_only=True``), tests it and records the fit's timings in ``prepare.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ num_sparse: 8
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("classic_cli")
     (root / "configs" / "model").mkdir(parents=True)
-    for name, text in (("schnet_tiny", TINY_SCHNET), ("bpnn_tiny", TINY_BPNN), ("gap_tiny", TINY_GAP)):
+    for name, text in (("schnet_cli", TINY_SCHNET), ("bpnn_cli", TINY_BPNN), ("gap_cli", TINY_GAP)):
         (root / "configs" / "model" / f"{name}.yaml").write_text(text)
     return root
 
@@ -59,7 +60,7 @@ def workdir(tmp_path_factory) -> Path:
 def sweep(workdir) -> Path:
     """Job 0 SchNet and job 1 BPNN (one epoch each), job 2 GAP (closed-form fit)."""
     path = workdir / "sweep"
-    mpnn_train(["-m", "model=schnet_tiny,bpnn_tiny,gap_tiny", "trainer.max_epochs=1", f"hydra.sweep.dir={path}", *COMMON],
+    mpnn_train(["-m", "model=schnet_cli,bpnn_cli,gap_cli", "trainer.max_epochs=1", f"hydra.sweep.dir={path}", *COMMON],
                workdir)
     return path
 
@@ -78,11 +79,12 @@ def test_each_classic_model_trains_tests_and_checkpoints(sweep, job, name):
 
 def test_gap_run_is_a_closed_form_fit_that_beats_the_e0_baseline(sweep):
     run = sweep / "2"
-    fit = json.loads((run / "closed_form_fit.json").read_text())
+    fit = json.loads((run / "prepare.json").read_text())
     assert fit["num_energy_rows"] == 8 and fit["num_force_rows"] > 0
     assert fit["num_sparse_per_species"] == [8, 8]
     report = json.loads((run / "metrics.json").read_text())
-    assert report["epochs_trained"] == 0
+    assert report["epochs_trained"] == 1  # one pass without gradient steps
+    assert Path(report["best_checkpoint"]).name == "best.ckpt"
     # the fitted forces are better than predicting zero force (RMSE = force RMS of the data)
     assert report["metrics"]["forces_rmse"] < report["statistics"]["force_rms"]
     ckpt = load(run / "checkpoints" / "last.ckpt")
@@ -107,7 +109,7 @@ def test_gap_checkpoint_gives_a_calculator_with_uncertainty(sweep):
 def test_gap_run_resumed_from_its_checkpoint_keeps_the_fit(workdir, sweep):
     ckpt = sweep / "2" / "checkpoints" / "last.ckpt"
     out = workdir / "gap_again"
-    mpnn_train(["model=gap_tiny", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", *COMMON], workdir)
-    assert not (out / "closed_form_fit.json").exists()
+    mpnn_train(["model=gap_cli", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", *COMMON], workdir)
+    assert not (out / "prepare.json").exists()
     before, after = load(ckpt)["state_dict"], load(out / "checkpoints" / "last.ckpt")["state_dict"]
     assert torch.equal(before["model.alpha"], after["model.alpha"])

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mpnn_ip.checkpoint import FORMAT_VERSION
+
 pytest.importorskip("lightning")
 pytest.importorskip("hydra")
 
@@ -67,8 +69,8 @@ def mpnn_train(args, cwd: Path, check: bool = True) -> subprocess.CompletedProce
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train_cli")
     (root / "configs" / "model").mkdir(parents=True)
-    (root / "configs" / "model" / "nequip_tiny.yaml").write_text(TINY_NEQUIP)
-    (root / "configs" / "model" / "mace_tiny.yaml").write_text(TINY_MACE)
+    (root / "configs" / "model" / "nequip_clitest.yaml").write_text(TINY_NEQUIP)
+    (root / "configs" / "model" / "mace_clitest.yaml").write_text(TINY_MACE)
     return root
 
 
@@ -76,7 +78,7 @@ def workdir(tmp_path_factory) -> Path:
 def multirun(workdir) -> Path:
     """One epoch of each model as a 2-job multirun (job 0 nequip, job 1 mace)."""
     sweep = workdir / "sweep"
-    mpnn_train(["-m", "model=nequip_tiny,mace_tiny", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", *COMMON], workdir)
+    mpnn_train(["-m", "model=nequip_clitest,mace_clitest", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", *COMMON], workdir)
     return sweep
 
 
@@ -105,7 +107,7 @@ def test_both_models_train_and_checkpoints_load_with_weights_only(multirun):
         ckpt = load(multirun / job / "checkpoints" / "last.ckpt")
         meta = ckpt["mpnn_ip"]
         names.append(meta["model_name"])
-        assert meta["format_version"] == 1
+        assert meta["format_version"] == FORMAT_VERSION
         assert meta["dtype"] in ("float32", "float64")
         assert meta["model_config"]["species"] == [29, 79]
         assert set(meta["model_config"]["e0s"]) == {29, 79}
@@ -137,9 +139,9 @@ def test_checkpoint_rebuilds_the_model(multirun):
 
 def test_resume_from_last_checkpoint_equals_uninterrupted_run(workdir, multirun):
     full, resumed = workdir / "full", workdir / "resumed"
-    mpnn_train(["model=nequip_tiny", "trainer.max_epochs=2", f"hydra.run.dir={full}", *COMMON], workdir)
+    mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", f"hydra.run.dir={full}", *COMMON], workdir)
     last = multirun / "0" / "checkpoints" / "last.ckpt"
-    mpnn_train(["model=nequip_tiny", "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={resumed}", *COMMON], workdir)
+    mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={resumed}", *COMMON], workdir)
     a, b = load(full / "checkpoints" / "last.ckpt"), load(resumed / "checkpoints" / "last.ckpt")
     assert a["epoch"] == b["epoch"] == 1
     for key, value in a["state_dict"].items():
@@ -180,7 +182,7 @@ def error_of(workdir, monkeypatch, capsys):
 
 
 def test_unknown_config_key_is_a_one_paragraph_error(workdir):
-    message = _error_in_subprocess(["model=nequip_tiny", "model.num_layerz=2", *COMMON], workdir)
+    message = _error_in_subprocess(["model=nequip_clitest", "model.num_layerz=2", *COMMON], workdir)
     assert "num_layerz" in message and "mpnn-train: error:" in message
 
 
@@ -190,28 +192,28 @@ def test_unknown_group_option_lists_the_choices(error_of):
 
 
 def test_missing_required_setting_is_named(error_of):
-    message = error_of(["model=nequip_tiny", "data=extxyz", "logger=none"])
+    message = error_of(["model=nequip_clitest", "data=extxyz", "logger=none"])
     assert "data.train_path" in message
 
 
 def test_missing_data_file_is_named(error_of):
-    message = error_of(["model=nequip_tiny", "data=extxyz", "data.train_path=/nonexistent/frames.xyz", "logger=none"])
+    message = error_of(["model=nequip_clitest", "data=extxyz", "data.train_path=/nonexistent/frames.xyz", "logger=none"])
     assert "/nonexistent/frames.xyz" in message
 
 
 def test_species_mismatch_names_the_elements(error_of):
-    message = error_of(["model=nequip_tiny", "model.species=[Cu]", *COMMON])
+    message = error_of(["model=nequip_clitest", "model.species=[Cu]", *COMMON])
     assert "Au" in message
 
 
 def test_checkpoint_of_another_model_type_is_refused(error_of, multirun):
     mace_ckpt = multirun / "1" / "checkpoints" / "last.ckpt"
-    message = error_of(["model=nequip_tiny", f"ckpt_path={mace_ckpt}", *COMMON])
+    message = error_of(["model=nequip_clitest", f"ckpt_path={mace_ckpt}", *COMMON])
     assert "mace" in message and "nequip" in message
 
 
 def test_corrupted_checkpoint_is_named(error_of, workdir):
     broken = workdir / "broken.ckpt"
     broken.write_bytes(b"this is not a checkpoint")
-    message = error_of(["model=nequip_tiny", f"ckpt_path={broken}", *COMMON])
+    message = error_of(["model=nequip_clitest", f"ckpt_path={broken}", *COMMON])
     assert str(broken) in message

@@ -78,6 +78,37 @@ def test_separate_validation_and_test_files(train_file, tmp_path):
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (40, 6, 6)
 
 
+def test_validation_file_without_test_file_keeps_every_training_frame(train_file, tmp_path):
+    ase.io.write(tmp_path / "val.xyz", make_frames(6, seed=7), format="extxyz")
+    dm = AtomicDataModule(train_path=str(train_file), val_path=str(tmp_path / "val.xyz"))
+    dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (40, 6, 0)
+
+
+@pytest.mark.parametrize("asked, expected_test", [({"test_fraction": 0.1}, 4), ({"test_count": 3}, 3)])
+def test_validation_file_with_an_explicit_test_size_splits_test_frames_off(train_file, tmp_path, asked, expected_test):
+    ase.io.write(tmp_path / "val.xyz", make_frames(6, seed=7), format="extxyz")
+    dm = AtomicDataModule(train_path=str(train_file), val_path=str(tmp_path / "val.xyz"), **asked)
+    dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (40 - expected_test, 6, expected_test)
+
+
+def test_default_test_fraction_is_a_tenth_when_validation_is_split_off_too(train_file):
+    dm = AtomicDataModule(train_path=str(train_file))
+    dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (32, 4, 4)
+
+
+def test_extxyz_config_default_leaves_the_test_fraction_to_the_data_module():
+    """configs/data/extxyz.yaml must not pin test_fraction, else a val_path would still take test frames."""
+    from omegaconf import OmegaConf
+
+    from mpnn_ip.cli.hydra_app import config_dir
+
+    for name in ("extxyz", "synthetic"):
+        assert OmegaConf.load(config_dir() / "data" / f"{name}.yaml").test_fraction is None, name
+
+
 def test_glob_patterns_concatenate_the_matching_files_in_sorted_order(tmp_path):
     ase.io.write(tmp_path / "b.xyz", make_frames(3, seed=2), format="extxyz")
     ase.io.write(tmp_path / "a.xyz", make_frames(4, seed=3), format="extxyz")

@@ -14,7 +14,7 @@ from conftest import E0S, SPECIES, make_molecule, make_triclinic_crystal
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate, to_inputs
 from mpnn_ip.models import model_class
 from mpnn_ip.models.gap import GAP
-from mpnn_ip.train.gap_fit import fit_gap, select_sparse
+from mpnn_ip.models.gap_fit import fit_gap, select_sparse
 
 SMALL = dict(r_max=4.0, n_max=3, l_max=2, sigma_atom=0.6, num_sparse=4)
 
@@ -106,3 +106,15 @@ def test_uncertainty_grows_away_from_training_data():
     squeezed.positions *= 0.7
     far = model(to_inputs(AtomicGraph.from_atoms(squeezed)), compute_forces=False)["energy_uncertainty"]
     assert float(far) > 3 * float(near)
+
+
+def test_declared_uncertainty_reaches_evaluation_per_frame():
+    from mpnn_ip.evaluation import evaluate
+
+    graphs = _frames(3, seed=31)
+    model = _gap(num_sparse=8)
+    fit_gap(model, graphs)
+    results = evaluate(model, graphs, batch_size=2)
+    assert set(results["extra"]) == {"energy_uncertainty"}  # per-atom variance is not a per-frame extra
+    expected = model(to_inputs(collate(graphs)), compute_forces=False)["energy_uncertainty"]
+    assert np.allclose(results["extra"]["energy_uncertainty"], expected.detach().numpy(), rtol=1e-10)

@@ -10,7 +10,8 @@ import physics
 from conftest import make_molecule, make_triclinic_crystal, make_water
 from mpnn_ip.models import build_model
 from mpnn_ip.models.mace import MACE, PRESETS
-from mpnn_ip.nn.mace_interaction import MACEInteraction, message_paths
+from mpnn_ip.nn import MACEInteraction
+from mpnn_ip.nn import tensor_product_paths as message_paths
 
 SPECIES_3BPA = ["H", "C", "N", "O"]
 TINY = dict(num_interactions=2, hidden_irreps="8x0e+8x1o", max_ell=2, correlation=3, radial_mlp=[16], num_bessel=4)

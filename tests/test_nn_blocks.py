@@ -7,6 +7,7 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.nn import (
+    ChannelwiseTensorProduct,
     EquivariantGate,
     LinearReadout,
     MLPReadout,
@@ -18,9 +19,8 @@ from mpnn_ip.nn import (
     TensorProductConvolution,
     ZBLRepulsion,
     check_same_irreps,
+    convolution_paths,
 )
-from mpnn_ip.nn.convolution import convolution_paths
-from mpnn_ip.nn.tensor_product import ChannelwiseTensorProduct
 
 IRREPS_SH = o3.Irreps.spherical_harmonics(2)
 IRREPS_HIDDEN = o3.Irreps("4x0e+4x0o+4x1o+4x1e+4x2e+4x2o")
@@ -135,6 +135,30 @@ def test_channelwise_tensor_product_equals_e3nn_tensor_product(irreps_in, irreps
     summed = fused.sum_messages(x[:5], sh, weights, edge_index)
     expected = torch.zeros(5, fused.irreps_out.dim, dtype=torch.float64).index_add_(0, edge_index[0], fused(x[edge_index[1]], sh, weights))
     torch.testing.assert_close(summed, expected)
+
+
+def test_channelwise_tensor_product_is_exact_in_float64_after_a_float32_build():
+    """Built in float32 and moved to float64, the coefficients are float64's, not float32's rounded (1e-8)."""
+    irreps_in, irreps_sh = o3.Irreps("2x1o"), o3.Irreps("1x1o")
+    irreps_mid, instructions = convolution_paths(irreps_in, irreps_sh, "2x0e+2x2e")
+    fused = ChannelwiseTensorProduct(irreps_in, irreps_sh, irreps_mid, instructions).to(torch.float32).to(torch.float64)
+    torch.manual_seed(0)
+    x, sh = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    weights = torch.randn(5, fused.weight_numel, dtype=torch.float64)
+    out = fused(x.reshape(5, 6), sh, weights)
+    start = 0
+    for (_, ir_out), path in zip(irreps_mid, range(len(instructions))):
+        cg = o3.wigner_3j(1, 1, ir_out.l, dtype=torch.float64) * (2 * ir_out.l + 1) ** 0.5
+        expected = torch.einsum("eui,ej,ijk->euk", x, sh, cg) * weights[:, 2 * path : 2 * path + 2, None]
+        torch.testing.assert_close(out[:, start : start + 2 * ir_out.dim], expected.reshape(5, -1), rtol=1e-14, atol=1e-14)
+        start += 2 * ir_out.dim
+
+
+def test_channelwise_tensor_product_loads_state_dicts_that_stored_its_coefficients():
+    irreps_mid, instructions = convolution_paths("2x0e+2x1o", IRREPS_SH, "2x0e+2x1o")
+    fused = ChannelwiseTensorProduct("2x0e+2x1o", IRREPS_SH, irreps_mid, instructions)
+    assert fused.state_dict() == {}
+    fused.load_state_dict({"coupling_0": torch.zeros(1), "weight_index_0": torch.zeros(1), "permutation": torch.zeros(1)})
 
 
 def test_convolution_rejects_unreachable_output_irreps_naming_both():

@@ -10,7 +10,7 @@ import torch
 import physics
 from conftest import E0S, SPECIES, make_molecule, make_slab, make_triclinic_crystal
 from mpnn_ip.models import build_model
-from mpnn_ip.nn.cfconv import GaussianBasis, cosine_cutoff
+from mpnn_ip.nn import GaussianBasis, cosine_cutoff
 
 SMALL = dict(r_max=4.0, num_features=8, num_interactions=2, num_gaussians=8, num_filters=8)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from mpnn_ip.nn.symmetric_contraction import SymmetricContraction, symmetric_coupling_basis
+from mpnn_ip.nn import SymmetricContraction, symmetric_coupling_basis
 
 A_IRREPS = "0e+1o+2e+3o"
 

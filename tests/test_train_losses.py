@@ -115,3 +115,59 @@ def test_metrics_skip_quantities_without_labels():
     metrics = PropertyMetrics()
     metrics.update(_prediction(batch), batch)
     assert not any(key.startswith("stress") for key in metrics.compute())
+
+
+@pytest.mark.parametrize("name", ["virial", "forcse"])
+def test_unknown_loss_term_is_rejected_with_the_known_terms(name):
+    with pytest.raises(ValueError, match=rf"loss\.{name} is not a loss term; the terms are energy, forces, stress"):
+        WeightedPropertyLoss(energy={"weight": 1.0}, **{name: {"weight": 1.0}})
+
+
+def test_stress_term_without_predicted_stress_is_an_error():
+    batch = _batch(with_stress=(False, True))
+    pred = _prediction(batch)
+    del pred["stress"]
+    loss = WeightedPropertyLoss(energy={"weight": 1.0}, stress={"weight": 1.0})
+    with pytest.raises(ValueError, match=r"loss\.stress .*needs the model output 'stress'.*1 frame\(s\)"):
+        loss(pred, batch)
+
+
+def test_stress_term_on_a_batch_without_stress_labels_contributes_nothing():
+    batch = _batch(with_stress=(False, False))
+    pred = _prediction(batch, energy_offset_per_atom=0.2)
+    del pred["stress"]
+    loss = WeightedPropertyLoss(energy={"weight": 1.0, "fn": "mae"}, stress={"weight": 1.0})
+    total, terms = loss(pred, batch)
+    assert set(terms) == {"energy"}
+    assert float(total) == pytest.approx(0.2)
+
+
+def test_loss_uses_only_outputs_with_a_positive_weight():
+    loss = WeightedPropertyLoss(energy={"weight": 1.0}, forces=None, stress={"weight": 0.0})
+    assert loss.uses("energy") and not loss.uses("forces") and not loss.uses("stress")
+
+
+class _FixedPrediction(torch.nn.Module):
+    """Stands in for a float32 model: returns the labels plus fixed offsets, stress only when asked."""
+
+    def forward(self, batch, compute_forces=True, compute_stress=False):
+        pred = {k: v.float() for k, v in _prediction(batch, 0.1, 0.3, 0.02).items()}
+        pred["energy"] = pred["energy"] + torch.arange(batch.num_graphs) * 0.05
+        pred["forces"] = pred["forces"] * 1.5
+        if not compute_stress:
+            del pred["stress"]
+        return pred
+
+
+def test_training_metrics_and_evaluation_agree_on_the_same_predictions():
+    from mpnn_ip.evaluation import evaluate
+
+    batch = _batch(with_energy=(True, True), with_forces=(True, False), with_stress=(False, True))
+    model = _FixedPrediction()
+    metrics = PropertyMetrics()
+    metrics.update(model(batch, compute_stress=True), batch)
+    training = {k: float(v) for k, v in metrics.compute().items()}
+    evaluated = evaluate(model, batch)["metrics"]
+    assert set(training) == {f"{q}_{m}" for q in ("energy_per_atom", "energy", "forces", "stress") for m in ("mae", "rmse")}
+    for key, value in training.items():
+        assert evaluated[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key

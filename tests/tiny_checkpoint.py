@@ -27,20 +27,15 @@ def build_tiny_model(species=TINY_SPECIES, seed: int = 0, **overrides):
     return build_model("nequip", species=list(species), **{**TINY_NEQUIP, **overrides})
 
 
-def write_checkpoint(model, path: Path, model_name: str = "nequip") -> Path:
-    """Save ``model`` as an mpnn_ip checkpoint at ``path`` (what mpnn-train writes for these keys)."""
-    dtype = "float64" if model.dtype == torch.float64 else "float32"
+def write_checkpoint(model, path: Path, model_name: str | None = None) -> Path:
+    """Save ``model`` as an mpnn_ip checkpoint at ``path`` (what mpnn-train writes for these keys);
+    ``model_name`` overrides the registry name in the metadata (for tests of mismatched files)."""
+    from mpnn_ip.checkpoint import checkpoint_metadata
+
+    meta = checkpoint_metadata(model, {"avg_num_neighbors": 8.0})
     ckpt = {
         "state_dict": {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()},
-        "mpnn_ip": {
-            "format_version": 1,
-            "package_version": "0.1.0",
-            "model_name": model_name,
-            "model_config": dict(model.config),
-            "dtype": dtype,
-            "statistics": {"avg_num_neighbors": 8.0},
-            "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"},
-        },
+        "mpnn_ip": meta | ({"model_name": model_name} if model_name else {}),
     }
     path = Path(path)
     torch.save(ckpt, path)

@@ -16,10 +16,8 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mpnn_ip.checkpoint import load_model, resolve_dtype
 from mpnn_ip.data.atomic_graph import AtomicGraph, to_inputs
-
-#: Outputs of the model that are not extra per-frame properties.
-_STANDARD_OUTPUTS = {"energy", "node_energy", "forces", "stress", "virial"}
 
 
 class MPNNCalculator(Calculator):
@@ -28,8 +26,9 @@ class MPNNCalculator(Calculator):
     ``stress`` (eV/Å³, Voigt ``xx, yy, zz, yz, xz, xy``, ASE sign: positive = tensile) is computed
     only when asked for, and only for structures with a periodic direction and a cell of non-zero
     volume; for a molecule it raises ASE's ``PropertyNotImplementedError`` (like ASE's own EMT).
-    Extra per-frame outputs of the model (e.g. ``energy_uncertainty`` of a Gaussian-process model)
-    appear in ``calc.results`` under their own names.
+    The extra outputs the model declares (``Potential.extra_outputs``, e.g. ``energy_uncertainty``
+    of a Gaussian-process model) are implemented properties too, under their own names: per-frame
+    ones as floats, per-atom ones as arrays.
 
     Args:
         model: the potential (e.g. from :func:`mpnn_ip.load_model`); put in eval mode.
@@ -39,13 +38,12 @@ class MPNNCalculator(Calculator):
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "energy_uncertainty"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, dtype=None, **kwargs):
-        from mpnn_ip.inference import resolve_dtype
-
         super().__init__(**kwargs)
-        self.implemented_properties = list(type(self).implemented_properties)
+        self.extra_outputs = dict(getattr(model, "extra_outputs", {}))
+        self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
         target = resolve_dtype(dtype)
         if device is not None:
             model = model.to(torch.device(device))
@@ -56,8 +54,6 @@ class MPNNCalculator(Calculator):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNCalculator":
         """Calculator for the model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`)."""
-        from mpnn_ip.inference import load_model
-
         return cls(load_model(path, device=device, dtype=dtype), **kwargs)
 
     @property
@@ -91,12 +87,8 @@ class MPNNCalculator(Calculator):
         }
         if want_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"])[0])
-        for key, value in out.items():
-            if key in _STANDARD_OUTPUTS or not isinstance(value, torch.Tensor) or value.numel() != 1:
-                continue
-            self.results[key] = float(value.detach())
-            if key not in self.implemented_properties:
-                self.implemented_properties.append(key)
+        for key, (per, _) in self.extra_outputs.items():
+            self.results[key] = float(out[key].detach().sum()) if per == "frame" else _numpy(out[key])
 
 
 def _has_volume(atoms) -> bool:

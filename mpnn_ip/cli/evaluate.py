@@ -18,16 +18,16 @@ PROG = "mpnn-eval"
 
 def run_evaluation(cfg) -> dict:
     """The body of ``mpnn-eval`` for a composed config; returns the results of :func:`evaluate`."""
+    from mpnn_ip.checkpoint import check_model_species, load_model
     from mpnn_ip.data import read_dataset
     from mpnn_ip.evaluation import evaluate, format_metrics_table, parity_plots, write_metrics
-    from mpnn_ip.inference import check_species, load_model, resolve_device
 
     out_dir = Path(str(cfg.out_dir))
-    model = load_model(cfg.ckpt_path, device=resolve_device(cfg.device), dtype=cfg.dtype)
+    model = load_model(cfg.ckpt_path, device=cfg.device, dtype=cfg.dtype)
     data = dict(cfg.data)
     path = data.pop("path")
     graphs = read_dataset(path, **data)
-    check_species(model, {int(z) for g in graphs for z in g.atomic_numbers.unique().tolist()}, f"data file {path}")
+    check_model_species(model, {int(z) for g in graphs for z in g.atomic_numbers.unique().tolist()}, f"data file {path}")
     results = evaluate(model, graphs, batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
 
     print(f"{PROG}: {results['num_frames']} frames, {results['num_atoms']} atoms from {path}")
@@ -40,8 +40,10 @@ def run_evaluation(cfg) -> dict:
 
 
 def _write_predictions(results: dict, path: Path) -> None:
+    from mpnn_ip.outputs import LABELLED_OUTPUTS
+
     arrays = {}
-    for quantity in ("energy", "forces", "stress"):
+    for quantity in LABELLED_OUTPUTS:
         for key, value in results.get(quantity, {}).items():
             arrays[f"{quantity}_{key}"] = np.asarray(value)
     for key, value in results["extra"].items():

@@ -21,8 +21,9 @@ API (what an entry point needs):
 ``to_container(cfg)``
     Resolved plain ``dict`` (for loggers and ``_convert_``-free use).
 
-Config directory: ``$MPNN_IP_CONFIG_DIR`` if set, else the repository's top-level ``configs/``
-(``Path(mpnn_ip.__file__).parents[1] / "configs"``, an editable install).
+Config directory: ``$MPNN_IP_CONFIG_DIR`` if set, else ``mpnn_ip/configs`` next to the package's own
+modules: package data in a wheel, the source folder in an editable install (the repository's top-level
+``configs`` is a link to it).
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ USER_ERROR_EXIT_CODE = 2
 
 
 def config_dir() -> Path:
-    """The packaged Hydra config directory (``$MPNN_IP_CONFIG_DIR`` overrides it)."""
+    """The packaged Hydra config directory ``mpnn_ip/configs`` (``$MPNN_IP_CONFIG_DIR`` overrides it)."""
     import mpnn_ip
 
     env = os.environ.get("MPNN_IP_CONFIG_DIR")
-    path = Path(env).expanduser().resolve() if env else Path(mpnn_ip.__file__).resolve().parents[1] / "configs"
-    if not path.is_dir():
+    path = Path(env).expanduser().resolve() if env else Path(mpnn_ip.__file__).resolve().parent / "configs"
+    if not (path / "train.yaml").is_file():
         raise ConfigError(
-            f"the config directory {path} does not exist. Set MPNN_IP_CONFIG_DIR to the folder that "
-            "holds train.yaml, or reinstall the package in editable mode (pip install -e .)."
+            f"the config directory {path} has no train.yaml. Set MPNN_IP_CONFIG_DIR to the folder that "
+            "holds train.yaml, or reinstall the package (pip install .); its wheel carries mpnn_ip/configs."
         )
     return path
 
@@ -155,6 +156,9 @@ def compose_config(config_name: str, overrides: Sequence[str] = (), *, extra_sea
     """
     from hydra import compose, initialize_config_dir
 
+    from mpnn_ip.train.builders import register_statistics_resolver
+
+    register_statistics_resolver()
     overrides = list(overrides)
     search = extra_search_dir if extra_search_dir is not None else user_config_dir()
     if search is not None and not any(o.startswith("hydra.searchpath") for o in overrides):
@@ -217,5 +221,8 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str, prog: s
             sys.argv.append(_searchpath_override(extra))
         _check_overrides(config_name, args)
 
+    from mpnn_ip.train.builders import register_statistics_resolver
+
+    register_statistics_resolver()  # ${training_data_stats:...} in the model configs (see mpnn_ip.train.builders)
     main = hydra.main(version_base="1.3", config_path=str(packaged), config_name=config_name)(task_function)
     main()

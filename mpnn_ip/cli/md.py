@@ -180,13 +180,13 @@ def _run(cfg) -> dict:
     from mpnn_ip.calculators import MPNNCalculator
     from mpnn_ip.data import AtomicGraph
     from mpnn_ip.data.reading import read_frames
-    from mpnn_ip.inference import check_species, load_model, resolve_device
+    from mpnn_ip.checkpoint import check_model_species, load_model
 
-    model = load_model(cfg.ckpt_path, device=resolve_device(cfg.device), dtype=cfg.dtype)
+    model = load_model(cfg.ckpt_path, device=cfg.device, dtype=cfg.dtype)
     structure = Path(str(cfg.structure)).expanduser()
     atoms = read_frames(structure, index=cfg.structure_index)[-1]
     AtomicGraph.from_atoms(atoms, path=str(structure))  # validates cell, overlaps, NaN before MD starts
-    check_species(model, atoms.get_atomic_numbers(), f"structure {structure}")
+    check_model_species(model, atoms.get_atomic_numbers(), f"structure {structure}")
     summary = run_md(
         atoms,
         MPNNCalculator(model),

@@ -41,7 +41,7 @@ def _route_lightning_logs_to_hydra() -> None:
 
 
 def fit(cfg) -> float | None:
-    """Build everything from ``cfg``, fit, test with the best checkpoint and write the run's reports.
+    """Build everything from ``cfg``, prepare the model, fit, test with the best checkpoint and write the reports.
 
     Returns the value of ``cfg.optimized_metric`` (for Hydra sweepers such as Optuna), or None.
     """
@@ -50,75 +50,65 @@ def fit(cfg) -> float | None:
 
     _route_lightning_logs_to_hydra()
 
+    from mpnn_ip.checkpoint import read_checkpoint
     from mpnn_ip.train import PotentialModule, builders
-    from mpnn_ip.train.checkpoint import load_checkpoint
     from mpnn_ip.train.report import finish_run
 
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     _set_matmul_precision(bool(cfg.tf32), str(cfg.trainer.get("accelerator", "cpu")))
 
-    meta = load_checkpoint(cfg.ckpt_path)["mpnn_ip"] if cfg.ckpt_path else None  # bad files fail before data loading
-    datamodule = builders.build_datamodule(cfg.data)
+    meta = read_checkpoint(cfg.ckpt_path)["mpnn_ip"] if cfg.ckpt_path else None  # bad files fail before data loading
+    datamodule = builders.build_datamodule(cfg.data, cfg.model)
     statistics = datamodule.statistics()
-    prepared: dict = {}
     if meta is not None:
         model = builders.model_from_checkpoint_metadata(meta, cfg.model, cfg.ckpt_path, statistics["species"])
         statistics = meta["statistics"]
     else:
         model = builders.build_model(cfg.model, statistics, cfg.dtype)
-        prepared = model.prepare(list(datamodule.train_dataset.graphs))  # e.g. BPNN standardisation, GAP's fit
-    closed_form = model.fitted_in_closed_form
-    if cfg.compile and not closed_form:
+    with builders.training_data_statistics(statistics):
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        resolved = to_container(cfg)
+    loggers = builders.build_loggers(cfg.get("logger"))
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+    if meta is None:  # data-dependent set-up (e.g. BPNN's standardisation, GAP's closed-form fit); not on resume
+        train_graphs = list(datamodule.train_dataset.graphs)
+        _report_prepare(model.prepare(train_graphs), type(model).__name__, len(train_graphs), output_dir, loggers)
+    if cfg.compile:
         model.compile(dynamic=True)
 
     task = PotentialModule(
         model,
-        loss=to_container(cfg.loss),
+        loss=resolved["loss"],
         optimizer=builders.build_optimizer_factory(cfg.optim),
         scheduler=builders.build_scheduler_factory(cfg.get("scheduler")),
         scheduler_monitor=str(cfg.scheduler_monitor),
         statistics=statistics,
     )
-    loggers = builders.build_loggers(cfg.get("logger"))
     callbacks = builders.build_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer = builders.build_trainer(cfg.trainer, callbacks, loggers)
-    for logger in loggers:
-        logger.log_hyperparams(to_container(cfg))
-
-    if closed_form:
-        _save_closed_form(trainer, task, datamodule, output_dir, prepared, resume_from=cfg.ckpt_path or None)
-    else:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
     summary = finish_run(trainer, task, datamodule, output_dir, test=bool(cfg.test_after_fit))
     metric = cfg.get("optimized_metric")
     return None if not metric else summary.get(metric)
 
 
-def _save_closed_form(trainer, task, datamodule, output_dir: Path, report: dict, resume_from: str | None) -> None:
-    """Validate a model that ``prepare`` fitted in closed form (GAP) and save it as ``last.ckpt``.
-
-    ``report`` (the fit's timings, sizes and training residuals) goes to ``<run dir>/closed_form_fit.json``
-    and to the loggers. With ``resume_from`` (``ckpt_path=``) the checkpoint's fit is loaded and validated.
-    """
+def _report_prepare(report: dict, model_name: str, num_frames: int, output_dir: Path, loggers: list) -> None:
+    """What ``Potential.prepare`` reported (e.g. a closed-form fit's timings, sizes and training residuals):
+    to ``<run dir>/prepare.json``, the console and the loggers. Nothing when the report is empty."""
     import json
 
-    if report:
-        path = output_dir / "closed_form_fit.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"Closed-form fit of {type(task.model).__name__} on {len(datamodule.train_dataset)} frames: "
-              f"{report.get('time_total_s', float('nan')):.1f} s (details: {path})", flush=True)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"fit/{k}": v for k, v in report.items() if isinstance(v, (int, float))}, step=0)
-    trainer.validate(task, datamodule=datamodule, ckpt_path=resume_from, verbose=False)
-    callback = trainer.checkpoint_callback
-    directory = Path(callback.dirpath) if callback is not None and callback.dirpath else output_dir / "checkpoints"
-    path = directory / "last.ckpt"
-    trainer.save_checkpoint(path)
-    if callback is not None:
-        callback.last_model_path = callback.best_model_path = str(path)
+    if not report:
+        return
+    path = output_dir / "prepare.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    seconds = report.get("time_total_s")
+    timing = f": {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    print(f"Prepared {model_name} on {num_frames} training frames{timing} (details: {path})", flush=True)
+    for logger in loggers:
+        logger.log_metrics({f"prepare/{k}": v for k, v in report.items() if isinstance(v, (int, float))}, step=0)
 
 
 def _task(cfg) -> float | None:

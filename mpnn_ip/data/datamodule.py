@@ -6,7 +6,6 @@ from typing import Mapping, Sequence
 
 import lightning as L
 import numpy as np
-from ase.data import atomic_numbers as symbol_to_number, chemical_symbols
 from torch.utils.data import DataLoader
 
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate
@@ -14,7 +13,12 @@ from mpnn_ip.data.dataset import AtomicDataset
 from mpnn_ip.data.reading import expand_paths, read_dataset, read_isolated_atom_energies
 from mpnn_ip.data.statistics import compute_statistics
 from mpnn_ip.data.synthetic import default_dataset_path
+from mpnn_ip.elements import atomic_numbers, symbols
 from mpnn_ip.errors import ConfigError, DataError
+
+#: Share of the training file split off for testing when neither a test file nor a test size is given
+#: and validation frames are split off the training file as well.
+DEFAULT_TEST_FRACTION = 0.1
 
 
 class AtomicDataModule(L.LightningDataModule):
@@ -32,8 +36,12 @@ class AtomicDataModule(L.LightningDataModule):
             (rounded; at least one frame when > 0).
         val_count: number of validation frames split off; overrides ``val_fraction``.
         test_fraction, test_count: the same for the test split (used when ``test_path`` is None).
-            Example, AcAc protocol (450 train / 50 val from one 500-frame file):
-            ``train_count=450, val_count=50, test_count=0``.
+            ``test_fraction=None`` (default) means 0.1 when validation frames are split off the
+            training file too, and 0 (no test split) when ``val_path`` is given: a separate
+            validation file does not silently take frames out of training; ask for them with
+            ``test_fraction`` or ``test_count``. Without a test split, the report after training
+            uses the validation split. Example, AcAc protocol (450 train / 50 val from one
+            500-frame file): ``train_count=450, val_count=50, test_count=0``.
         seed: seed of the random split (same seed, same split; independent of the global RNG).
         batch_size: frames per training batch.
         val_batch_size: frames per validation/test batch; ``None`` = ``batch_size``.
@@ -61,7 +69,7 @@ class AtomicDataModule(L.LightningDataModule):
         train_count: int | None = None,
         val_fraction: float = 0.1,
         val_count: int | None = None,
-        test_fraction: float = 0.1,
+        test_fraction: float | None = None,
         test_count: int | None = None,
         seed: int = 0,
         batch_size: int = 8,
@@ -93,7 +101,7 @@ class AtomicDataModule(L.LightningDataModule):
         )
         self.isolated_atoms = isolated_atoms
         self.r_max = r_max
-        self.species = None if species is None else sorted({_to_atomic_number(s) for s in species})
+        self.species = None if species is None else atomic_numbers(species)
         self.train_dataset = self.val_dataset = self.test_dataset = None
         self._statistics = None
 
@@ -104,7 +112,7 @@ class AtomicDataModule(L.LightningDataModule):
         train_file = str(self.train_path) if self.train_path is not None else str(default_dataset_path())
         frames = self._read(train_file)
         n_val = 0 if self.val_path is not None else _split_size(len(frames), self.val_fraction, self.val_count, "val")
-        n_test = 0 if self.test_path is not None else _split_size(len(frames), self.test_fraction, self.test_count, "test")
+        n_test = 0 if self.test_path is not None else _split_size(len(frames), self._test_fraction(), self.test_count, "test")
         n_rest = len(frames) - n_val - n_test
         n_train = n_rest if self.train_count is None else int(self.train_count)
         if n_train < 1 or n_train > n_rest:
@@ -121,6 +129,12 @@ class AtomicDataModule(L.LightningDataModule):
         if self.test_path is not None:
             test = self._read(str(self.test_path))
         self.train_dataset, self.val_dataset, self.test_dataset = AtomicDataset(train), AtomicDataset(val), AtomicDataset(test)
+
+    def _test_fraction(self) -> float:
+        """``test_fraction``, or its default: 0.1 when validation is split off the training file too, else 0."""
+        if self.test_fraction is not None:
+            return float(self.test_fraction)
+        return DEFAULT_TEST_FRACTION if self.val_path is None else 0.0
 
     def statistics(self) -> dict:
         """Statistics of the training split (:func:`mpnn_ip.data.compute_statistics`), computed once."""
@@ -159,8 +173,8 @@ class AtomicDataModule(L.LightningDataModule):
             for frame, graph in enumerate(graphs):
                 unknown = sorted(set(graph.atomic_numbers.tolist()) - allowed)
                 if unknown:
-                    names = ", ".join(chemical_symbols[z] for z in unknown)
-                    allowed_names = ", ".join(chemical_symbols[z] for z in self.species)
+                    names = ", ".join(symbols(unknown))
+                    allowed_names = ", ".join(symbols(self.species))
                     raise DataError(f"element(s) {names} not in the model's species [{allowed_names}]", path=path, frame=frame)
         return graphs
 
@@ -174,11 +188,3 @@ def _split_size(total: int, fraction: float, count: int | None, name: str) -> in
         raise ConfigError(f"{name}_fraction={fraction} must be in [0, 1)")
     size = int(round(fraction * total))
     return max(size, 1) if fraction > 0 and total > 2 else size
-
-
-def _to_atomic_number(species: str | int) -> int:
-    if isinstance(species, str) and not species.isdigit():
-        if species not in symbol_to_number:
-            raise ConfigError(f"unknown chemical symbol {species!r} in species")
-        return int(symbol_to_number[species])
-    return int(species)

@@ -24,6 +24,7 @@ import numpy as np
 
 from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.units import check_stress_sign, stress_to_ase, stress_unit_factor, virial_to_stress
+from mpnn_ip.elements import atomic_number
 from mpnn_ip.errors import DataError
 
 _DEFAULT_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
@@ -108,7 +109,7 @@ def read_isolated_atom_energies(source, *, energy_key: str = "energy") -> dict[i
     one-atom frame; the energy is read with ``energy_key`` like :func:`read_dataset` does.
     """
     if isinstance(source, dict) or hasattr(source, "items"):
-        return {_atomic_number(k): float(v) for k, v in source.items()}
+        return {atomic_number(k, error=DataError, where="isolated-atom energies"): float(v) for k, v in source.items()}
     frames = read_frames(source)
     marked = [i for i, a in enumerate(frames) if _is_isolated_atom(a)]
     chosen = marked if marked else [i for i, a in enumerate(frames) if len(a) == 1]
@@ -279,16 +280,3 @@ def _frame_weight(atoms, path, frame) -> float:
 
 def _is_isolated_atom(atoms) -> bool:
     return str(atoms.info.get("config_type", "")).strip().lower() in _ISOLATED_ATOM_TYPES
-
-
-def _atomic_number(key) -> int:
-    from ase.data import atomic_numbers
-
-    if isinstance(key, str) and not key.strip().isdigit():
-        if key not in atomic_numbers:
-            raise DataError(f"unknown chemical symbol {key!r} in isolated-atom energies")
-        return int(atomic_numbers[key])
-    z = int(key)
-    if not 1 <= z <= 118:
-        raise DataError(f"atomic number {z} out of range 1..118 in isolated-atom energies")
-    return z

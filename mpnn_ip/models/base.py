@@ -1,38 +1,32 @@
 """The base class of every potential: energy from positions, forces and stress by autograd.
 
 Subclasses implement :meth:`Potential.node_energies` (per-atom energies without E0 from
-species and edge vectors). This class owns everything around it: dtype, the radius graph
-(built on the device when the input has none), the strain for stress, E0, the per-frame sum
-and the one autograd call for forces, virial and stress.
+species and edge vectors). This class owns everything around it: the constructor arguments
+(recorded once, for checkpoints), dtype, the graph (:meth:`Potential.graph`: species, radius
+graph built on the device when the input has none, edge vectors), the strain for stress, E0,
+the per-frame sum and the one autograd call for forces, virial and stress.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from ase.data import atomic_numbers as _symbol_to_z
-from ase.data import chemical_symbols
 from torch_geometric.utils import scatter
 
+from mpnn_ip.elements import atomic_numbers, energies_by_atomic_number, symbols
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors, radius_graph_pbc
+from mpnn_ip.models.arguments import record_constructor_arguments
 
 
 def normalize_species(species: Sequence[int | str]) -> list[int]:
-    """Chemical symbols or atomic numbers -> sorted unique atomic numbers."""
-    out = set()
-    for s in species:
-        if isinstance(s, str):
-            if s not in _symbol_to_z:
-                raise ValueError(f"unknown chemical symbol {s!r} in species {list(species)}")
-            out.add(_symbol_to_z[s])
-        else:
-            out.add(int(s))
-    if not out:
+    """Chemical symbols or atomic numbers -> sorted unique atomic numbers (at least one)."""
+    numbers = atomic_numbers(species, error=ValueError)
+    if not numbers:
         raise ValueError("a model needs at least one species")
-    return sorted(out)
+    return numbers
 
 
 class Potential(torch.nn.Module):
@@ -44,11 +38,24 @@ class Potential(torch.nn.Module):
         e0s: per-species reference energy (eV) added to each atom, ``{Z or symbol: eV}``;
             missing species get 0.
 
-    Class attribute ``fitted_in_closed_form``: True for models that :meth:`prepare` fits completely
-    (no gradient descent afterwards; the training command validates and saves them instead).
+    Every subclass's constructor arguments are recorded once, from its bound signature
+    (:attr:`config`), so that a checkpoint rebuilds the model with ``type(model)(**model.config)``.
+
+    Class attributes a model may set:
+        fitted_in_closed_form: True for models that :meth:`prepare` fits completely (no gradient
+            descent afterwards: training validates and saves them after one pass).
+        extra_outputs: ``{name: (per, unit)}`` of the outputs :meth:`atomic_outputs` returns besides
+            ``node_energy``, ``per`` being ``"frame"`` ([B]) or ``"atom"`` ([N]); e.g. GAP's
+            ``energy_uncertainty``. Consumers (the ASE calculator, evaluation) read this declaration.
     """
 
     fitted_in_closed_form: bool = False
+    extra_outputs: Mapping[str, tuple[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = record_constructor_arguments(cls.__dict__["__init__"])
 
     def __init__(self, species: Sequence[int | str], r_max: float, e0s: Mapping | None = None):
         super().__init__()
@@ -60,11 +67,18 @@ class Potential(torch.nn.Module):
         # float64 from the start: a float32 buffer cast to float64 later keeps float32 rounding
         # (~|E0| * 6e-8 eV per atom), which float64 models must not carry.
         e0 = torch.zeros(len(self.species), dtype=torch.float64)
-        for key, value in (e0s or {}).items():
-            z = _symbol_to_z[key] if isinstance(key, str) else int(key)
+        for z, value in (energies_by_atomic_number(e0s) or {}).items():
             if z in self.species:
-                e0[self.species.index(z)] = float(value)
+                e0[self.species.index(z)] = value
         self.register_buffer("e0", e0)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (plain values; species as atomic numbers, e0s keyed by them)."""
+        arguments = dict(self._constructor_arguments)
+        arguments["species"] = list(self.species)
+        arguments["e0s"] = energies_by_atomic_number(arguments.get("e0s"))
+        return arguments
 
     @property
     def num_species(self) -> int:
@@ -82,10 +96,61 @@ class Potential(torch.nn.Module):
         """[N] atomic numbers -> [N] indices into ``self.species``; unknown elements raise DataError."""
         index = self.species_table[atomic_numbers]
         if not torch.compiler.is_compiling() and bool((index < 0).any()):
-            unknown = sorted({chemical_symbols[int(z)] for z in atomic_numbers[index < 0].tolist()})
-            known = [chemical_symbols[z] for z in self.species]
-            raise DataError(f"element(s) {unknown} are not among the species this model was built for {known}")
+            unknown = sorted({int(z) for z in atomic_numbers[index < 0].tolist()})
+            raise DataError(
+                f"element(s) {symbols(unknown)} are not among the species this model was built for {symbols(self.species)}"
+            )
         return index
+
+    def graph(
+        self,
+        inputs,
+        positions: torch.Tensor | None = None,
+        strain: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Species, edges and edge vectors of ``inputs``: what every model computes from.
+
+        Args:
+            inputs: a batch from :func:`mpnn_ip.data.collate`, a single graph, or a dict of tensors
+                with ``pos, atomic_numbers, cell, pbc`` (+ ``batch``); optional ``edge_index,
+                cell_shifts`` (else the radius graph at ``r_max`` is built on the inputs' device).
+            positions: [N, 3] Å to use instead of ``inputs["pos"]`` (e.g. a tensor that requires
+                grad, or a forward-mode dual tensor); edges are still taken from ``inputs``.
+            strain: [B, 3, 3] (symmetrised here) applied to positions and cell, for stress.
+        Returns: ``species [N]`` (index into ``self.species``), ``edge_index [2, E]``,
+            ``cell_shifts [E, 3]``, ``edge_vectors [E, 3]`` (Å, differentiable w.r.t. positions and
+            strain), ``pos [N, 3]``, ``cell [B, 3, 3]``, ``pbc [B, 3]``, ``batch [N]``, ``ptr``
+            (when the input has it) and ``num_graphs`` (int B).
+        """
+        from mpnn_ip.data.atomic_graph import to_inputs
+
+        if not isinstance(inputs, Mapping) or "batch" not in inputs:
+            inputs = to_inputs(inputs)
+        pos = (inputs["pos"] if positions is None else positions).to(self.dtype)
+        cell = inputs["cell"].to(self.dtype).reshape(-1, 3, 3)
+        pbc = inputs["pbc"].reshape(-1, 3)
+        batch = inputs["batch"]
+        if inputs.get("edge_index") is not None:
+            edge_index, cell_shifts = inputs["edge_index"], inputs["cell_shifts"]
+        else:
+            with torch.no_grad():
+                edge_index, cell_shifts = radius_graph_pbc(pos.detach(), cell.detach(), pbc, batch, self.r_max)
+        if strain is not None:
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
+            cell = cell + torch.bmm(cell, symmetric)
+        return {
+            "species": self.species_index(inputs["atomic_numbers"]),
+            "edge_index": edge_index,
+            "cell_shifts": cell_shifts,
+            "edge_vectors": edge_vectors(pos, cell, edge_index, cell_shifts, batch),
+            "pos": pos,
+            "cell": cell,
+            "pbc": pbc,
+            "batch": batch,
+            "ptr": inputs.get("ptr"),
+            "num_graphs": cell.shape[0],
+        }
 
     def node_energies(
         self,
@@ -107,6 +172,15 @@ class Potential(torch.nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement node_energies")
 
+    def atomic_outputs(self, graph: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The one return hook: ``{"node_energy": [N] eV without E0}`` plus the outputs declared in
+        :attr:`extra_outputs`. ``graph`` is :meth:`graph`'s result. Default: :meth:`node_energies`."""
+        return {
+            "node_energy": self.node_energies(
+                graph["species"], graph["edge_index"], graph["edge_vectors"], graph["batch"], graph["num_graphs"]
+            )
+        }
+
     def prepare(self, graphs: list) -> dict:
         """Data-dependent setup from the training graphs (``AtomicGraph`` list), called once before
         training (not on resume). None here; e.g. BPNN standardises its features, GAP fits itself.
@@ -121,57 +195,42 @@ class Potential(torch.nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Energy [B] (eV), node_energy [N], and forces [N,3] (eV/Å), stress and virial [B,3,3] (eV/Å³, eV).
+        """Energy [B] (eV), node_energy [N], and forces [N,3] (eV/Å), stress and virial [B,3,3] (eV/Å³, eV),
+        plus the model's :attr:`extra_outputs`.
 
-        ``inputs`` is a batch from :func:`mpnn_ip.data.collate`, a single graph or a dict of tensors
-        with ``pos, atomic_numbers, cell, pbc`` (+ ``batch``); optional ``edge_index, cell_shifts``.
-        The autograd graph is kept (``create_graph``) only while ``self.training``.
+        ``inputs``: as for :meth:`graph`. The autograd graph is kept (``create_graph``) only while
+        ``self.training``.
         """
         from mpnn_ip.data.atomic_graph import to_inputs
 
         if not isinstance(inputs, Mapping) or "batch" not in inputs:
             inputs = to_inputs(inputs)
-        pos = inputs["pos"].to(self.dtype)
-        cell = inputs["cell"].to(self.dtype).reshape(-1, 3, 3)
-        pbc = inputs["pbc"].reshape(-1, 3)
-        batch = inputs["batch"]
-        num_graphs = cell.shape[0]
-        species = self.species_index(inputs["atomic_numbers"])
-
-        if "edge_index" in inputs and inputs["edge_index"] is not None:
-            edge_index, cell_shifts = inputs["edge_index"], inputs["cell_shifts"]
-        else:
-            with torch.no_grad():
-                edge_index, cell_shifts = radius_graph_pbc(pos.detach(), cell.detach(), pbc, batch, self.r_max)
-
         wrt = []
+        positions = inputs["pos"].to(self.dtype)
         if compute_forces:
-            pos = pos.detach().requires_grad_(True)
-            wrt.append(pos)
+            positions = positions.detach().requires_grad_(True)
+            wrt.append(positions)
         strain = None
         if compute_stress:
-            strain = torch.zeros(num_graphs, 3, 3, dtype=self.dtype, device=pos.device, requires_grad=True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
-            cell = cell + torch.bmm(cell, symmetric)
+            num_graphs = inputs["cell"].reshape(-1, 3, 3).shape[0]
+            strain = torch.zeros(num_graphs, 3, 3, dtype=self.dtype, device=positions.device, requires_grad=True)
             wrt.append(strain)
-
-        vectors = edge_vectors(pos, cell, edge_index, cell_shifts, batch)
-        node_energy = self.node_energies(species, edge_index, vectors, batch, num_graphs) + self.e0[species].to(self.dtype)
-        energy = scatter(node_energy, batch, dim=0, dim_size=num_graphs, reduce="sum")
-        out = {"energy": energy, "node_energy": node_energy}
+        graph = self.graph(inputs, positions=positions, strain=strain)
+        out = self.atomic_outputs(graph)
+        species, batch = graph["species"], graph["batch"]
+        node_energy = out["node_energy"] + self.e0[species].to(self.dtype)
+        out["node_energy"] = node_energy
+        out["energy"] = scatter(node_energy, batch, dim=0, dim_size=graph["num_graphs"], reduce="sum")
         if not wrt:
             return out
 
-        grads = torch.autograd.grad(
-            [energy.sum()], wrt, create_graph=self.training, allow_unused=True
-        )
+        grads = torch.autograd.grad([out["energy"].sum()], wrt, create_graph=self.training, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads, wrt)]
         if compute_forces:
             out["forces"] = -grads[0]
         if compute_stress:
             virial = -grads[-1]
-            volume = torch.linalg.det(cell.detach()).abs()
+            volume = torch.linalg.det(graph["cell"].detach()).abs()
             safe = torch.where(volume > 0, volume, torch.ones_like(volume))
             stress = torch.where((volume > 0).view(-1, 1, 1), -virial / safe.view(-1, 1, 1), torch.zeros_like(virial))
             out["virial"] = virial

@@ -1,6 +1,6 @@
 """Behler–Parrinello neural network potential (Behler & Parrinello, PRL 98, 146401, 2007).
 
-Each atom is described by atom-centred symmetry functions (:mod:`mpnn_ip.nn.symmetry_functions`:
+Each atom is described by atom-centred symmetry functions (:mod:`mpnn_ip.nn.descriptors.symmetry_functions`:
 radial G2 per neighbour species, angular G4/G5 per neighbour-species pair), standardised per
 element with statistics of the training split, and fed to a feed-forward network of its own
 element; the network outputs are scaled and shifted per species.
@@ -19,9 +19,8 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.nn.activations import activation as activation_fn
-from mpnn_ip.nn.scale_shift import PerSpeciesScaleShift
-from mpnn_ip.nn.symmetry_functions import SymmetryFunctions
+from mpnn_ip.nn import PerSpeciesScaleShift, SymmetryFunctions
+from mpnn_ip.nn import activation as activation_fn
 
 
 def default_radial_shifts(r_max: float, count: int = 8) -> list[float]:
@@ -44,8 +43,9 @@ class BPNN(Potential):
         hidden: hidden layer widths of each element's network.
         activation: nonlinearity name (``mpnn_ip.nn.activations``), Behler's is ``"tanh"``.
         feature_mean, feature_std: ``[S][F]`` standardisation (None: 0 and 1 until :meth:`prepare`).
-        e0s, avg_num_neighbors (unused: no message passing), energy_scale, energy_shift: the
-        model constructor contract (eV).
+        e0s: per-species isolated-atom energies (eV), ``{Z or symbol: eV}``.
+        energy_scale: eV, initial per-species scale of the networks' outputs (e.g. the force RMS).
+        energy_shift: eV, initial per-species shift on top of E0.
     """
 
     def __init__(
@@ -63,7 +63,6 @@ class BPNN(Potential):
         feature_mean: Sequence[Sequence[float]] | None = None,
         feature_std: Sequence[Sequence[float]] | None = None,
         e0s: Mapping | None = None,
-        avg_num_neighbors: float = 1.0,
         energy_scale: float = 1.0,
         energy_shift: float = 0.0,
     ):
@@ -73,16 +72,6 @@ class BPNN(Potential):
         if radial_etas is None:
             spacing = (max(radial_shifts) - min(radial_shifts)) / max(len(radial_shifts) - 1, 1) or 1.0
             radial_etas = [round(0.5 / spacing**2, 4)]
-        self.config = dict(
-            species=list(species), r_max=self.r_max, radial_etas=[float(x) for x in radial_etas],
-            radial_shifts=[float(x) for x in radial_shifts], angular_etas=[float(x) for x in angular_etas],
-            zetas=[float(x) for x in zetas], lambdas=[float(x) for x in lambdas], angular=angular,
-            hidden=[int(h) for h in hidden], activation=activation,
-            feature_mean=[list(map(float, row)) for row in feature_mean] if feature_mean is not None else None,
-            feature_std=[list(map(float, row)) for row in feature_std] if feature_std is not None else None,
-            e0s=dict(e0s) if e0s is not None else None, avg_num_neighbors=float(avg_num_neighbors),
-            energy_scale=energy_scale, energy_shift=energy_shift,
-        )
         self.symmetry_functions = SymmetryFunctions(
             self.num_species, self.r_max, radial_etas, radial_shifts, angular_etas, zetas, lambdas, angular
         )
@@ -97,7 +86,7 @@ class BPNN(Potential):
         self.activation = activation_fn(activation)
         self.element_networks = torch.nn.ModuleList()
         for _ in range(self.num_species):
-            widths = [num_features, *self.config["hidden"], 1]
+            widths = [num_features, *hidden, 1]
             self.element_networks.append(
                 torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
             )
@@ -124,24 +113,18 @@ class BPNN(Potential):
     def fit_feature_standardization(self, batches: Iterable) -> None:
         """Per-element mean and standard deviation of the symmetry functions over ``batches``.
 
-        ``batches``: an iterable of collated batches (or single graphs / input dicts), e.g. a
-        DataLoader over the training split. Features that never vary for an element get std 1.
+        ``batches``: an iterable of collated batches (or single graphs), e.g. a DataLoader over
+        the training split. Features that never vary for an element get std 1.
         """
-        from mpnn_ip.data.atomic_graph import to_inputs
-        from mpnn_ip.graph import edge_vectors, radius_graph_pbc
-
         dtype = torch.float64
         total = torch.zeros(self.num_species, dtype=dtype)
         sums = torch.zeros(self.feature_mean.shape, dtype=dtype)
         squares = torch.zeros(self.feature_mean.shape, dtype=dtype)
         device = self.feature_mean.device
         for data in batches:
-            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in to_inputs(data).items()}
-            pos, cell = inputs["pos"].to(dtype), inputs["cell"].to(dtype).reshape(-1, 3, 3)
-            species = self.species_index(inputs["atomic_numbers"])
-            edge_index, shifts = radius_graph_pbc(pos, cell, inputs["pbc"].reshape(-1, 3), inputs["batch"], self.r_max)
-            vectors = edge_vectors(pos, cell, edge_index, shifts, inputs["batch"])
-            features = self.symmetry_functions(species, edge_index, vectors).cpu()
+            graph = self.graph(data.to(device))
+            species = graph["species"]
+            features = self.symmetry_functions(species, graph["edge_index"], graph["edge_vectors"]).to("cpu", dtype)
             species = species.cpu()
             total += torch.bincount(species, minlength=self.num_species).to(dtype)
             sums.index_add_(0, species, features)

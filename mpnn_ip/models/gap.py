@@ -2,12 +2,12 @@
 
 Atomic energy ``e_i = Σ_m α_m k(x_i, x_m) + shift[s_i]`` over sparse (representative) training
 environments x_m of the same centre species; x is the normalised power spectrum
-(:class:`mpnn_ip.nn.soap.PowerSpectrum`). Base kernel ``k0(x, y) = δ² (x·y)^ζ``; the model uses
+(:class:`mpnn_ip.nn.descriptors.soap.PowerSpectrum`). Base kernel ``k0(x, y) = δ² (x·y)^ζ``; the model uses
 the kernel of the GP conditioned to vanish at the isolated atom o_s of the species,
 ``k(x, y) = k0(x, y) - k0(x, o_s) - k0(o_s, y) + k0(o_s, o_s)`` (a valid covariance: that of
 f(x) - f(o_s)), so an isolated atom gets exactly ``E0 + shift``.
 
-The weights are fitted in closed form by :meth:`GAP.prepare` (:func:`mpnn_ip.train.gap_fit.fit_gap`;
+The weights are fitted in closed form by :meth:`GAP.prepare` (:func:`mpnn_ip.models.gap_fit.fit_gap`;
 the class attribute ``fitted_in_closed_form`` tells the training code), never by gradient descent.
 Before fitting, the sparse points and weights are seeded random numbers, so that an unfitted
 model is a smooth, non-trivial function (like an untrained network).
@@ -15,7 +15,7 @@ model is a smooth, non-trivial function (like an untrained network).
 Uncertainty: the projected-process (DTC) predictive variance of the latent function,
 ``σ²(x) = k(x, x) - k_xM K_MM⁻¹ k_Mx + φ_x Σ φ_xᵀ`` with ``φ_x = [k_xM, species one-hot]`` and
 ``Σ = (K_MM ⊕ I/s² + Φ_N Λ⁻¹ Φ_Nᵀ)⁻¹`` the joint posterior covariance of α and the per-species
-shifts (prior std s, :data:`mpnn_ip.train.gap_fit.SHIFT_PRIOR_STD`), per atom
+shifts (prior std s, :data:`mpnn_ip.models.gap_fit.SHIFT_PRIOR_STD`), per atom
 (``node_energy_variance``, eV²) and for the frame's total energy (``energy_uncertainty``, eV,
 a standard deviation; kernels summed over the frame's atom pairs, φ over its atoms). Stored
 as square roots for stability: ``kmm_cholesky`` L (K_MM = L Lᵀ) and ``posterior_root`` R⁻¹
@@ -30,7 +30,7 @@ import torch
 from torch_geometric.utils import scatter, to_dense_batch
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.nn.soap import PowerSpectrum
+from mpnn_ip.nn import PowerSpectrum
 
 SPARSE_METHODS = ("cur", "fps")
 
@@ -52,11 +52,11 @@ class GAP(Potential):
         jitter: added to the diagonal of K_MM (times δ²) for a stable Cholesky.
         central_weight: weight of the centre atom in the neighbour density.
         e0s: per-species isolated-atom energies (eV), subtracted before the fit.
-        avg_num_neighbors, energy_scale: accepted for the model contract; unused (no messages, no readout scale).
         energy_shift: eV, initial per-species shift (the fit replaces it).
     """
 
     fitted_in_closed_form = True
+    extra_outputs = {"node_energy_variance": ("atom", "eV^2"), "energy_uncertainty": ("frame", "eV")}
 
     def __init__(
         self,
@@ -74,8 +74,6 @@ class GAP(Potential):
         jitter: float = 1e-8,
         central_weight: float = 1.0,
         e0s: Mapping | None = None,
-        avg_num_neighbors: float = 1.0,
-        energy_scale: float = 1.0,
         energy_shift: float = 0.0,
     ):
         super().__init__(species, r_max, e0s)
@@ -83,14 +81,9 @@ class GAP(Potential):
             raise ValueError(f"GAP: unknown sparse_method {sparse_method!r}; choose one of {SPARSE_METHODS}")
         if int(zeta) != zeta or zeta < 1:
             raise ValueError(f"GAP: zeta must be a positive integer, got {zeta}")
-        self.config = dict(
-            species=list(species), r_max=self.r_max, n_max=int(n_max), l_max=int(l_max), sigma_atom=float(sigma_atom),
-            zeta=int(zeta), delta=float(delta), num_sparse=int(num_sparse), sparse_method=sparse_method,
-            sigma_energy=float(sigma_energy), sigma_forces=float(sigma_forces), jitter=float(jitter),
-            central_weight=float(central_weight), e0s=dict(e0s) if e0s is not None else None,
-            avg_num_neighbors=float(avg_num_neighbors), energy_scale=energy_scale, energy_shift=energy_shift,
-        )
         self.zeta, self.delta = int(zeta), float(delta)
+        self.num_sparse, self.sparse_method, self.jitter = int(num_sparse), sparse_method, float(jitter)
+        self.sigma_energy, self.sigma_forces = float(sigma_energy), float(sigma_forces)
         self.descriptor = PowerSpectrum(self.num_species, self.r_max, n_max, l_max, sigma_atom, central_weight)
         size = self.num_species * int(num_sparse)
         points = torch.randn(size, self.descriptor.num_features)
@@ -101,7 +94,6 @@ class GAP(Potential):
         self.register_buffer("species_shift", torch.full((self.num_species,), float(energy_shift)))
         self.register_buffer("kmm_cholesky", torch.eye(size))
         self.register_buffer("posterior_root", torch.zeros(size + self.num_species, size + self.num_species))
-        self._environment = None
 
     def isolated_descriptors(self) -> torch.Tensor:
         """``[S, D]`` descriptor o_s of an atom of each species with no neighbours."""
@@ -114,7 +106,7 @@ class GAP(Potential):
 
     def prepare(self, graphs: list) -> dict:
         """Fit in closed form on the training graphs; returns the fit's timings, sizes and train residuals."""
-        from mpnn_ip.train.gap_fit import fit_gap
+        from mpnn_ip.models.gap_fit import fit_gap
 
         return fit_gap(self, graphs)
 
@@ -132,9 +124,22 @@ class GAP(Potential):
         return torch.where(same, k, torch.zeros_like(k))
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
-        x = self.descriptor(species, edge_index, edge_vectors)
-        self._environment = (x.detach(), species, batch, num_graphs)
+        return self.energies_from_descriptors(self.descriptor(species, edge_index, edge_vectors), species)
+
+    def energies_from_descriptors(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Atomic energies [n] (eV, without E0) of descriptors ``x [n, D]`` of centre species ``[n]``."""
         return self.kernel(x, species) @ self.alpha.to(x.dtype) + self.species_shift.to(x.dtype)[species]
+
+    def atomic_outputs(self, graph) -> dict[str, torch.Tensor]:
+        """Energies plus ``node_energy_variance [N]`` (eV²) and ``energy_uncertainty [B]`` (eV, std)."""
+        species = graph["species"]
+        x = self.descriptor(species, graph["edge_index"], graph["edge_vectors"])
+        node, frame = self.predictive_variance(x.detach(), species, graph["batch"], graph["num_graphs"])
+        return {
+            "node_energy": self.energies_from_descriptors(x, species),
+            "node_energy_variance": node,
+            "energy_uncertainty": frame.sqrt(),
+        }
 
     @torch.no_grad()
     def predictive_variance(self, x, species, batch, num_graphs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,13 +168,3 @@ class GAP(Potential):
         features = scatter(torch.cat([k, counts], dim=-1), batch, dim=0, dim_size=num_graphs, reduce="sum")
         frame = frame_prior - nystrom(features[:, : k.shape[1]]) + posterior(features)
         return node.clamp(min=0), frame.clamp(min=0)
-
-    def forward(self, inputs, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
-        """The base outputs plus ``node_energy_variance [N]`` (eV²) and ``energy_uncertainty [B]`` (eV, std)."""
-        out = super().forward(inputs, compute_forces=compute_forces, compute_stress=compute_stress)
-        x, species, batch, num_graphs = self._environment
-        self._environment = None
-        node, frame = self.predictive_variance(x, species, batch, num_graphs)
-        out["node_energy_variance"] = node
-        out["energy_uncertainty"] = frame.sqrt()
-        return out

@@ -2,9 +2,9 @@
 
 The architecture of mace-torch's ``ScaleShiftMACE`` with ``RealAgnosticResidualInteractionBlock``:
 species one-hot -> linear node embedding (``C x 0e``); per interaction
-(:class:`~mpnn_ip.nn.mace_interaction.MACEInteraction`) the atomic basis A (``C x (0e+1o+...)``,
+(:class:`~mpnn_ip.nn.mace.interaction.MACEInteraction`) the atomic basis A (``C x (0e+1o+...)``,
 up to ``max_ell``) and a species-dependent skip; the product basis
-(:class:`~mpnn_ip.nn.product_basis.ProductBasis`: symmetric contraction up to ``correlation``,
+(:class:`~mpnn_ip.nn.mace.product_basis.ProductBasis`: symmetric contraction up to ``correlation``,
 linear, + skip) gives the next hidden features; a readout after every interaction (linear for
 all but the last, a small MLP for the last, whose hidden features are only the scalars).
 Atomic energy = sum of the readouts, scaled and shifted per species (fixed, as MACE's
@@ -12,10 +12,10 @@ Atomic energy = sum of the readouts, scaled and shifted per species (fixed, as M
 
 Differences from mace-torch, on purpose:
 - the symmetric contraction uses a basis of the *symmetric* couplings only (8 instead of 23
-  scalar paths at ν = 3, max_ell = 3; see :mod:`mpnn_ip.nn.symmetric_contraction`), which spans
+  scalar paths at ν = 3, max_ell = 3; see :mod:`mpnn_ip.nn.mace.symmetric_contraction`), which spans
   the same functions of A with fewer weights (with the first point below: 185,168 parameters vs mace-s's 219,984 on 3BPA);
 - features are stored channels-last and the edge tensor product is a batched matmul
-  (:mod:`mpnn_ip.nn.irreps_linear`, :mod:`mpnn_ip.nn.mace_interaction`), for CPU speed;
+  (:mod:`mpnn_ip.nn.mace.linear`, :mod:`mpnn_ip.nn.mace.interaction`), for CPU speed;
 - the first interaction has no skip connection (mace-torch's ``RealAgnosticInteractionBlock``
   first, as ``NequIP`` here): a lone atom then has exactly the energy E0 + shift, which the
   benchmark's mace-s (residual first layer) does not;
@@ -27,13 +27,20 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
-from ase.data import atomic_numbers as _symbol_to_z
 from e3nn import o3
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.nn import LinearReadout, MLPReadout, PerSpeciesScaleShift, RadialEmbedding, SpeciesEmbedding, ZBLRepulsion
-from mpnn_ip.nn.mace_interaction import MACEInteraction
-from mpnn_ip.nn.product_basis import ProductBasis
+from mpnn_ip.nn import (
+    LinearReadout,
+    MACEInteraction,
+    MLPReadout,
+    PerSpeciesScaleShift,
+    ProductBasis,
+    RadialEmbedding,
+    SpeciesEmbedding,
+    ZBLRepulsion,
+    embed_edges,
+)
 
 #: Presets for ``MACE(**PRESETS[name], species=..., ...)``; "small" is the size of the speed benchmark.
 PRESETS = {
@@ -60,9 +67,6 @@ def _correlations(correlation, num_interactions: int) -> list[int]:
         raise ValueError(f"MACE: correlation must be 1..3 or one such value per interaction ({num_interactions}), got {correlation!r}")
     return values
 
-
-def _as_z(key) -> int:
-    return _symbol_to_z[key] if isinstance(key, str) else int(key)
 
 
 class MACE(Potential):
@@ -117,25 +121,6 @@ class MACE(Potential):
         channels = hidden[0].mul
         self.irreps_sh = o3.Irreps.spherical_harmonics(max_ell)
         irreps_basis = o3.Irreps(interaction_irreps) if interaction_irreps is not None else o3.Irreps([(channels, ir) for _, ir in self.irreps_sh])
-        self.config = {
-            "species": list(self.species),
-            "r_max": float(r_max),
-            "num_interactions": int(num_interactions),
-            "hidden_irreps": str(hidden),
-            "max_ell": int(max_ell),
-            "correlation": correlation if isinstance(correlation, int) else list(correlations),
-            "num_bessel": int(num_bessel),
-            "trainable_bessel": bool(trainable_bessel),
-            "cutoff_p": cutoff_p,
-            "radial_mlp": [int(w) for w in radial_mlp],
-            "interaction_irreps": None if interaction_irreps is None else str(irreps_basis),
-            "avg_num_neighbors": float(avg_num_neighbors),
-            "e0s": None if e0s is None else {_as_z(k): float(v) for k, v in e0s.items()},
-            "energy_scale": energy_scale if isinstance(energy_scale, (int, float)) else [float(v) for v in energy_scale],
-            "energy_shift": energy_shift if isinstance(energy_shift, (int, float)) else [float(v) for v in energy_shift],
-            "zbl": bool(zbl),
-            "mlp_readout_irreps": str(mlp_readout_irreps),
-        }
         self.num_channels = channels
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
@@ -168,9 +153,7 @@ class MACE(Potential):
         self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
-        lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        edge_sh = self.spherical_harmonics(edge_vectors)
-        radial = self.radial_embedding(lengths)
+        lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
         node_features = self.species_embedding(species)
         node_energy = 0
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
-from ase.data import atomic_numbers as _symbol_to_z
 from e3nn import o3
 
 from mpnn_ip.models.base import Potential
@@ -33,8 +32,9 @@ from mpnn_ip.nn import (
     ZBLRepulsion,
     check_same_irreps,
     convolution_output_irreps,
+    embed_edges,
+    tp_path_exists,
 )
-from mpnn_ip.nn.convolution import tp_path_exists
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
@@ -154,26 +154,6 @@ class NequIP(Potential):
             raise ValueError(f"NequIP needs at least one layer, got num_layers={num_layers}")
         nonlinearity_scalars = dict(nonlinearity_scalars or {"e": "silu", "o": "tanh"})
         nonlinearity_gates = dict(nonlinearity_gates or {"e": "silu", "o": "tanh"})
-        self.config = {
-            "species": list(self.species),
-            "r_max": float(r_max),
-            "num_layers": int(num_layers),
-            "l_max": int(l_max),
-            "parity": bool(parity),
-            "num_features": int(num_features),
-            "num_bessel": int(num_bessel),
-            "trainable_bessel": bool(trainable_bessel),
-            "cutoff_p": cutoff_p,
-            "radial_mlp": [int(w) for w in radial_mlp],
-            "avg_num_neighbors": float(avg_num_neighbors),
-            "e0s": None if e0s is None else {_as_z(k): float(v) for k, v in e0s.items()},
-            "energy_scale": energy_scale if isinstance(energy_scale, (int, float)) else [float(v) for v in energy_scale],
-            "energy_shift": energy_shift if isinstance(energy_shift, (int, float)) else [float(v) for v in energy_shift],
-            "zbl": bool(zbl),
-            "resnet": bool(resnet),
-            "nonlinearity_scalars": nonlinearity_scalars,
-            "nonlinearity_gates": nonlinearity_gates,
-        }
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
@@ -207,9 +187,7 @@ class NequIP(Potential):
         self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
-        lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        edge_sh = self.spherical_harmonics(edge_vectors)
-        radial = self.radial_embedding(lengths)
+        lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
         node_features = self.species_embedding(species)
         for layer in self.layers:
             node_features = layer(node_features, species, edge_sh, radial, edge_index)
@@ -218,6 +196,3 @@ class NequIP(Potential):
             node_energy = node_energy + self.zbl(species, edge_index, lengths)
         return node_energy
 
-
-def _as_z(key) -> int:
-    return _symbol_to_z[key] if isinstance(key, str) else int(key)

@@ -16,10 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.nn.activations import shifted_softplus
-from mpnn_ip.nn.cfconv import GaussianBasis, SchNetInteraction, cosine_cutoff
-from mpnn_ip.nn.radial import PolynomialCutoff
-from mpnn_ip.nn.scale_shift import PerSpeciesScaleShift
+from mpnn_ip.nn import GaussianBasis, PerSpeciesScaleShift, PolynomialCutoff, SchNetInteraction, cosine_cutoff, shifted_softplus
 
 CUTOFFS = ("cosine", "polynomial")
 
@@ -58,12 +55,6 @@ class SchNet(Potential):
         super().__init__(species, r_max, e0s)
         if cutoff not in CUTOFFS:
             raise ValueError(f"SchNet: unknown cutoff {cutoff!r}; choose one of {CUTOFFS}")
-        self.config = dict(
-            species=list(species), r_max=float(r_max), num_features=int(num_features),
-            num_interactions=int(num_interactions), num_gaussians=int(num_gaussians),
-            num_filters=int(num_filters), cutoff=cutoff, e0s=dict(e0s) if e0s is not None else None,
-            avg_num_neighbors=float(avg_num_neighbors), energy_scale=energy_scale, energy_shift=energy_shift,
-        )
         self.cutoff_kind = cutoff
         self.polynomial_cutoff = PolynomialCutoff(self.r_max, p=6)
         self.embedding = torch.nn.Embedding(self.num_species, num_features)

@@ -1,4 +1,7 @@
-"""Activation functions by name, so that model configs stay plain strings."""
+"""Activation functions by name, so that model configs stay plain strings.
+
+All act elementwise: any shape in, the same shape out.
+"""
 
 from __future__ import annotations
 

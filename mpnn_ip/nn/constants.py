@@ -1,4 +1,13 @@
-"""Exact constant tensors (Clebsch-Gordan couplings) kept in float64 and cast per use."""
+"""The one dtype policy for the equivariant blocks' constant tensors: float64 masters, cast per use.
+
+Used for every Clebsch-Gordan tensor and the index tensors that go with it: NequIP's
+:class:`~mpnn_ip.nn.equivariant.tensor_product.ChannelwiseTensorProduct`, MACE's
+:class:`~mpnn_ip.nn.mace.interaction.MACEInteraction` and
+:class:`~mpnn_ip.nn.mace.symmetric_contraction.SymmetricContraction`. A block keeps a
+:class:`DtypeConstants` (not buffers) and calls ``constants.get(x.dtype, x.device)`` in its
+forward. A float64 model then uses exact coefficients whatever dtype it was built in, and a
+float32 model their rounding to float32; neither is in the state dict.
+"""
 
 from __future__ import annotations
 

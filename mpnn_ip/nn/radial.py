@@ -1,4 +1,14 @@
-"""Radial functions of edge length: Bessel basis and the polynomial cutoff envelope."""
+"""Radial functions of the edge length, for every model family: bases and cutoff functions.
+
+All take ``lengths: [n_edges]`` in Å. Bases return ``[n_edges, num_basis]``, cutoff functions
+``[n_edges]`` (1 at r = 0, exactly 0 from ``r_max`` on).
+
+- :class:`BesselBasis` (NequIP, MACE) and :class:`GaussianBasis` (SchNet; :func:`gaussians` is its
+  formula, also SOAP's radial functions);
+- :class:`PolynomialCutoff` (NequIP, MACE, ZBL; ``p`` continuous derivatives at r_max) and
+  :func:`cosine_cutoff` (Behler's, for SchNet, BPNN and SOAP);
+- :class:`RadialEmbedding`: Bessel basis times polynomial cutoff, the input of the radial MLPs.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +43,29 @@ class BesselBasis(torch.nn.Module):
         return self.prefactor * torch.sin(self.frequencies * r) / r
 
 
+def gaussians(lengths: torch.Tensor, centres: torch.Tensor, width: float) -> torch.Tensor:
+    """``exp(-(r - μ_k)² / (2 w²))``: ``lengths [n]`` Å, ``centres [K]`` Å (cast to the lengths' dtype), width w Å -> ``[n, K]``."""
+    return torch.exp(-0.5 * ((lengths.unsqueeze(-1) - centres.to(lengths.dtype)) / width) ** 2)
+
+
+class GaussianBasis(torch.nn.Module):
+    """:func:`gaussians` with ``num_basis`` centres μ_k evenly in [0, r_max] and w their spacing (SchNet).
+
+    ``lengths: [n_edges]`` Å -> ``[n_edges, num_basis]``.
+    """
+
+    def __init__(self, r_max: float, num_basis: int = 50):
+        super().__init__()
+        if num_basis < 2:
+            raise ValueError(f"GaussianBasis needs num_basis >= 2, got {num_basis}")
+        centres = torch.linspace(0.0, float(r_max), int(num_basis), dtype=torch.float64)
+        self.register_buffer("centres", centres)
+        self.width = float(r_max) / (num_basis - 1)
+
+    def forward(self, lengths: torch.Tensor) -> torch.Tensor:
+        return gaussians(lengths, self.centres, self.width)
+
+
 class PolynomialCutoff(torch.nn.Module):
     """Smooth envelope u(r) that is 1 at r = 0 and goes to 0 at r_max with p continuous derivatives.
 
@@ -55,6 +88,16 @@ class PolynomialCutoff(torch.nn.Module):
             - p * (p + 1.0) / 2.0 * torch.pow(x, p + 2.0)
         )
         return envelope * (x < 1.0)
+
+
+def cosine_cutoff(lengths: torch.Tensor, r_max: float) -> torch.Tensor:
+    """Behler's cutoff ``0.5 (cos(π r / r_max) + 1)`` for r < r_max, else 0; value and slope vanish at r_max.
+
+    ``lengths: [n_edges]`` Å -> ``[n_edges]``.
+    """
+    inside = lengths < r_max
+    safe = torch.where(inside, lengths, torch.zeros_like(lengths))
+    return torch.where(inside, 0.5 * (torch.cos(math.pi * safe / r_max) + 1.0), torch.zeros_like(lengths))
 
 
 class RadialEmbedding(torch.nn.Module):

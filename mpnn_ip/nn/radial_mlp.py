@@ -1,4 +1,7 @@
-"""Radial MLP: invariant edge-length features -> per-edge tensor-product weights."""
+"""Radial MLP: invariant edge-length features -> per-edge tensor-product weights.
+
+``radial_embedding [n_edges, num_basis]`` -> ``[n_edges, num_out]`` (dimensionless).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Per-species affine map of the network's atomic energies into eV."""
+"""Per-species affine map of the network's atomic energies into eV.
+
+``node_energy [n_atoms]`` (network units), ``species [n_atoms]`` -> ``[n_atoms]`` eV.
+"""
 
 from __future__ import annotations
 

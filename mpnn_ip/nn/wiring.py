@@ -1,4 +1,7 @@
-"""Build-time checks that connected equivariant blocks agree on their irreps."""
+"""Build-time checks that connected equivariant blocks agree on their irreps.
+
+They raise ``ValueError`` naming both sides' irreps when a model is built, not at the first forward pass.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Ziegler-Biersack-Littmark (ZBL) universal screened nuclear repulsion, smoothly cut off."""
+"""Ziegler-Biersack-Littmark (ZBL) universal screened nuclear repulsion, smoothly cut off.
+
+``species [n_atoms]``, ``edge_index [2, n_edges]``, ``lengths [n_edges]`` Å -> atomic energies ``[n_atoms]`` eV.
+"""
 
 from __future__ import annotations
 

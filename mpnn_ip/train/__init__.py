@@ -6,13 +6,13 @@ Public names:
     PropertyMetrics              MAE/RMSE of energy (per atom, per frame), forces, stress
     ExponentialMovingAverage     EMA of the weights (validation, checkpoints, export)
     LinearWarmup, ReseedEveryEpoch   learning-rate warm-up; per-epoch seeding for exact resume
-    checkpoint_metadata, load_checkpoint   ``ckpt["mpnn_ip"]`` and reading it back
+
+The checkpoint format (metadata, reading, ``load_model``) is :mod:`mpnn_ip.checkpoint`.
 """
 
 from __future__ import annotations
 
 from mpnn_ip.train.callbacks import LinearWarmup, ReseedEveryEpoch
-from mpnn_ip.train.checkpoint import checkpoint_metadata, load_checkpoint
 from mpnn_ip.train.ema import ExponentialMovingAverage
 from mpnn_ip.train.lightning_module import PotentialModule
 from mpnn_ip.train.losses import WeightedPropertyLoss
@@ -25,6 +25,4 @@ __all__ = [
     "PropertyMetrics",
     "ReseedEveryEpoch",
     "WeightedPropertyLoss",
-    "checkpoint_metadata",
-    "load_checkpoint",
 ]

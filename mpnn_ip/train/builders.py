@@ -1,35 +1,61 @@
 """Build the pieces of a training run from the composed Hydra config (``configs/train.yaml``).
 
 Each function takes the part of the config it needs and returns a built object; the CLI
-(:mod:`mpnn_ip.cli.train`) chains them. Statistics of the training split fill the model
-arguments the user left ``null``: ``species`` (elements of the data), ``e0s`` (eV, isolated-atom
-or least-squares per-species energies), ``avg_num_neighbors`` and ``energy_scale`` (the force
-RMS; its value in eV/Å sets the readout's scale in eV).
+(:mod:`mpnn_ip.cli.train`) chains them. Statistics of the training split reach the model through
+the config resolver ``${training_data_stats:NAME}`` named in each model's YAML (as NequIP's
+``training_data_stats``), so a model takes only the statistics it uses: ``species`` (elements of
+the data), ``e0s`` (eV, isolated-atom or least-squares per-species energies),
+``avg_num_neighbors`` and ``force_rms`` (eV/Å; its value in eV sets readout scales).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
-from ase.data import chemical_symbols
 
+from mpnn_ip.checkpoint import model_from_metadata, plain, registry_name, resolve_dtype
+from mpnn_ip.elements import symbols, unknown_elements
 from mpnn_ip.errors import ConfigError
-from mpnn_ip.train.checkpoint import DTYPES, plain
+from mpnn_ip.models import normalize_species
 
-#: model argument -> how it is derived from the training statistics when left null.
-STATISTICS_ARGUMENTS = ("species", "e0s", "avg_num_neighbors", "energy_scale")
-
-
-def _container(cfg) -> Any:
-    return plain(cfg)
+#: Name of the OmegaConf resolver that gives training-data statistics to the configs.
+STATISTICS_RESOLVER = "training_data_stats"
+_statistics: contextvars.ContextVar[Mapping | None] = contextvars.ContextVar("training_data_stats", default=None)
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"dtype={name!r} is not supported; use dtype=float32 or dtype=float64")
-    return DTYPES[name]
+def _statistic(name: str) -> Any:
+    statistics = _statistics.get()
+    if statistics is None:
+        raise ConfigError(
+            f"${{{STATISTICS_RESOLVER}:{name}}} is only known once mpnn-train has read the training split; "
+            f"outside a training run give the value itself (e.g. model.{name}=...)"
+        )
+    if name not in statistics:
+        raise ConfigError(f"${{{STATISTICS_RESOLVER}:{name}}}: no such statistic; known: {sorted(statistics)}")
+    return plain(statistics[name])
+
+
+def register_statistics_resolver() -> None:
+    """Make ``${training_data_stats:NAME}`` known to OmegaConf (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(STATISTICS_RESOLVER):
+        OmegaConf.register_new_resolver(STATISTICS_RESOLVER, _statistic)
+
+
+@contextlib.contextmanager
+def training_data_statistics(statistics: Mapping) -> Iterator[None]:
+    """Within the block, ``${training_data_stats:NAME}`` resolves to ``statistics[NAME]``."""
+    register_statistics_resolver()
+    token = _statistics.set(statistics)
+    try:
+        yield
+    finally:
+        _statistics.reset(token)
 
 
 def model_target_class(model_cfg: Mapping) -> type:
@@ -45,20 +71,15 @@ def model_target_class(model_cfg: Mapping) -> type:
         raise ConfigError(f"model._target_={target!r} cannot be imported ({exc}); check the name") from exc
 
 
-def _symbols(numbers) -> list[str]:
-    return [chemical_symbols[int(z)] for z in numbers]
-
-
 def model_arguments(model_cfg: Mapping, statistics: Mapping) -> tuple[type, dict[str, Any]]:
-    """The model class and its constructor kwargs: the config's values, ``null`` ones filled from statistics.
+    """The model class and its constructor kwargs: the config's values, statistics resolved from ``statistics``.
 
     Raises ``ConfigError`` for an argument the class does not take, or when the data holds an
     element outside a ``species`` list the user gave.
     """
-    from mpnn_ip.models import normalize_species
-
     cls = model_target_class(model_cfg)
-    kwargs = {k: v for k, v in _container(model_cfg).items() if k != "_target_"}
+    with training_data_statistics(statistics):
+        kwargs = {k: v for k, v in plain(model_cfg).items() if k != "_target_"}
     accepted = inspect.signature(cls).parameters
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -66,54 +87,41 @@ def model_arguments(model_cfg: Mapping, statistics: Mapping) -> tuple[type, dict
             f"model setting(s) {unknown} are not arguments of {cls.__module__}.{cls.__name__}; "
             f"its arguments are {sorted(k for k in accepted if k not in ('self', 'kwargs'))}"
         )
-    data_species = [int(z) for z in statistics["species"]]
-    derived = {
-        "species": data_species,
-        "e0s": {int(z): float(e) for z, e in statistics["e0s"].items()},
-        "avg_num_neighbors": float(statistics["avg_num_neighbors"]),
-        "energy_scale": float(statistics["force_rms"]),
-    }
-    for key, value in derived.items():
-        if kwargs.get(key) is None:
-            kwargs[key] = value
-    check_species(normalize_species(kwargs["species"]), data_species)
+    check_species(normalize_species(kwargs["species"]), statistics["species"])
     return cls, kwargs
 
 
 def check_species(model_species, data_species) -> None:
-    """``ConfigError`` naming the elements of the data that the model does not know."""
-    missing = sorted(set(int(z) for z in data_species) - set(int(z) for z in model_species))
+    """``ConfigError`` naming the elements of the training data that the model does not know."""
+    missing = unknown_elements(model_species, data_species)
     if missing:
+        every = symbols(sorted({*map(int, model_species), *map(int, data_species)}))
         raise ConfigError(
-            f"the training data contains element(s) {_symbols(missing)} that the model's species "
-            f"{_symbols(model_species)} do not include. Remove model.species (null = take the species "
-            "from the data) or list every element of the data, e.g. "
-            f"model.species=[{','.join(_symbols(sorted(set(model_species) | set(missing))))}]"
+            f"the training data contains element(s) {missing} that the model's species "
+            f"{symbols(model_species)} do not include. Remove model.species (the default takes the species "
+            f"from the data) or list every element of the data, e.g. model.species=[{','.join(every)}]"
         )
 
 
 def build_model(model_cfg: Mapping, statistics: Mapping, dtype: str = "float64") -> torch.nn.Module:
-    """The potential of ``model_cfg`` with statistics-derived defaults, in ``dtype``."""
+    """The potential of ``model_cfg`` with its statistics resolved, in ``dtype``."""
     cls, kwargs = model_arguments(model_cfg, statistics)
-    return cls(**kwargs).to(resolve_dtype(dtype))
+    target = resolve_dtype(dtype)
+    return cls(**kwargs).to(target)
 
 
 def model_from_checkpoint_metadata(meta: Mapping, model_cfg: Mapping, path, data_species) -> torch.nn.Module:
     """Rebuild the model a resumed run continues (the checkpoint's constructor arguments win over the config)."""
-    from mpnn_ip.models import build_model as build_registered
-    from mpnn_ip.train.checkpoint import registry_name
-
-    cls = model_target_class(model_cfg)
-    wanted = registry_name(cls)
+    wanted = registry_name(model_target_class(model_cfg))
     if meta["model_name"] != wanted:
         raise ConfigError(
             f"checkpoint {path} holds a {meta['model_name']!r} model but the config builds {wanted!r}. "
             f"Resume with model={meta['model_name']} (and the other overrides of the original run), "
             "or start a new run without ckpt_path."
         )
-    model = build_registered(meta["model_name"], **meta["model_config"])
+    model = model_from_metadata(meta, path)
     check_species(model.species, data_species)
-    return model.to(resolve_dtype(meta["dtype"]))
+    return model
 
 
 def build_optimizer_factory(optim_cfg):
@@ -132,11 +140,25 @@ def build_scheduler_factory(scheduler_cfg):
     return instantiate(scheduler_cfg)
 
 
-def build_datamodule(data_cfg):
-    """The ``AtomicDataModule`` (or any ``_target_``) of ``data``, set up for fitting."""
-    from hydra.utils import instantiate
+def build_datamodule(data_cfg, model_cfg=None):
+    """The ``AtomicDataModule`` (or any ``_target_``) of ``data``, set up for fitting.
 
-    datamodule = instantiate(data_cfg, _convert_="all")
+    When ``data.species`` is null and ``model_cfg`` fixes the species (a list, not the statistics
+    resolver), those are the elements the files may hold (and the statistics cover).
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    overrides = {}
+    if (
+        model_cfg is not None
+        and "species" in data_cfg
+        and data_cfg.get("species") is None
+        and "species" in model_cfg
+        and not OmegaConf.is_interpolation(model_cfg, "species")
+    ):
+        overrides["species"] = plain(model_cfg.species)
+    datamodule = instantiate(data_cfg, _convert_="all", **overrides)
     datamodule.setup("fit")
     return datamodule
 

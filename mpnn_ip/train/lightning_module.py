@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from mpnn_ip.train.checkpoint import checkpoint_metadata
+from mpnn_ip.checkpoint import checkpoint_metadata
 from mpnn_ip.train.losses import WeightedPropertyLoss
 from mpnn_ip.train.metrics import PropertyMetrics
 
@@ -33,6 +33,10 @@ class PotentialModule(L.LightningModule):
             or ``None``; stepped once per epoch (ReduceLROnPlateau watches ``scheduler_monitor``).
         scheduler_monitor: logged metric the plateau scheduler watches.
         statistics: training-split statistics (stored in the checkpoint metadata).
+
+    A model ``fitted_in_closed_form`` (fitted by its ``prepare``, e.g. GAP) goes through the same
+    flow without gradient steps: no optimizer, one epoch whose training steps do nothing, then
+    validation and the checkpoint callbacks as for every model.
 
     Logged per epoch: ``{stage}/loss``, ``{stage}/loss_{output}`` and ``{stage}/{quantity}_{mae|rmse}``
     for quantities ``energy_per_atom`` (eV/atom), ``energy`` (eV), ``forces`` (eV/Å), ``stress``
@@ -79,7 +83,9 @@ class PotentialModule(L.LightningModule):
             self.log(f"{stage}/loss_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
         return total
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if self.model.fitted_in_closed_form:
+            return None
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -98,6 +104,8 @@ class PotentialModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
+        if self.model.fitted_in_closed_form:
+            self.trainer.should_stop = True
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -106,6 +114,8 @@ class PotentialModule(L.LightningModule):
         self._log_epoch_metrics("test")
 
     def configure_optimizers(self):
+        if self.model.fitted_in_closed_form:
+            return None
         optimizer = self.optimizer_factory(self.model.parameters())
         if self.scheduler_factory is None:
             return optimizer

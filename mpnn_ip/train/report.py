@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from mpnn_ip.train.checkpoint import checkpoint_metadata, plain
+from mpnn_ip.checkpoint import checkpoint_metadata, plain
+from mpnn_ip.outputs import QUANTITY_UNITS
 from mpnn_ip.train.loggers import is_wandb, log_best_checkpoint, log_images
-from mpnn_ip.train.metrics import QUANTITIES
 
 
 def _checkpoint_paths(trainer) -> tuple[Path | None, Path | None]:
@@ -72,7 +72,7 @@ def finish_run(trainer, task, datamodule, output_dir: Path, test: bool = True) -
         force_rms = task.statistics.get("force_rms")
         report.update(split=split, num_frames=len(loader.dataset), checkpoint_tested=str(ckpt) if ckpt else None)
         report["metrics"] = metrics
-        report["units"] = {f"{q}_{m}": unit for q, unit in QUANTITIES.items() for m in ("mae", "rmse")}
+        report["units"] = {f"{q}_{m}": unit for q, unit in QUANTITY_UNITS.items() for m in ("mae", "rmse")}
         if force_rms and "forces_rmse" in metrics:
             report["forces_rmse_over_force_rms"] = metrics["forces_rmse"] / force_rms
         report["plots"] = [str(p) for p in plots]
@@ -104,7 +104,7 @@ def _print_summary(report: dict, output_dir: Path) -> None:
     if metrics:
         split = report["split"]
         lines.append(f"{split.capitalize()} metrics ({report['num_frames']} frames, best checkpoint):")
-        for quantity, unit in QUANTITIES.items():
+        for quantity, unit in QUANTITY_UNITS.items():
             if f"{quantity}_rmse" in metrics:
                 lines.append(
                     f"  {quantity:<16} MAE {_fmt(metrics[f'{quantity}_mae'], unit):>16}   "

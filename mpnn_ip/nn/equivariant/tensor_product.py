@@ -1,0 +1,165 @@
+"""Channel-wise ("uvu") tensor product of node features with edge spherical harmonics, fused for CPU speed.
+
+Features in e3nn's layout (per irrep ``[mul, 2l+1]``). Computes exactly what
+``e3nn.o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False,
+internal_weights=False)`` computes for the "uvu" instructions of :func:`convolution_paths`
+(same weight layout, same ``sqrt(2 l_out + 1)`` path normalisation), with far fewer, larger
+tensor operations:
+
+* input irreps with the same l and the same paths (e.g. ``1o`` and ``1e``) form one group;
+* per group, all Clebsch-Gordan coefficients are folded with the spherical harmonics into one
+  per-edge matrix ``T[e] = sh[e] · C`` (one matrix product for all paths of the group);
+* the neighbours' features are gathered per group at node level and multiplied with ``T``
+  in one batched product, then by the per-edge weights (one gather and one multiply);
+* messages stay in this grouped column order; :meth:`ChannelwiseTensorProduct.sum_messages`
+  sums each group over edges and only then concatenates and reorders the columns into
+  ``irreps_mid`` order, on the (fewer) atoms.
+
+e3nn's generic code instead slices and pads once per path, which dominates the cost of
+forces and of the force loss's double backward on CPU. Paths and coefficients come from
+:mod:`mpnn_ip.nn.couplings` (shared with MACE's channels-last product, which says why the two
+kernels stay apart); the coefficients follow :mod:`mpnn_ip.nn.constants`' dtype policy.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch_geometric.utils import scatter
+
+from mpnn_ip.nn.constants import DtypeConstants
+from mpnn_ip.nn.couplings import CouplingBlock, coupling_tensor, tensor_product_paths
+
+
+def convolution_paths(irreps_in, irreps_sh, irreps_target) -> tuple[o3.Irreps, list[tuple]]:
+    """Output irreps and e3nn "uvu" instructions of the message tensor product.
+
+    Every path of :func:`~mpnn_ip.nn.couplings.tensor_product_paths` keeps the multiplicity of
+    its input irrep. The outputs are sorted by irrep so that the following linear layer sees
+    them grouped. Returns (irreps_mid sorted, not simplified; instructions ``(i, j, k, "uvu", True)``).
+    """
+    irreps_in = o3.Irreps(irreps_in)
+    paths = tensor_product_paths(irreps_in, irreps_sh, irreps_target)
+    irreps_mid, permutation, _ = o3.Irreps([(irreps_in[i].mul, ir_out) for i, _, ir_out in paths]).sort()
+    return irreps_mid, [(i, j, permutation[k], "uvu", True) for k, (i, j, _) in enumerate(paths)]
+
+
+class ChannelwiseTensorProduct(torch.nn.Module):
+    """Per-edge "uvu" tensor product ``x_j ⊗ Y(r_ij)`` with per-edge, per-channel weights.
+
+    Args:
+        irreps_in: node feature irreps.
+        irreps_sh: edge spherical-harmonics irreps.
+        irreps_mid: output irreps (one entry per instruction, sorted) and
+        instructions: ``(i_in, i_sh, i_out, "uvu", True)`` as from :func:`convolution_paths`.
+    ``weight_numel`` weights per edge, laid out instruction by instruction (``mul_in`` each), as e3nn.
+    """
+
+    def __init__(self, irreps_in, irreps_sh, irreps_mid, instructions):
+        super().__init__()
+        self.irreps_in, self.irreps_sh, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_sh), o3.Irreps(irreps_mid)
+        if any(ins[3] != "uvu" for ins in instructions):
+            raise ValueError("ChannelwiseTensorProduct only implements 'uvu' instructions")
+        weight_offsets, offset = [], 0
+        for i_in, *_ in instructions:
+            weight_offsets.append(offset)
+            offset += self.irreps_in[i_in].mul
+        self.weight_numel = offset
+
+        # group the inputs that share l and the (sh irrep, l_out) sequence of their paths
+        paths_of_input: dict[int, list[int]] = {}
+        for index, ins in enumerate(instructions):
+            paths_of_input.setdefault(ins[0], []).append(index)
+        groups: dict[tuple, list[int]] = {}
+        for i_in, indices in paths_of_input.items():
+            key = (self.irreps_in[i_in].ir.l, tuple((instructions[k][1], self.irreps_out[instructions[k][2]].ir.l) for k in indices))
+            groups.setdefault(key, []).append(i_in)
+
+        in_slices, sh_slices, mid_slices = self.irreps_in.slices(), self.irreps_sh.slices(), self.irreps_out.slices()
+        self._groups = []  # (input slices with their mul and l, mul_total, d_in, width D)
+        constants = {}
+        permutation = torch.empty(self.irreps_out.dim, dtype=torch.long)
+        column = 0
+        for group_index, ((l_in, path_keys), inputs) in enumerate(groups.items()):
+            d_in = 2 * l_in + 1
+            widths = [2 * l_out + 1 for _, l_out in path_keys]
+            path_offsets = [sum(widths[:p]) for p in range(len(widths))]
+            width = sum(widths)
+            blocks = [
+                CouplingBlock(l_in, self.irreps_sh[i_sh].ir.l, l_out, 0, sh_slices[i_sh].start, range(path_offsets[p], path_offsets[p] + widths[p]))
+                for p, (i_sh, l_out) in enumerate(path_keys)
+            ]
+            coupling = coupling_tensor(blocks, self.irreps_sh.dim, d_in, width)
+            constants[f"coupling_{group_index}"] = coupling.reshape(self.irreps_sh.dim, d_in * width)
+            weight_index, row = [], 0
+            for i_in in inputs:
+                mul = self.irreps_in[i_in].mul
+                for p, k in enumerate(paths_of_input[i_in]):
+                    mid_start = mid_slices[instructions[k][2]].start
+                    for u in range(mul):
+                        grouped = column + (row + u) * width + path_offsets[p] + torch.arange(widths[p])
+                        permutation[mid_start + u * widths[p] : mid_start + (u + 1) * widths[p]] = grouped
+                for u in range(mul):
+                    path_of_column = [p for p in range(len(widths)) for _ in range(widths[p])]
+                    weight_index += [weight_offsets[paths_of_input[i_in][p]] + u for p in path_of_column]
+                row += mul
+            constants[f"weight_index_{group_index}"] = torch.tensor(weight_index, dtype=torch.long)
+            self._groups.append(([(in_slices[i], self.irreps_in[i].mul) for i in inputs], row, d_in, width))
+            column += row * width
+        constants["permutation"] = permutation
+        self.constants = DtypeConstants(constants)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the coefficients moved to DtypeConstants hold them as buffers of
+        # this module (which has no state of its own); they follow from the irreps, so they are rebuilt.
+        for key in [k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix) :]]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _group_messages(self, node_features, edge_sh, weights, neighbour):
+        """Yield each group's messages ``[n_edges, mul_group * width_group]`` (grouped column order)."""
+        n_edges = edge_sh.shape[0]
+        c = self.constants.get(edge_sh.dtype, edge_sh.device)
+        for index, (inputs, mul_total, d_in, width) in enumerate(self._groups):
+            rows = [node_features[:, s].reshape(-1, mul, d_in) for s, mul in inputs]
+            x = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
+            if neighbour is not None:
+                x = x[neighbour]
+            coupling = (edge_sh @ c[f"coupling_{index}"]).reshape(n_edges, d_in, width)
+            y = x * coupling if d_in == 1 else torch.bmm(x, coupling)
+            w = weights.index_select(1, c[f"weight_index_{index}"]).reshape(n_edges, mul_total, width)
+            yield (y * w).reshape(n_edges, mul_total * width)
+
+    def sum_messages(
+        self,
+        node_features: torch.Tensor,
+        edge_sh: torch.Tensor,
+        weights: torch.Tensor,
+        edge_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``sum_j x_j ⊗ Y(r_ij)`` at every centre i: ``[n_atoms, irreps_out.dim]`` in ``irreps_out`` order.
+
+        ``node_features [n_atoms, irreps_in.dim]``, ``edge_sh [n_edges, irreps_sh.dim]``,
+        ``weights [n_edges, weight_numel]``, ``edge_index [2, n_edges]`` (centre i, neighbour j).
+        Each group is summed over edges separately, so the concatenation and the column
+        reordering act on atoms rather than on the (many more) edges.
+        """
+        centre, neighbour = edge_index[0], edge_index[1]
+        n_atoms = node_features.shape[0]
+        sums = [
+            scatter(m, centre, dim=0, dim_size=n_atoms, reduce="sum")
+            for m in self._group_messages(node_features, edge_sh, weights, neighbour)
+        ]
+        return self.to_irreps_layout(sums[0] if len(sums) == 1 else torch.cat(sums, dim=1))
+
+    def to_irreps_layout(self, grouped: torch.Tensor) -> torch.Tensor:
+        """Reorder the last dimension from grouped order to ``irreps_out`` order."""
+        return grouped.index_select(-1, self.constants.get(grouped.dtype, grouped.device)["permutation"])
+
+    def forward(self, edge_features: torch.Tensor, edge_sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Same call and result as the e3nn TensorProduct: ``[n_edges, irreps_out.dim]``."""
+        messages = list(self._group_messages(edge_features, edge_sh, weights, None))
+        return self.to_irreps_layout(messages[0] if len(messages) == 1 else torch.cat(messages, dim=1))
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in} x {self.irreps_sh} -> {self.irreps_out} | {self.weight_numel} weights"

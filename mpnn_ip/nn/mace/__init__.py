@@ -1,0 +1,10 @@
+"""MACE's blocks, on node features stored channels-last (per irrep ``[2l+1, C]``, see :mod:`.linear`).
+
+- :mod:`.linear`: ``o3.Linear`` and the species-dependent skip for channels-last features;
+- :mod:`.interaction`: the atomic basis A (edge tensor product, neighbour sum) and the skip;
+- :mod:`.symmetric_contraction`: the product basis B, symmetric powers of A up to ν = 3;
+- :mod:`.product_basis`: symmetric contraction, linear, plus the skip;
+- :mod:`.species_groups`: atoms sorted by species for per-species weights.
+
+The public names are re-exported by :mod:`mpnn_ip.nn`.
+"""
