@@ -29,6 +29,9 @@ from mpnn_ip.errors import DataError
 
 _DEFAULT_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
 _WEIGHT_KEYS = ("weight", "config_weight")
+#: Larger absolute values are corrupt numbers (1e308 ...) or wrong units: they would overflow in products.
+_MAX_COORDINATE = 1e8  # Å
+_MAX_LABEL = 1e12  # eV, eV/Å, eV/Å³
 _ISOLATED_ATOM_TYPES = {"isolatedatom", "isolated_atom", "isolated", "e0", "iso_atom", "isoatom"}
 
 
@@ -77,10 +80,14 @@ def read_dataset(
     for frame, atoms in enumerate(frames):
         energy = _lookup(atoms, energy_key)
         forces = _lookup(atoms, forces_key)
+        _check_magnitude(atoms.positions, "positions", _MAX_COORDINATE, "Å", where, frame)
+        _check_magnitude(atoms.cell.array, "cell", _MAX_COORDINATE, "Å", where, frame)
         stress = _frame_stress(atoms, keys, stress_unit, stress_sign, where, frame)
         graph = AtomicGraph.from_atoms(
             atoms, energy=energy, forces=forces, stress=stress, weight=_frame_weight(atoms, where, frame), path=where, frame=frame
         )
+        for label, unit in (("energy", "eV"), ("forces", "eV/Å"), ("stress", "eV/Å³")):
+            _check_magnitude(getattr(graph, label).numpy(), label, _MAX_LABEL, unit, where, frame)
         graph.config_type = str(atoms.info.get("config_type", ""))
         graphs.append(graph)
     return graphs
@@ -148,24 +155,106 @@ def read_frames(path, *, index: str | int | slice = ":", format: str | None = No
     size = file.stat().st_size
     if size == 0 or (size < 4096 and not file.read_bytes().strip()):
         raise DataError("file is empty", path=str(path))
+    text = None
+    if _is_xyz_like(file, format):
+        text = _xyz_text(file, path)
+        _check_xyz_layout(text, path)
     try:
         frames = ase.io.read(str(file), index=index, format=format)
     except Exception as exc:  # ASE raises many types for malformed files
-        frames = _read_normalised_xyz(file, index, format)
+        frames = _read_normalised_xyz(file, index, format, text)
         if frames is None:
             fmt = format or "an auto-detected format"
-            raise DataError(f"could not be read as {fmt}: {type(exc).__name__}: {exc}", path=str(path)) from exc
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            frame = _failing_frame(file, index, format, text)
+            raise DataError(f"could not be read as {fmt}: {type(exc).__name__}: {first_line}", path=str(path), frame=frame) from exc
     frames = [frames] if not isinstance(frames, list) else frames
     if not frames:
         raise DataError(f"no frames read (index={index!r})", path=str(path))
     return frames
 
 
-def _read_normalised_xyz(file: Path, index, format):
+def _xyz_text(file: Path, path) -> str:
+    """The file as UTF-8 text; a binary or non-UTF-8 file is a :class:`DataError` saying so."""
+    data = file.read_bytes()
+    if b"\x00" in data:
+        offset = data.index(b"\x00")
+        line = data.count(b"\n", 0, offset) + 1
+        raise DataError(f"is not a text (extxyz) file: NUL byte at byte offset {offset} (line {line})", path=str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"is not a text (UTF-8 extxyz) file: byte 0x{data[exc.start]:02x} at byte offset {exc.start} (line {line}) is not valid UTF-8",
+            path=str(path),
+        ) from None
+
+
+def _check_xyz_layout(text: str, path) -> None:
+    """Every frame's atom-count line is a non-negative integer and that many atom lines follow.
+
+    Checked before ASE parses the file: ASE would otherwise scan (for minutes) through a count
+    such as 99999999, and report a truncated frame without saying which. Frames are counted
+    from the start of the file here (not within an ``index`` selection).
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # the line breaks ASE's reader sees
+    if lines and not lines[-1]:
+        lines.pop()
+    i, frame = 0, 0
+    while i < len(lines):
+        count = lines[i].strip()
+        if not count:
+            if any(line.strip() for line in lines[i:]):
+                rest = next(k for k in range(i, len(lines)) if lines[k].strip())
+                raise DataError(
+                    f"could not be read as extxyz: blank line {i + 1} where the atom count of a frame was expected, but line {rest + 1} has more data "
+                    "(a deleted line, or a wrong atom count in an earlier frame)",
+                    path=str(path),
+                    frame=frame,
+                )
+            return
+        try:
+            natoms = int(count)
+        except ValueError:
+            natoms = -1
+        if natoms < 0 or not count.lstrip("+").isdigit():
+            raise DataError(
+                f"could not be read as extxyz: line {i + 1} should be the frame's atom count (a non-negative integer), got {count[:60]!r}"
+                + (" (a wrong atom count, or a missing or extra line, in the frame before)" if frame else ""),
+                path=str(path),
+                frame=frame,
+            )
+        left = len(lines) - i - 2
+        if left < natoms:
+            raise DataError(
+                f"could not be read as extxyz: the atom count on line {i + 1} says {natoms} atoms but only {max(left, 0)} lines follow the comment line "
+                "(a truncated file or a wrong atom count)",
+                path=str(path),
+                frame=frame,
+            )
+        i += 2 + natoms
+        while i < len(lines) and lines[i].lstrip().startswith("VEC"):
+            i += 1
+        frame += 1
+
+
+def _failing_frame(file: Path, index, format, text: str | None) -> int | None:
+    """Index (within the selection) of the first frame ASE fails on; ``None`` if it cannot be told."""
+    source = io.StringIO(_normalise_xyz_headers(text)) if text is not None else str(file)
+    frame = 0
+    try:
+        for _ in ase.io.iread(source, index=index, format=format or ("extxyz" if text is not None else None)):
+            frame += 1
+    except Exception:
+        return frame
+    return None
+
+
+def _read_normalised_xyz(file: Path, index, format, text: str | None = None):
     """Frames of an xyz file after removing blanks around ``=`` in its headers; ``None`` if that does not help."""
-    if not _is_xyz_like(file, format):
+    if text is None:
         return None
-    text = file.read_text()
     normalised = _normalise_xyz_headers(text)
     if normalised == text:
         return None
@@ -263,6 +352,18 @@ def _frame_stress(atoms, keys: dict, unit: str, sign: int, path, frame):
     if virial is not None:
         return virial_to_stress(virial, abs(float(np.linalg.det(atoms.cell.array))), path=path, frame=frame)
     return stress_to_ase(stress, unit=unit, sign=sign, path=path, frame=frame)
+
+
+def _check_magnitude(values, what: str, bound: float, unit: str, path, frame) -> None:
+    """NaN/inf and absolute values above ``bound`` (a corrupt number such as 1e308, or a wrong unit) are errors."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{what} contain NaN or inf", path=path, frame=frame)
+    largest = float(np.max(np.abs(values)))
+    if largest > bound:
+        raise DataError(f"{what} contain a value of magnitude {largest:.3g} {unit} (above {bound:g}): a corrupt number or a wrong unit", path=path, frame=frame)
 
 
 def _frame_weight(atoms, path, frame) -> float:

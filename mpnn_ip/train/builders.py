@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import inspect
 from typing import Any, Iterator, Mapping
 
@@ -192,10 +193,29 @@ def build_trainer(trainer_cfg, callbacks: list, loggers: list):
     """The Lightning ``Trainer``; ``inference_mode`` is always off (forces need autograd in validation).
 
     ``trainer.enable_progress_bar=false`` also drops a progress-bar callback (Lightning refuses both).
+    Checkpoints are written atomically (:class:`mpnn_ip.train.checkpoint_io.AtomicCheckpointIO`, added
+    to the config's ``trainer.plugins``) unless those plugins already hold a ``CheckpointIO`` of their own.
     """
     from hydra.utils import instantiate
+    from lightning.fabric.plugins import CheckpointIO
     from lightning.pytorch.callbacks import ProgressBar
+    from omegaconf import DictConfig, open_dict
+
+    from mpnn_ip.train.checkpoint_io import AtomicCheckpointIO
 
     if trainer_cfg.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, inference_mode=False, _convert_="all")
+    configured = trainer_cfg.get("plugins")
+    if configured is None:
+        plugins = []
+    else:
+        configured = instantiate(configured, _convert_="all")
+        trainer_cfg = copy.deepcopy(trainer_cfg)  # a DictConfig copy keeps its parent (for ${output_dir})
+        with open_dict(trainer_cfg) if isinstance(trainer_cfg, DictConfig) else contextlib.nullcontext():
+            del trainer_cfg["plugins"]
+        plugins = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return instantiate(
+        trainer_cfg, callbacks=callbacks, logger=loggers or False, inference_mode=False, plugins=plugins, _convert_="all"
+    )
