@@ -163,22 +163,25 @@ def _error_in_subprocess(args, cwd) -> str:
     return proc.stderr
 
 
-@pytest.fixture
-def error_of(workdir, monkeypatch, capsys):
-    """Run ``mpnn-train ARGS`` in this process (no import cost); return its stderr, asserting exit code 2."""
+def run_until_user_error(args, workdir: Path, monkeypatch, capsys) -> str:
+    """Run ``mpnn-train ARGS`` in this process (no import cost) from ``workdir``; return its stderr,
+    asserting exit code 2 and a one-paragraph message without traceback."""
     from mpnn_ip.cli.train import main
 
-    def run(args) -> str:
-        monkeypatch.chdir(workdir)
-        monkeypatch.setattr(sys, "argv", ["mpnn-train", *args, f"hydra.run.dir={workdir / 'failed'}"])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2, err
-        assert "Traceback" not in err and err.startswith("mpnn-train: error:"), err
-        return err
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", ["mpnn-train", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err and err.startswith("mpnn-train: error:"), err
+    return err
 
-    return run
+
+@pytest.fixture
+def error_of(workdir, monkeypatch, capsys):
+    """``error_of(ARGS)``: :func:`run_until_user_error` with a run folder of its own."""
+    return lambda args: run_until_user_error([*args, f"hydra.run.dir={workdir / 'failed'}"], workdir, monkeypatch, capsys)
 
 
 def test_unknown_config_key_is_a_one_paragraph_error(workdir):

@@ -23,28 +23,10 @@ pytest.importorskip("lightning")
 pytest.importorskip("hydra")
 
 from mpnn_ip.train.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, remove_stale_temporary_files  # noqa: E402
+from test_cli_train import COMMON as CLI_COMMON  # noqa: E402
+from test_cli_train import TINY_NEQUIP, run_until_user_error  # noqa: E402
 
-TINY_NEQUIP = """\
-defaults:
-  - nequip
-r_max: 3.0
-num_layers: 1
-l_max: 1
-num_features: 4
-radial_mlp: [8]
-"""
-COMMON = [
-    "model=nequip_resumetest",
-    "data.train_count=8",
-    "data.val_count=4",
-    "data.test_count=4",
-    "data.batch_size=4",
-    "logger=csv",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_model_summary=false",
-    "seed=3",
-]
+COMMON = ["model=nequip_resumetest", *CLI_COMMON]
 #: A callback (importable from the subprocesses' working directory) that stalls so that the test can
 #: kill the job there: RESUMETEST_STALL=epoch in the training steps of the second epoch (index 1),
 #: RESUMETEST_STALL=save inside the checkpoint save at the end of that epoch (while torch.save
@@ -294,20 +276,8 @@ def test_run_killed_mid_epoch_and_during_a_save_resumes_to_the_expected_epochs(w
 
 @pytest.fixture
 def error_of(workdir, monkeypatch, capsys):
-    """Run ``mpnn-train ARGS`` in this process; return its stderr, asserting exit code 2 and no traceback."""
-    from mpnn_ip.cli.train import main
-
-    def run(args) -> str:
-        monkeypatch.chdir(workdir)
-        monkeypatch.setattr(sys, "argv", ["mpnn-train", *args])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2, err
-        assert "Traceback" not in err and err.startswith("mpnn-train: error:"), err
-        return err
-
-    return run
+    """``error_of(ARGS)``: ``mpnn-train ARGS`` in this process; its stderr (exit code 2, no traceback)."""
+    return lambda args: run_until_user_error(args, workdir, monkeypatch, capsys)
 
 
 def test_resume_of_a_missing_folder_is_named(error_of, workdir):
