@@ -127,18 +127,11 @@ RESUME_OVERRIDABLE = (
 )
 #: Where Hydra's own record of a resumed job goes (the original run's ``.hydra/`` is kept).
 RESUME_HYDRA_SUBDIR = ".hydra/resume"
-_OFF = ("", "null", "none", "false", "~")
+def _parsed(overrides) -> list:
+    """Hydra's own parse of command-line overrides (``key_or_group``, typed ``value()``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~").strip()
-
-
-def _override_value(override: str) -> str:
-    value = override.split("=", 1)[1].strip() if "=" in override else ""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]
-    return value
+    return OverridesParser.create().parse_overrides(list(overrides))
 
 
 def check_resume_dir(run_dir: Path) -> None:
@@ -171,33 +164,33 @@ def _prepare_resume(argv: list[str]) -> list[str]:
 
     from mpnn_ip.errors import ConfigError
 
-    if not any(_override_key(a) == "resume" for a in argv):
+    if not any(a.lstrip("+~").startswith("resume=") for a in argv):
         return argv
     args = get_args_parser().parse_args(argv)
-    overrides = list(args.overrides or [])
-    resume = [o for o in overrides if _override_key(o) == "resume"]
-    if not resume or _override_value(resume[-1]).lower() in _OFF:
+    overrides = _parsed(args.overrides or [])
+    values = {o.key_or_group: o.value() for o in overrides}
+    value = values.get("resume")
+    if value in (None, False, ""):
         return argv
-    value = _override_value(resume[-1])
     if args.multirun:
         raise ConfigError("resume= continues one run; it does not work with -m/--multirun.")
-    run_dirs = [_override_value(o) for o in overrides if _override_key(o) == "hydra.run.dir"]
-    if value.lower() == "true":
-        if not run_dirs:
+    run_dir_given = values.get("hydra.run.dir")
+    if value is True:
+        if run_dir_given is None:
             raise ConfigError(
                 "resume=true needs the run folder: add hydra.run.dir=<run dir>, or give it as resume=<run dir>."
             )
-        run_dir = Path(run_dirs[-1]).expanduser().resolve()
+        run_dir = Path(str(run_dir_given)).expanduser().resolve()
     else:
-        run_dir = Path(value).expanduser().resolve()
-        if run_dirs and Path(run_dirs[-1]).expanduser().resolve() != run_dir:
+        run_dir = Path(str(value)).expanduser().resolve()
+        if run_dir_given is not None and Path(str(run_dir_given)).expanduser().resolve() != run_dir:
             raise ConfigError(
-                f"resume={value} continues the run in its own folder, but hydra.run.dir={run_dirs[-1]} names "
+                f"resume={value} continues the run in its own folder, but hydra.run.dir={run_dir_given} names "
                 "another one. Drop hydra.run.dir (or use resume=true with hydra.run.dir=<run dir>)."
             )
     others = [
-        o for o in overrides
-        if _override_key(o) not in ("resume", *RESUME_OVERRIDABLE) and not _override_key(o).startswith("hydra.")
+        o.input_line for o in overrides
+        if o.key_or_group not in ("resume", *RESUME_OVERRIDABLE) and not o.key_or_group.startswith("hydra.")
     ]
     if others:
         raise ConfigError(
@@ -207,8 +200,8 @@ def _prepare_resume(argv: list[str]) -> list[str]:
             f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}."
         )
     check_resume_dir(run_dir)
-    extra = [] if run_dirs else [f"hydra.run.dir={_quote(str(run_dir))}"]
-    if not any(_override_key(o) == "hydra.output_subdir" for o in overrides):
+    extra = [] if run_dir_given is not None else [f"hydra.run.dir={_quote(str(run_dir))}"]
+    if "hydra.output_subdir" not in values:
         extra.append(f"hydra.output_subdir={RESUME_HYDRA_SUBDIR}")
     return [*argv, *extra]
 
@@ -249,7 +242,7 @@ def resumed_config(cfg):
         saved = _replace_prefix(saved, old_dir, str(run_dir))  # the folder was moved or copied
     saved = OmegaConf.create(saved)
     given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    for key in dict.fromkeys(_override_key(o) for o in given):
+    for key in dict.fromkeys(o.key_or_group for o in _parsed(given)):
         if key in RESUME_OVERRIDABLE:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     last = run_dir / "checkpoints" / "last.ckpt"

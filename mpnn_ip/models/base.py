@@ -126,8 +126,9 @@ class Potential(torch.nn.Module):
 
         if not isinstance(inputs, Mapping) or "batch" not in inputs:
             inputs = to_inputs(inputs)
-        pos = (inputs["pos"] if positions is None else positions).to(self.dtype)
-        cell = inputs["cell"].to(self.dtype).reshape(-1, 3, 3)
+        dtype = self.dtype  # a walk over the parameters: once per call
+        pos = (inputs["pos"] if positions is None else positions).to(dtype)
+        cell = inputs["cell"].to(dtype).reshape(-1, 3, 3)
         pbc = inputs["pbc"].reshape(-1, 3)
         batch = inputs["batch"]
         if inputs.get("edge_index") is not None:
@@ -206,19 +207,20 @@ class Potential(torch.nn.Module):
         if not isinstance(inputs, Mapping) or "batch" not in inputs:
             inputs = to_inputs(inputs)
         wrt = []
-        positions = inputs["pos"].to(self.dtype)
+        dtype = self.dtype
+        positions = inputs["pos"].to(dtype)
         if compute_forces:
             positions = positions.detach().requires_grad_(True)
             wrt.append(positions)
         strain = None
         if compute_stress:
             num_graphs = inputs["cell"].reshape(-1, 3, 3).shape[0]
-            strain = torch.zeros(num_graphs, 3, 3, dtype=self.dtype, device=positions.device, requires_grad=True)
+            strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=positions.device, requires_grad=True)
             wrt.append(strain)
         graph = self.graph(inputs, positions=positions, strain=strain)
         out = self.atomic_outputs(graph)
         species, batch = graph["species"], graph["batch"]
-        node_energy = out["node_energy"] + self.e0[species].to(self.dtype)
+        node_energy = out["node_energy"] + self.e0[species].to(dtype)
         out["node_energy"] = node_energy
         out["energy"] = scatter(node_energy, batch, dim=0, dim_size=graph["num_graphs"], reduce="sum")
         if not wrt:
