@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
+import torch
 
 from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.units import check_stress_sign, stress_to_ase, stress_unit_factor, virial_to_stress
@@ -64,7 +65,9 @@ def read_dataset(
         format: ASE format name; ``None`` = guess from the file name/content.
 
     Per-frame loss weight: info ``weight`` or ``config_weight``, else 1. ``config_type`` from info
-    (``""`` when absent) is kept as a string attribute of the graph.
+    (``""`` when absent) is kept as a string attribute of the graph; ``source_path`` (the file, with
+    the index selection if any) and ``source_frame`` ([1] long, frame within the selection) say
+    where each graph came from.
 
     Raises:
         DataError: missing/empty/unparseable file, a chosen key that no frame has, NaN/inf,
@@ -89,6 +92,8 @@ def read_dataset(
         for label, unit in (("energy", "eV"), ("forces", "eV/Å"), ("stress", "eV/Å³")):
             _check_magnitude(getattr(graph, label).numpy(), label, _MAX_LABEL, unit, where, frame)
         graph.config_type = str(atoms.info.get("config_type", ""))
+        graph.source_path = where  # provenance, for messages that name a frame (batched: a list)
+        graph.source_frame = torch.tensor([frame], dtype=torch.long)  # index within the selection; batched: [B]
         graphs.append(graph)
     return graphs
 
