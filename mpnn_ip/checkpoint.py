@@ -182,18 +182,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     ckpt = read_checkpoint(path)
     meta = ckpt["mpnn_ip"]
     model = model_from_metadata(meta, path)
-    state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    if not state:
-        raise ConfigError(f"checkpoint {path} has no model weights (no 'model.*' entries in its state_dict); use another checkpoint.")
-    try:  # in the stored precision first: float64 weights copied into float32 tensors lose digits
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise ConfigError(
-            f"checkpoint {path}: the stored weights do not fit a {meta['model_name']!r} model built from its stored "
-            f"config ({first}). The file was probably written by another model type or an edited checkpoint; "
-            "use a checkpoint written by mpnn-train for this model."
-        ) from exc
+    load_weights(model, ckpt, path)
     model = model.to(device=resolve_device(device), dtype=resolve_dtype(dtype) or model.dtype)
     model.checkpoint_metadata = {k: v for k, v in meta.items() if k != "model_config"} | {"path": str(path)}
     return model.eval()
@@ -208,3 +197,24 @@ def check_model_species(model: Potential, atomic_numbers, source: str) -> None:
             f"{source} contains element(s) {unknown} that {where} was not trained on (it knows {symbols(model.species)}). "
             "Use a model trained on these elements, or structures made only of the known ones."
         )
+
+
+def load_weights(model: Potential, ckpt: Mapping, path: str | Path) -> None:
+    """Copy the ``model.*`` tensors of checkpoint dict ``ckpt`` into ``model`` (strict: same names and shapes).
+
+    Raises:
+        ConfigError: no model weights, or weights that do not fit the architecture the metadata
+            describes (missing, unexpected or differently shaped tensors; names the first ones).
+    """
+    state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    if not state:
+        raise ConfigError(f"checkpoint {path} has no model weights (no 'model.*' entries in its state_dict); use another checkpoint.")
+    try:  # in the stored precision first: float64 weights copied into float32 tensors lose digits
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:400]
+        raise ConfigError(
+            f"checkpoint {path}: the stored weights do not fit the {ckpt['mpnn_ip']['model_name']!r} model its "
+            f"metadata describes ({first}). The file was probably written by another model type or edited; "
+            "use a checkpoint written by mpnn-train for this model."
+        ) from exc

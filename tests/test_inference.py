@@ -91,7 +91,7 @@ def test_weights_of_another_architecture_are_a_config_error(tmp_path):
     other = build_tiny_model(num_layers=3, num_features=6)
     ckpt["state_dict"] = {f"model.{k}": v for k, v in other.state_dict().items()}
     torch.save(ckpt, path)
-    with pytest.raises(ConfigError, match="do not fit a 'nequip' model"):
+    with pytest.raises(ConfigError, match="do not fit the 'nequip' model"):
         load_model(path)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from mpnn_ip.checkpoint import model_from_metadata, plain, registry_name, resolve_dtype
+from mpnn_ip.checkpoint import load_weights, model_from_metadata, plain, read_checkpoint, registry_name, resolve_dtype
 from mpnn_ip.elements import symbols, unknown_elements
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.models import normalize_species
@@ -121,6 +121,7 @@ def model_from_checkpoint_metadata(meta: Mapping, model_cfg: Mapping, path, data
             "or start a new run without ckpt_path."
         )
     model = model_from_metadata(meta, path)
+    load_weights(model, read_checkpoint(path), path)  # mismatched tensors are refused here, not inside Lightning
     check_species(model.species, data_species)
     return model
 
