@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,10 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mpnn_ip.checkpoint import load_model, resolve_dtype
-from mpnn_ip.data.atomic_graph import AtomicGraph, to_inputs
+from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS, AtomicGraph, to_inputs
+from mpnn_ip.errors import DataError
+from mpnn_ip.graph import edge_vectors
+from mpnn_ip.graph.verlet import VerletList
 
 
 class MPNNCalculator(Calculator):
@@ -34,13 +38,18 @@ class MPNNCalculator(Calculator):
         model: the potential (e.g. from :func:`mpnn_ip.load_model`); put in eval mode.
         device: move the model there (``"cpu"``, ``"cuda"``); ``None`` = leave it where it is.
         dtype: ``"float32"`` or ``"float64"`` converts the model; ``None`` keeps its dtype.
+        skin: Å, Verlet skin of the neighbour list (:class:`mpnn_ip.graph.verlet.VerletList`): the
+            radius graph is searched at ``r_max + skin`` and reused, filtered to ``r_max``, until some
+            atom has moved more than ``skin / 2`` since the search or the cell changed. ``0`` (default)
+            searches at every call. Results do not depend on it; MD runs faster with ``skin=1.0``.
+            ``neighbor_list.builds`` / ``neighbor_list.calls`` count the searches.
 
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, dtype=None, **kwargs):
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, dtype=None, skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.extra_outputs = dict(getattr(model, "extra_outputs", {}))
         self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
@@ -50,18 +59,23 @@ class MPNNCalculator(Calculator):
         if target is not None:
             model = model.to(target)
         self.model = model.eval()
+        r_max = getattr(model, "r_max", None)  # a model without one builds its own graph
+        if r_max is None and skin:
+            raise ValueError(f"skin={skin} needs a model with an r_max attribute (the cutoff, Å); {type(model).__name__} has none")
+        self.neighbor_list = VerletList(float(r_max), float(skin)) if r_max is not None else None
+        self._inputs = None  # inputs of the last structure, reused when only positions change
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNCalculator":
-        """Calculator for the model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`)."""
+        """Calculator for the model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`); ``kwargs``
+        (e.g. ``skin=1.0``) go to the constructor."""
         return cls(load_model(path, device=device, dtype=dtype), **kwargs)
 
     @property
     def device(self) -> torch.device:
         """Where the model's parameters are (inputs are moved there)."""
-        for tensor in [*self.model.parameters(), *self.model.buffers()]:
-            return tensor.device
-        return torch.device("cpu")
+        first = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         """Run the model on ``atoms``; fills ``self.results`` (ASE units: eV, Å)."""
@@ -73,8 +87,7 @@ class MPNNCalculator(Calculator):
                 "stress needs a periodic structure with a cell of non-zero volume; this one has "
                 f"pbc={self.atoms.pbc.tolist()} and cell rank {self.atoms.cell.rank}"
             )
-        graph = AtomicGraph.from_atoms(self.atoms)
-        inputs = {k: v.to(self.device) for k, v in to_inputs(graph).items()}
+        inputs = self._model_inputs(system_changes)
         with torch.enable_grad():
             out = self.model(inputs, compute_forces=True, compute_stress=want_stress)
 
@@ -89,6 +102,46 @@ class MPNNCalculator(Calculator):
             self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"])[0])
         for key, (per, _) in self.extra_outputs.items():
             self.results[key] = float(out[key].detach().sum()) if per == "frame" else _numpy(out[key])
+
+
+    def _model_inputs(self, system_changes) -> dict[str, torch.Tensor]:
+        """Model inputs on the model's device, with edges when the calculator keeps a neighbour list.
+
+        A new structure (atoms, cell or periodicity changed) goes through every check of
+        :meth:`AtomicGraph.from_atoms`; when only positions changed (an MD or relaxation step) only
+        finiteness and the closest distance are checked, the latter from the edges.
+        """
+        device = self.device
+        positions_only = self.neighbor_list is not None and self._inputs is not None and set(system_changes) <= {"positions"}
+        if positions_only:
+            pos = np.asarray(self.atoms.positions, dtype=np.float64)
+            if not np.isfinite(pos).all():
+                raise DataError("positions contain NaN or inf", path="the ASE Atoms given to MPNNCalculator")
+            inputs = dict(self._inputs, pos=torch.as_tensor(pos).to(device))
+        else:
+            graph = AtomicGraph.from_atoms(self.atoms)
+            inputs = {k: v.to(device) for k, v in to_inputs(graph).items() if k in MODEL_INPUT_KEYS}
+            self._inputs = dict(inputs)
+        if self.neighbor_list is not None:
+            edges = self.neighbor_list.edges(inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"])
+            inputs["edge_index"], inputs["cell_shifts"] = edges
+            if positions_only:
+                _check_closest_pair(inputs)
+        return inputs
+
+def _check_closest_pair(inputs: dict[str, torch.Tensor]) -> None:
+    """DataError naming the pair when two atoms are closer than the data's minimum distance (0.1 Å)."""
+    if inputs["edge_index"].shape[1] == 0:
+        return
+    lengths = edge_vectors(inputs["pos"], inputs["cell"], inputs["edge_index"], inputs["cell_shifts"], inputs["batch"]).norm(dim=1)
+    k = int(torch.argmin(lengths))
+    if float(lengths[k]) < MIN_INTERATOMIC_DISTANCE:
+        i, j = inputs["edge_index"][:, k].tolist()
+        raise DataError(
+            f"atoms {i} and {j} are {float(lengths[k]):.4f} Å apart (closer than {MIN_INTERATOMIC_DISTANCE} Å): "
+            "the structure has collapsed (unstable dynamics: smaller time step, or a potential outside its training data)",
+            path="the ASE Atoms given to MPNNCalculator",
+        )
 
 
 def _has_volume(atoms) -> bool:
