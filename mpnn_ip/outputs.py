@@ -11,6 +11,7 @@ Outputs of a model (``Potential.forward`` returns a dict with these keys; any ot
     forces        eV/Å    [N, 3]
     stress        eV/Å³   [B, 3, 3]  ASE sign (positive = tensile)
     virial        eV      [B, 3, 3]
+    atomic_virial eV      [N, 3, 3]  per-atom share of the virial (``compute_atomic_virial=True``)
 
 Quantities compared with reference labels (loss terms, MAE/RMSE):
 
@@ -57,6 +58,7 @@ OUTPUTS = {
         Output("forces", "eV/Å", "atom", label="forces", mask="has_forces"),
         Output("stress", "eV/Å³", "frame", label="stress", mask="has_stress"),
         Output("virial", "eV", "frame"),
+        Output("atomic_virial", "eV", "atom"),
     )
 }
 

@@ -428,3 +428,25 @@ def check_float32_matches_float64(model64, model32, structures: Sequence[Atoms],
             raise AssertionError(f"float32 model returned {wrong} for structure {structure_name(atoms)!r}")
         out32 = {key: value.detach().to(torch.float64) for key, value in out32.items()}
         assert_outputs_close(out32, evaluate(model64, atoms), rtol=rtol, what="float32 vs float64", structure=structure_name(atoms), floor=floor)
+
+
+def check_atomic_virials(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR) -> None:
+    """Per-atom virials (``compute_atomic_virial=True``) sum to the virial -dE/dstrain, leave energy,
+    forces, stress and virial unchanged, and transform per atom: R W Rᵀ under rotations and
+    reflections, reordered under permutations."""
+    name = structure_name(atoms)
+
+    def atomic(structure: Atoms) -> dict[str, torch.Tensor]:
+        out = model(model_inputs(structure), compute_forces=True, compute_stress=True, compute_atomic_virial=True)
+        return {key: value.detach().to(torch.float64) for key, value in out.items()}
+
+    out = atomic(atoms)
+    assert_outputs_close(out, evaluate(model, atoms), rtol=rtol, what="with atomic virials on", structure=name, floor=floor)
+    assert_close(out["atomic_virial"].sum(dim=0), out["virial"][0], rtol=rtol, what="sum of atomic virials vs virial", structure=name, floor=floor)
+    for kind, matrix in random_orthogonal_matrices(seed):
+        r = torch.as_tensor(matrix)
+        rotated = atomic(_transformed(atoms, matrix))["atomic_virial"]
+        assert_close(rotated, r @ out["atomic_virial"] @ r.T, rtol=rtol, what=f"atomic virials under {kind}", structure=name, floor=floor)
+    permutation = np.random.default_rng(seed).permutation(len(atoms))
+    permuted = atomic(atoms[permutation])["atomic_virial"]
+    assert_close(permuted, out["atomic_virial"][permutation], rtol=rtol, what="atomic virials under permutation", structure=name, floor=floor)

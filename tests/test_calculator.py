@@ -120,3 +120,17 @@ def test_results_are_recomputed_after_moving_atoms():
     forces = atoms.get_forces()
     atoms.positions[0] += 0.01 * forces[0] / np.linalg.norm(forces[0])
     assert atoms.get_potential_energy() < first
+
+
+def test_per_atom_stresses_sum_to_the_stress():
+    """ASE's ``stresses``: atomic virials / -volume, Voigt [N, 6]; their sum is ``stress``."""
+    atoms = make_triclinic_crystal()
+    atoms.calc = MPNNCalculator(build_tiny_model(), dtype="float64")
+    stresses = atoms.get_stresses()
+    assert stresses.shape == (len(atoms), 6)
+    np.testing.assert_allclose(stresses.sum(axis=0), atoms.get_stress(), rtol=1e-10, atol=1e-12)
+    assert np.abs(stresses).max() > 1e-6
+    molecule = make_molecule()
+    molecule.calc = MPNNCalculator(build_tiny_model(), dtype="float64")
+    with pytest.raises(PropertyNotImplementedError):
+        molecule.get_stresses()

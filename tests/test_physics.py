@@ -116,6 +116,10 @@ def test_stress_and_virial_match_finite_differences(model, structure):
     physics.check_stress_finite_differences(model, structure)
 
 
+def test_atomic_virials_sum_to_the_virial_and_are_equivariant(model, structure):
+    physics.check_atomic_virials(model, structure)
+
+
 def test_cutoff_is_smooth(model):
     physics.check_cutoff_smoothness(model, DIMERS)
 

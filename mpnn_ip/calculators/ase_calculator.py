@@ -30,6 +30,9 @@ class MPNNCalculator(Calculator):
     ``stress`` (eV/Å³, Voigt ``xx, yy, zz, yz, xz, xy``, ASE sign: positive = tensile) is computed
     only when asked for, and only for structures with a periodic direction and a cell of non-zero
     volume; for a molecule it raises ASE's ``PropertyNotImplementedError`` (like ASE's own EMT).
+    ``stresses`` (per atom, eV/Å³, Voigt ``[N, 6]``, same conditions) are the atomic virials
+    (``Potential.forward(compute_atomic_virial=True)``) divided by ``-volume``: their sum is
+    ``stress``, as ASE's ``Atoms.get_stresses`` expects.
     The extra outputs the model declares (``Potential.extra_outputs``, e.g. ``energy_uncertainty``
     of a Gaussian-process model) are implemented properties too, under their own names: per-frame
     ones as floats, per-atom ones as arrays.
@@ -47,7 +50,7 @@ class MPNNCalculator(Calculator):
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, dtype=None, skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
@@ -81,7 +84,8 @@ class MPNNCalculator(Calculator):
         """Run the model on ``atoms``; fills ``self.results`` (ASE units: eV, Å)."""
         properties = list(properties or ["energy"])
         super().calculate(atoms, properties, system_changes)
-        want_stress = "stress" in properties
+        want_stresses = "stresses" in properties
+        want_stress = "stress" in properties or want_stresses
         if want_stress and not _has_volume(self.atoms):
             raise PropertyNotImplementedError(
                 "stress needs a periodic structure with a cell of non-zero volume; this one has "
@@ -89,7 +93,8 @@ class MPNNCalculator(Calculator):
             )
         inputs = self._model_inputs(system_changes)
         with torch.enable_grad():
-            out = self.model(inputs, compute_forces=True, compute_stress=want_stress)
+            extra = {"compute_atomic_virial": True} if want_stresses else {}
+            out = self.model(inputs, compute_forces=True, compute_stress=want_stress, **extra)
 
         energy = float(out["energy"].detach().sum())
         self.results = {
@@ -100,6 +105,8 @@ class MPNNCalculator(Calculator):
         }
         if want_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"])[0])
+        if want_stresses:
+            self.results["stresses"] = full_3x3_to_voigt_6_stress(-_numpy(out["atomic_virial"]) / self.atoms.get_volume())
         for key, (per, _) in self.extra_outputs.items():
             self.results[key] = float(out[key].detach().sum()) if per == "frame" else _numpy(out[key])
 

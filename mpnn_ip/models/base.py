@@ -195,12 +195,19 @@ class Potential(torch.nn.Module):
         inputs,
         compute_forces: bool = True,
         compute_stress: bool = False,
+        compute_atomic_virial: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Energy [B] (eV), node_energy [N], and forces [N,3] (eV/Å), stress and virial [B,3,3] (eV/Å³, eV),
-        plus the model's :attr:`extra_outputs`.
+        atomic_virial [N,3,3] (eV), plus the model's :attr:`extra_outputs`.
 
         ``inputs``: as for :meth:`graph`. The autograd graph is kept (``create_graph``) only while
         ``self.training``.
+
+        ``compute_atomic_virial``: per-atom virials from the edge forces ``g_e = dE/dr_e`` (the
+        energy depends on positions only through the edge vectors ``r_e``): each edge's
+        ``-r_e ⊗ g_e`` goes half to its centre and half to its neighbour, so that the atoms' sum is
+        the virial ``-dE/dstrain`` (the input of heat-flux workflows; ASE's ``stresses`` divide it by
+        ``-volume``). Implies forces.
         """
         from mpnn_ip.data.atomic_graph import to_inputs
 
@@ -209,6 +216,7 @@ class Potential(torch.nn.Module):
         wrt = []
         dtype = self.dtype
         positions = inputs["pos"].to(dtype)
+        compute_forces = compute_forces or compute_atomic_virial
         if compute_forces:
             positions = positions.detach().requires_grad_(True)
             wrt.append(positions)
@@ -226,8 +234,15 @@ class Potential(torch.nn.Module):
         if not wrt:
             return out
 
+        if compute_atomic_virial:
+            wrt.append(graph["edge_vectors"])
         grads = torch.autograd.grad([out["energy"].sum()], wrt, create_graph=self.training, allow_unused=True)
         grads = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads, wrt)]
+        if compute_atomic_virial:
+            edge_virial = -0.5 * graph["edge_vectors"].unsqueeze(2) * grads.pop().unsqueeze(1)  # [E, 3, 3]
+            edge_index = graph["edge_index"]
+            atomic_virial = scatter(edge_virial, edge_index[0], dim=0, dim_size=positions.shape[0], reduce="sum")
+            out["atomic_virial"] = atomic_virial + scatter(edge_virial, edge_index[1], dim=0, dim_size=positions.shape[0], reduce="sum")
         if compute_forces:
             out["forces"] = -grads[0]
         if compute_stress:
