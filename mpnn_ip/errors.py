@@ -18,3 +18,21 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A configuration, checkpoint or model/data mismatch the user can fix; the message says how."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped after too many consecutive optimizer steps with a non-finite loss or gradient
+    (or before a checkpoint with non-finite weights would be written); the message names the frames of
+    those steps, the last good checkpoint and what to try."""
+
+
+class MDStopped(RuntimeError):
+    """Molecular dynamics stopped by a safety check (atoms too close, an energy jump, a broken structure).
+
+    The message names the step, the cause and where the trajectory is; ``summary`` is what was
+    written to ``md_summary.json`` (``summary["stopped"]`` holds ``step``, ``reason`` and details).
+    """
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary

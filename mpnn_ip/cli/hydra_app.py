@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Sequence
 
-from mpnn_ip.errors import ConfigError, DataError
+from mpnn_ip.errors import ConfigError, DataError, MDStopped, TrainingDiverged
 
 #: Exit status of every user-fixable error.
 USER_ERROR_EXIT_CODE = 2
@@ -93,7 +93,7 @@ def explain(exc: BaseException) -> str | None:
         inner = explain(cause)
         if inner is not None:
             return inner
-    if isinstance(exc, (ConfigError, DataError)):
+    if isinstance(exc, (ConfigError, DataError, MDStopped, TrainingDiverged)):
         return str(exc)
     if type(exc).__name__ == "MisconfigurationException":  # Lightning's, e.g. trainer=gpu without a GPU
         return f"{_first_lines(exc)}\nCheck the trainer settings (trainer=cpu | gpu | ddp, trainer.devices=...)."

@@ -8,6 +8,12 @@ NVE uses velocity Verlet, NVT Langevin dynamics. Initial velocities are Maxwell-
 (extxyz, or ASE ``.traj``), ``md.log`` (time, Epot, Ekin, Etot, T every ``log_interval`` steps)
 and ``md_summary.json`` with the total-energy drift (eV/atom/ps, slope of a linear fit of
 Etot per atom against time).
+
+Every step is checked (:class:`StopConditions`): two atoms closer than ``min_distance`` or a
+total-energy change above ``max_energy_jump`` per atom between consecutive steps stops the run.
+What was recorded so far stays written (the stopping step is added to the trajectory and log,
+``md_summary.json`` says ``"stopped": {"step", "reason", ...}``) and :class:`mpnn_ip.errors.MDStopped`
+is raised; ``mpnn-md`` turns it into a one-paragraph error with exit code 2.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 PROG = "mpnn-md"
 ENSEMBLES = ("nve", "nvt")
 LOG_HEADER = "# time[fs]  Epot[eV]  Ekin[eV]  Etot[eV]  T[K]"
+LOG_COLUMNS = ["time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
 
 
 def run_md(
@@ -36,6 +43,8 @@ def run_md(
     out_dir: str | Path = ".",
     trajectory: str = "md.extxyz",
     progress: bool = False,
+    min_distance: float = 0.5,
+    max_energy_jump: float = 0.1,
 ) -> dict:
     """Run MD on ``atoms`` (modified in place) and write trajectory, log and summary to ``out_dir``.
 
@@ -48,9 +57,21 @@ def run_md(
         seed: seeds the initial velocities and the Langevin noise.
         log_interval: steps between log lines / trajectory frames.
         trajectory: file name in ``out_dir``; ``*.traj`` = ASE trajectory, otherwise extxyz.
+        min_distance: Å; stop when two atoms come closer (checked every step, also at the start);
+            0 = off.
+        max_energy_jump: eV/atom; stop when the total energy per atom changes by more than this
+            between two consecutive steps; 0 = off. A stable run changes it by orders of magnitude
+            less (the quickstart potential, NVE at 300 K, 1 fs: within 1e-5 eV/atom over 2 ps).
+            A non-finite energy always stops the run.
 
     Returns: the summary (also in ``md_summary.json``): ``energy_drift_ev_per_atom_per_ps``,
-    final/mean temperature (K), the paths written and the log as a ``[n_rows, 5]`` list.
+    final/mean temperature (K), the paths written, the log as a ``[n_rows, 5]`` list and
+    ``stopped`` (None for a run that did all its steps); with an :class:`MPNNCalculator` also
+    ``graph_skin_A`` and ``graph_rebuild_fraction`` (share of steps that searched the radius graph).
+
+    Raises:
+        MDStopped: a stop condition tripped; its ``summary`` is the one written, with
+            ``stopped = {"step", "time_fs", "reason", "message", ...}``.
     """
     from ase import units
     from ase.constraints import FixCom
@@ -59,7 +80,7 @@ def run_md(
     from ase.md.verlet import VelocityVerlet
     from tqdm import tqdm
 
-    from mpnn_ip.errors import ConfigError
+    from mpnn_ip.errors import ConfigError, DataError, MDStopped
 
     ensemble = str(ensemble).lower()
     if ensemble not in ENSEMBLES:
@@ -69,6 +90,10 @@ def run_md(
             raise ConfigError(f"{name} must be positive, got {value}")
     if steps < 0 or temperature < 0 or friction < 0:
         raise ConfigError(f"steps, temperature and friction must not be negative (got {steps}, {temperature}, {friction})")
+    if not (min_distance >= 0 and max_energy_jump >= 0):
+        raise ConfigError(
+            f"min_distance and max_energy_jump must be >= 0 (0 = off), got {min_distance}, {max_energy_jump}"
+        )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +119,10 @@ def run_md(
 
     trajectory_path = out_dir / trajectory
     log_path = out_dir / "md.log"
+    atoms.get_forces()  # errors of the start structure (unknown element, ...) surface as they are
+    checks = StopConditions(min_distance=min_distance, max_energy_jump=max_energy_jump)
     rows: list[list[float]] = []
+    stopped = None
     with open(log_path, "w") as log, _TrajectoryWriter(trajectory_path, atoms) as writer:
         log.write(LOG_HEADER + "\n")
 
@@ -106,31 +134,157 @@ def run_md(
             log.flush()
             writer.write()
 
-        dynamics.attach(record, interval=int(log_interval))
+        def observe() -> None:
+            step = dynamics.nsteps
+            trip = checks(atoms)
+            if step % log_interval == 0 or trip is not None:
+                record()
+            if step > 0:
+                bar.update(1)
+            if trip is not None:
+                raise _Trip({"step": step, **trip})
+
+        dynamics.attach(observe, interval=1)
         bar = tqdm(total=int(steps), desc=f"MD {ensemble}", unit="step", disable=not progress)
-        dynamics.attach(lambda: bar.update(1) if dynamics.nsteps > 0 else None, interval=1)
         try:
             dynamics.run(int(steps))
+        except _Trip as trip:
+            stopped = trip.details
+        except DataError as exc:  # the calculator refused the structure the step in progress made
+            stopped = {"step": dynamics.nsteps + 1, "reason": "invalid_structure", "problem": str(exc)}
         finally:
             bar.close()
 
-    table = np.asarray(rows)
-    drift = energy_drift(table[:, 0], table[:, 3], len(atoms))
-    summary = {
+    summary = _summary(rows, ensemble, steps, timestep, len(atoms), trajectory_path, log_path)
+    if stopped is not None:
+        step = int(stopped.pop("step"))
+        stopped = {"step": step, "time_fs": step * float(timestep), **stopped}
+        stopped["message"] = _stop_message(stopped, summary, min_distance, max_energy_jump)
+    summary["stopped"] = stopped
+    neighbor_list = getattr(calculator, "neighbor_list", None)  # MPNNCalculator's Verlet list
+    if neighbor_list is not None:
+        summary["graph_skin_A"] = neighbor_list.skin
+        summary["graph_rebuild_fraction"] = neighbor_list.rebuild_fraction
+    (out_dir / "md_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if stopped is not None:
+        raise MDStopped(stopped["message"], summary)
+    return summary
+
+
+def _summary(rows, ensemble, steps, timestep, num_atoms, trajectory_path, log_path) -> dict:
+    table = np.asarray(rows).reshape(-1, len(LOG_COLUMNS))
+    return {
         "ensemble": ensemble,
         "steps": int(steps),
         "timestep_fs": float(timestep),
-        "num_atoms": len(atoms),
-        "energy_drift_ev_per_atom_per_ps": drift,
-        "final_temperature_K": float(table[-1, 4]),
-        "mean_temperature_K": float(table[:, 4].mean()),
+        "num_atoms": num_atoms,
+        "energy_drift_ev_per_atom_per_ps": energy_drift(table[:, 0], table[:, 3], num_atoms),
+        "final_temperature_K": float(table[-1, 4]) if len(table) else None,
+        "mean_temperature_K": float(table[:, 4].mean()) if len(table) else None,
         "trajectory": str(trajectory_path),
         "log": str(log_path),
-        "log_columns": ["time_fs", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"],
+        "log_columns": LOG_COLUMNS,
         "log_rows": table.tolist(),
     }
-    (out_dir / "md_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+
+
+def _stop_message(stopped: dict, summary: dict, min_distance: float, max_energy_jump: float) -> str:
+    where = f"MD stopped at step {stopped['step']} ({stopped['time_fs']:g} fs): "
+    if stopped["reason"] == "min_distance":
+        i, j = stopped["atoms"]
+        what = (
+            f"atoms {i} and {j} are {stopped['distance_A']:.3f} Å apart, closer than "
+            f"min_distance={min_distance:g} Å. "
+            "The potential is likely unreliable at such distances (add training frames like these) or the "
+            "timestep is too large; min_distance=0 turns this check off."
+        )
+    elif stopped["reason"] == "max_energy_jump":
+        what = (
+            f"the total energy changed by {stopped['energy_jump_eV_per_atom']:.4g} eV/atom in one step (more than "
+            f"max_energy_jump={max_energy_jump:g} eV/atom): the dynamics is unstable (timestep too large, or the "
+            "potential extrapolating far from its training data); max_energy_jump=0 turns this check off."
+        )
+    elif stopped["reason"] == "non_finite_energy":
+        what = "the energy is NaN or infinite: the potential broke down on this structure."
+    else:
+        what = f"the step produced a structure the potential cannot evaluate ({stopped['problem']})."
+    return (
+        f"{where}{what} The trajectory up to this step is in {summary['trajectory']} (log {summary['log']}, "
+        "summary md_summary.json)."
+    )
+
+
+class _Trip(Exception):
+    """Raised by the per-step observer to leave ASE's run loop; carries the stop details."""
+
+    def __init__(self, details: dict):
+        super().__init__(details["reason"])
+        self.details = details
+
+
+class StopConditions:
+    """Per-step safety checks of an MD run; calling it with the atoms returns None or the stop details.
+
+    * ``min_distance`` (Å): closest pair of atoms (periodic images included). A neighbour list of
+      radius ``min_distance + skin`` is rebuilt only once an atom has moved more than ``skin/2``
+      since the last build (or the cell changed); in between only the listed pairs are measured.
+      No pair is missed: with each atom within ``skin/2`` of its place at the build, a pair closer
+      than ``min_distance`` now was closer than ``min_distance + skin`` then. A step costs O(N).
+    * ``max_energy_jump`` (eV/atom): change of the total energy per atom since the previous call.
+
+    A value of 0 turns that check off. A non-finite energy always stops the run.
+    """
+
+    #: Å beyond ``min_distance`` in the neighbour list; fcc metals vibrate ~0.1 Å at room temperature.
+    skin = 1.0
+
+    def __init__(self, min_distance: float, max_energy_jump: float):
+        self.min_distance, self.max_energy_jump = float(min_distance), float(max_energy_jump)
+        self._previous_energy: float | None = None
+        self._built_positions: np.ndarray | None = None
+        self._built_cell: np.ndarray | None = None
+
+    def __call__(self, atoms) -> dict | None:
+        if self.min_distance > 0:
+            pair = self.closest_pair(atoms)
+            if pair is not None and pair[2] < self.min_distance:
+                return {"reason": "min_distance", "atoms": [pair[0], pair[1]], "distance_A": pair[2]}
+        energy = (atoms.get_potential_energy() + atoms.get_kinetic_energy()) / len(atoms)
+        previous, self._previous_energy = self._previous_energy, energy
+        if not np.isfinite(energy):
+            return {"reason": "non_finite_energy"}
+        if self.max_energy_jump > 0 and previous is not None and abs(energy - previous) > self.max_energy_jump:
+            return {"reason": "max_energy_jump", "energy_jump_eV_per_atom": float(abs(energy - previous))}
+        return None
+
+    def closest_pair(self, atoms) -> tuple[int, int, float] | None:
+        """``(i, j, distance in Å)`` of the closest pair within ``min_distance + skin``, else None."""
+        positions, cell = atoms.get_positions(), atoms.get_cell().array
+        if (
+            self._built_positions is None
+            or not np.array_equal(cell, self._built_cell)
+            or np.max(np.einsum("ij,ij->i", positions - self._built_positions, positions - self._built_positions))
+            > (self.skin / 2) ** 2
+        ):
+            self._build(atoms, positions, cell)
+        if len(self._i) == 0:
+            return None
+        distances = np.linalg.norm(positions[self._j] - positions[self._i] + self._shifts @ cell, axis=1)
+        k = int(np.argmin(distances))
+        return int(self._i[k]), int(self._j[k]), float(distances[k])
+
+    def _build(self, atoms, positions: np.ndarray, cell: np.ndarray) -> None:
+        from ase import Atoms
+        from ase.neighborlist import neighbor_list
+
+        # Along non-periodic directions ASE then bins the atoms' extent, not a vacuum-padded cell vector.
+        pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+        periodic_cell = np.where(pbc[:, None], cell, 0.0)
+        probe = Atoms(numbers=atoms.get_atomic_numbers(), positions=positions, cell=periodic_cell, pbc=pbc)
+        i, j, shifts = neighbor_list("ijS", probe, self.min_distance + self.skin, self_interaction=False)
+        keep = i <= j  # (i, j, S) and (j, i, -S) are the same pair
+        self._i, self._j, self._shifts = i[keep], j[keep], shifts[keep].astype(np.float64)
+        self._built_positions, self._built_cell = positions.copy(), cell.copy()
 
 
 def energy_drift(time_fs: np.ndarray, total_energy: np.ndarray, num_atoms: int) -> float | None:
@@ -189,7 +343,7 @@ def _run(cfg) -> dict:
     check_model_species(model, atoms.get_atomic_numbers(), f"structure {structure}")
     summary = run_md(
         atoms,
-        MPNNCalculator(model),
+        MPNNCalculator(model, skin=float(cfg.skin)),
         ensemble=cfg.ensemble,
         temperature=float(cfg.temperature),
         timestep=float(cfg.timestep),
@@ -200,6 +354,8 @@ def _run(cfg) -> dict:
         out_dir=str(cfg.out_dir),
         trajectory=str(cfg.trajectory),
         progress=bool(cfg.progress),
+        min_distance=float(cfg.min_distance),
+        max_energy_jump=float(cfg.max_energy_jump),
     )
     drift = summary["energy_drift_ev_per_atom_per_ps"]
     drift_text = "n/a (fewer than 2 log points)" if drift is None else f"{drift:.3e} eV/atom/ps"

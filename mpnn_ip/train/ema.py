@@ -5,7 +5,8 @@ warm-up ``decay_t = min(decay, (1 + t) / (10 + t))`` when ``use_num_updates``). 
 what validation and test see, what checkpoints store in ``state_dict`` (the weights inference
 uses) and what the model holds after ``fit``; the raw weights drive the optimizer. The callback's
 own state (EMA weights, raw weights, number of updates) goes into ``ckpt["callbacks"]`` so a
-resumed run continues exactly.
+resumed run continues exactly. A step the module skipped (``pl_module.last_step_skipped``: a
+non-finite loss or gradient) is not averaged in and does not count as an update.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class ExponentialMovingAverage(L.Callback):
         if trainer.global_step == self._last_step:  # gradient accumulation: no optimizer step yet
             return
         self._last_step = trainer.global_step
+        if getattr(pl_module, "last_step_skipped", False):  # a non-finite loss/gradient: the weights did not move
+            return
         self.num_updates += 1
         weight = 1.0 - self.current_decay()
         with torch.no_grad():

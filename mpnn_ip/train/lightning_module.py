@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from mpnn_ip.checkpoint import checkpoint_metadata
+from mpnn_ip.errors import TrainingDiverged
 from mpnn_ip.train.losses import WeightedPropertyLoss
 from mpnn_ip.train.metrics import PropertyMetrics
 
@@ -18,6 +22,36 @@ DEFAULT_LOSS = {
     "stress": {"weight": 0.0, "fn": "mse"},
 }
 STAGES = ("train", "val", "test")
+#: Frames named per skipped step in warnings and in the :class:`TrainingDiverged` message.
+MAX_FRAMES_NAMED = 10
+
+log = logging.getLogger(__name__)
+# a skipped step returns None from training_step on purpose; Lightning's generic warning about it is noise
+warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+
+
+def batch_frames(batch, batch_idx: int | None = None) -> list[str]:
+    """``file:frame`` of every graph of ``batch`` (from ``source_path``/``source_frame``); graphs built
+    without them are named by their position (``batch 3, graph 1``)."""
+    count = int(batch.num_graphs)
+    return _frames(batch_idx, getattr(batch, "source_path", None), getattr(batch, "source_frame", None), count)
+
+
+def _frames(batch_idx: int | None, paths, indices, count: int) -> list[str]:
+    """``file:frame`` names from a batch's ``source_path`` (str or list) and ``source_frame`` ([B])."""
+    if paths is None or indices is None:
+        prefix = "" if batch_idx is None else f"batch {batch_idx}, "
+        return [f"{prefix}graph {i}" for i in range(count)]
+    if isinstance(paths, str):
+        paths = [paths] * count
+    indices = indices.reshape(-1).tolist() if isinstance(indices, torch.Tensor) else list(indices)
+    return [f"{path}:{int(index)}" for path, index in zip(paths, indices)]
+
+
+def name_frames(frames: Sequence[str], limit: int = MAX_FRAMES_NAMED) -> str:
+    """``a.xyz:3, a.xyz:17`` (the first ``limit`` ones, then how many more)."""
+    named = ", ".join(frames[:limit])
+    return named if len(frames) <= limit else f"{named} and {len(frames) - limit} more"
 
 
 class PotentialModule(L.LightningModule):
@@ -33,6 +67,15 @@ class PotentialModule(L.LightningModule):
             or ``None``; stepped once per epoch (ReduceLROnPlateau watches ``scheduler_monitor``).
         scheduler_monitor: logged metric the plateau scheduler watches.
         statistics: training-split statistics (stored in the checkpoint metadata).
+        max_bad_steps: stop after this many consecutive optimizer steps with a non-finite loss or
+            gradient (0 = never stop; such steps are still skipped).
+
+    Diverging training: a training step whose loss or any gradient is NaN/inf does not change the
+    weights (no optimizer step, the optimizer's moments are untouched, EMA skips it); a WARNING
+    names the frames of the batch (``file:frame``). A good step resets the count; after
+    ``max_bad_steps`` bad steps in a row :class:`~mpnn_ip.errors.TrainingDiverged` stops the run,
+    naming the frames and the last good checkpoint (none is written on the way out, and a
+    checkpoint with non-finite weights is never written). ``train/skipped_steps`` is logged per epoch.
 
     A model ``fitted_in_closed_form`` (fitted by its ``prepare``, e.g. GAP) goes through the same
     flow without gradient steps: no optimizer, one epoch whose training steps do nothing, then
@@ -52,8 +95,11 @@ class PotentialModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_monitor: str = "val/loss",
         statistics: Mapping | None = None,
+        max_bad_steps: int = 5,
     ):
         super().__init__()
+        if int(max_bad_steps) < 0:
+            raise ValueError(f"max_bad_steps must be >= 0 (0 = never stop), got {max_bad_steps}")
         self.model = model
         self.loss_fn = WeightedPropertyLoss(**{k: dict(v) for k, v in (loss or DEFAULT_LOSS).items() if v is not None})
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
@@ -61,6 +107,19 @@ class PotentialModule(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.statistics = dict(statistics or {})
         self.metrics = torch.nn.ModuleDict({f"{stage}_metrics": PropertyMetrics() for stage in STAGES})
+        self.max_bad_steps = int(max_bad_steps)
+        #: consecutive skipped optimizer steps, and (step, epoch, reason, frames) of each
+        self.bad_steps = 0
+        self._bad_history: list[tuple[int, int, str, list[str]]] = []
+        #: whether the latest optimizer step was skipped (read by the EMA callback)
+        self.last_step_skipped = False
+        self._skipped_in_epoch = 0
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
+        """What the training steps since the last optimizer step saw: their frames and any non-finite loss."""
+        self._pending_sources: list[tuple[int, Any, Any, int]] = []
+        self._pending_nonfinite_loss: str | None = None
 
     def forward(self, batch, compute_forces: bool = True, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         return self.model(batch, compute_forces=compute_forces, compute_stress=compute_stress)
@@ -71,22 +130,117 @@ class PotentialModule(L.LightningModule):
             return False
         return self.loss_fn.uses("stress") or stage != "train"
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> torch.Tensor | None:
         compute_forces = bool(batch.has_forces.any()) or self.loss_fn.uses("forces")
         pred = self(batch, compute_forces=compute_forces, compute_stress=self._needs_stress(batch, stage))
         total, terms = self.loss_fn(pred, batch)
+        if stage == "train" and not bool(torch.isfinite(total.detach())):
+            bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()))]
+            self._pending_nonfinite_loss = f"non-finite loss ({float(total.detach())}{' in ' + ', '.join(bad) if bad else ''})"
+            return None  # neither logged nor in the epoch metrics
         self.metrics[f"{stage}_metrics"].update(pred, batch)
         batch_size = int(batch.num_graphs)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", total.detach(), on_step=on_step, on_epoch=True, batch_size=batch_size, prog_bar=True)
+        # sync_dist: under DDP the epoch values are averaged over processes (the scheduler and the best
+        # checkpoint read val/loss); a no-op in one process
+        self.log(f"{stage}/loss", total.detach(), on_step=on_step, on_epoch=True, batch_size=batch_size, prog_bar=True, sync_dist=True)
         for name, value in terms.items():
-            self.log(f"{stage}/loss_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
+            self.log(f"{stage}/loss_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return total
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         if self.model.fitted_in_closed_form:
             return None
-        return self._step(batch, "train")
+        source = (batch_idx, getattr(batch, "source_path", None), getattr(batch, "source_frame", None), int(batch.num_graphs))
+        self._pending_sources.append(source)
+        loss = self._step(batch, "train")
+        if loss is None and self.trainer.world_size > 1:
+            # every process must take part in the gradient all-reduce: zero gradients here, and the step
+            # is skipped on all processes in on_before_optimizer_step
+            loss = sum(0.0 * p.sum() for p in self.model.parameters() if p.requires_grad)
+        return loss  # None: Lightning skips backward; the optimizer sees no gradient (skipped below)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the step (no gradient reaches the optimizer) when a loss or gradient since the last step was
+        non-finite; count consecutive skipped steps and stop the run after ``max_bad_steps`` of them."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        reason = self._pending_nonfinite_loss
+        # with a loss scaler (precision=16-mixed) inf gradients are its overflow signal: it skips those steps itself
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        if reason is None and grads and not scaled:
+            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+            if not bool(finite):
+                reason = "non-finite gradient"
+        bad = reason is not None
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+            if bad and reason is None:
+                reason = "non-finite loss or gradient in another process"
+        sources, self._pending_sources = self._pending_sources, []
+        self._pending_nonfinite_loss = None
+        if not bad:
+            self.last_step_skipped = not grads
+            if grads:
+                self.bad_steps, self._bad_history = 0, []
+            return
+        optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
+        self.last_step_skipped = True
+        self._record_bad_step(reason, sources)
+
+    def _record_bad_step(self, reason: str, sources: list) -> None:
+        frames = [frame for batch_idx, paths, indices, count in sources for frame in _frames(batch_idx, paths, indices, count)]
+        step, epoch = int(self.trainer.global_step), int(self.trainer.current_epoch)
+        self.bad_steps += 1
+        self._skipped_in_epoch += 1
+        self._bad_history = [*self._bad_history, (step, epoch, reason, frames)][-(self.max_bad_steps or MAX_FRAMES_NAMED):]
+        limit = f" (the run stops at {self.max_bad_steps})" if self.max_bad_steps else ""
+        log.warning(
+            "%s at step %d (epoch %d): skipped the optimizer step; frames %s; %d consecutive bad step(s)%s",
+            reason, step, epoch, name_frames(frames), self.bad_steps, limit,
+        )
+        if self.max_bad_steps and self.bad_steps >= self.max_bad_steps:
+            raise TrainingDiverged(self._diverged_message())
+
+    def _checkpoint_paths(self) -> list[str]:
+        """Checkpoints written so far that still exist: ``last`` ones first, then ``best`` ones."""
+        callbacks = getattr(self._trainer, "checkpoint_callbacks", None) or []
+        candidates = [getattr(c, "last_model_path", "") for c in callbacks] + [getattr(c, "best_model_path", "") for c in callbacks]
+        return list(dict.fromkeys(path for path in candidates if path and Path(path).is_file()))
+
+    def _diverged_message(self) -> str:
+        (first_step, first_epoch, *_), (last_step, last_epoch, *_) = self._bad_history[0], self._bad_history[-1]
+        epochs = f"epoch {last_epoch}" if first_epoch == last_epoch else f"epochs {first_epoch}-{last_epoch}"
+        if self.bad_steps == 1:
+            what = f"an optimizer step (step {last_step}, {epochs}) had a non-finite loss or gradient and was skipped"
+        else:
+            what = (
+                f"{self.bad_steps} consecutive optimizer steps (steps {first_step}-{last_step}, {epochs}) had a "
+                "non-finite loss or gradient and were skipped"
+            )
+        lines = [f"training diverged: {what} (max_bad_steps={self.max_bad_steps}); the run stopped."]
+        for step, _epoch, reason, frames in self._bad_history:
+            lines.append(f"  step {step}: {reason}; frames {name_frames(frames)}")
+        paths = self._checkpoint_paths()
+        if paths:
+            others = f" (also kept: {', '.join(paths[1:])})" if len(paths) > 1 else ""
+            lines.append(f"The last good checkpoint is kept: {paths[0]}{others}.")
+            restart = f" Then start again from the last good checkpoint with ckpt_path={paths[0]} and the changed settings."
+        else:
+            lines.append("No checkpoint of this run had been written yet.")
+            restart = ""
+        lines.append(
+            "To try: check the frames named above (labels, units, weights, atoms too close), lower the learning rate "
+            "(optim.lr=...), add gradient clipping (trainer.gradient_clip_val=...) or train in float64 (dtype=float64)."
+            f"{restart} max_bad_steps=0 skips such steps without ever stopping."
+        )
+        return "\n".join(lines)
+
+    def on_train_start(self) -> None:
+        self._reset_pending()
+        self._resume_plateau_scheduler()
+
+    def on_train_epoch_start(self) -> None:
+        self._skipped_in_epoch = 0
 
     def validation_step(self, batch, batch_idx: int) -> None:
         with torch.enable_grad():
@@ -99,6 +253,7 @@ class PotentialModule(L.LightningModule):
     def _log_epoch_metrics(self, stage: str) -> None:
         values = self.metrics[f"{stage}_metrics"].compute()
         for name, value in values.items():
+            # torchmetrics already reduced these over processes: identical on every rank
             self.log(f"{stage}/{name}", value, prog_bar=name == "forces_rmse" and stage == "val")
         self.metrics[f"{stage}_metrics"].reset()
 
@@ -106,6 +261,8 @@ class PotentialModule(L.LightningModule):
         self._log_epoch_metrics("train")
         if self.model.fitted_in_closed_form:
             self.trainer.should_stop = True
+        else:
+            self.log("train/skipped_steps", float(self._skipped_in_epoch))
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -126,6 +283,7 @@ class PotentialModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _refuse_non_finite_weights(checkpoint, self.model, self._checkpoint_paths() if self._trainer is not None else [])
         checkpoint["mpnn_ip"] = checkpoint_metadata(self.model, self.statistics)
         # no hyper_parameters are saved (they would hold objects), so the file stays weights_only-loadable
         checkpoint.pop("hyper_parameters", None)
@@ -137,7 +295,7 @@ class PotentialModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_plateau_metric = checkpoint.get("mpnn_ip_resume", {}).get("plateau_metric")
 
-    def on_train_start(self) -> None:
+    def _resume_plateau_scheduler(self) -> None:
         """On resume, give ReduceLROnPlateau the step of the epoch the checkpoint was written in."""
         metric, self._pending_plateau_metric = getattr(self, "_pending_plateau_metric", None), None
         if metric is None:
@@ -146,3 +304,18 @@ class PotentialModule(L.LightningModule):
             scheduler = config.scheduler
             if isinstance(scheduler, ReduceLROnPlateau) and scheduler.last_epoch < self.trainer.current_epoch:
                 scheduler.step(metric)
+
+
+def _refuse_non_finite_weights(checkpoint: Mapping, model: torch.nn.Module, kept: list[str]) -> None:
+    """:class:`TrainingDiverged` (before anything is written) when the checkpoint's weights (EMA or raw)
+    or the model's training weights hold NaN/inf."""
+    tensors = [(f"state_dict {name}", v) for name, v in checkpoint.get("state_dict", {}).items()]
+    tensors += [(f"parameter {name}", p) for name, p in model.named_parameters()]
+    bad = [name for name, v in tensors if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        where = f"the last good checkpoint is kept: {kept[0]}" if kept else "no checkpoint had been written yet"
+        raise TrainingDiverged(
+            f"training diverged: the weights hold NaN/inf ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}), so no "
+            f"checkpoint was written and the run stopped; {where}. Lower the learning rate (optim.lr=...), add gradient "
+            "clipping (trainer.gradient_clip_val=...) or train in float64 (dtype=float64)."
+        )
