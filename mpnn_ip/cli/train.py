@@ -53,6 +53,7 @@ def fit(cfg) -> float | None:
     _route_lightning_logs_to_hydra()
 
     from mpnn_ip.checkpoint import read_checkpoint
+    from mpnn_ip.data.problems import write_skipped_frames
     from mpnn_ip.train import PotentialModule, builders
     from mpnn_ip.train.report import finish_run
 
@@ -64,6 +65,7 @@ def fit(cfg) -> float | None:
     meta = read_checkpoint(cfg.ckpt_path)["mpnn_ip"] if cfg.ckpt_path else None  # bad files fail before data loading
     datamodule = builders.build_datamodule(cfg.data, cfg.model)
     statistics = datamodule.statistics()
+    write_skipped_frames(getattr(datamodule, "skipped_frames", ()), output_dir / "skipped_frames.csv")  # data.on_error=skip
     if meta is not None:
         model = builders.model_from_checkpoint_metadata(meta, cfg.model, cfg.ckpt_path, statistics["species"])
         statistics = meta["statistics"]
@@ -88,6 +90,7 @@ def fit(cfg) -> float | None:
         scheduler=builders.build_scheduler_factory(cfg.get("scheduler")),
         scheduler_monitor=str(cfg.scheduler_monitor),
         statistics=statistics,
+        max_bad_steps=int(cfg.get("max_bad_steps", 5)),
     )
     callbacks = builders.build_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer = builders.build_trainer(cfg.trainer, callbacks, loggers)

@@ -3,6 +3,7 @@
 Public names:
     AtomicGraph, collate, to_inputs          one structure as a graph without edges; batching
     read_dataset, read_isolated_atom_energies  any ASE-readable file -> graphs / E0 per species
+    check_data, Problem                      every problem of every frame of files, and their statistics
     AtomicDataset, AtomicDataModule          torch Dataset and Lightning DataModule
     compute_statistics                       E0, force RMS, mean neighbour count of a training split
     default_dataset_path, make_dataset       the embedded synthetic Cu-Au EMT dataset
@@ -14,7 +15,9 @@ Public names:
 from __future__ import annotations
 
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate, to_inputs
+from mpnn_ip.data.checks import check_data
 from mpnn_ip.data.dataset import AtomicDataset
+from mpnn_ip.data.problems import Problem
 from mpnn_ip.data.reading import read_dataset, read_isolated_atom_energies
 from mpnn_ip.data.statistics import compute_statistics
 from mpnn_ip.data.synthetic import default_dataset_path, make_dataset
@@ -34,6 +37,8 @@ __all__ = [
     "AtomicDataset",
     "AtomicGraph",
     "DataError",
+    "Problem",
+    "check_data",
     "collate",
     "compute_statistics",
     "default_dataset_path",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
 
+from mpnn_ip.data.problems import FrameError
 from mpnn_ip.errors import DataError
 
 #: Closest allowed distance between two atoms (Å); anything closer is a broken structure.
@@ -54,7 +55,7 @@ class AtomicGraph(Data):
         """
         n = len(atoms)
         if n == 0:
-            raise DataError("the structure has no atoms", path=path, frame=frame)
+            raise FrameError("the structure has no atoms", kind="no_atoms", path=path, frame=frame)
         pos = np.asarray(atoms.get_positions(), dtype=np.float64)
         numbers = np.asarray(atoms.get_atomic_numbers(), dtype=np.int64)
         pbc = np.asarray(atoms.get_pbc(), dtype=bool).reshape(3)
@@ -62,7 +63,7 @@ class AtomicGraph(Data):
         _check_finite(pos, "positions", path, frame)
         _check_finite(cell, "cell", path, frame)
         if np.any(numbers <= 0) or np.any(numbers > 118):
-            raise DataError(f"atomic numbers must be in 1..118, got {sorted(set(numbers.tolist()))}", path=path, frame=frame)
+            raise FrameError(f"atomic numbers must be in 1..118, got {sorted(set(numbers.tolist()))}", kind="invalid_element", path=path, frame=frame)
         _check_cell(cell, pbc, path, frame)
         if not pbc.any():
             cell = np.zeros((3, 3))
@@ -116,7 +117,7 @@ def to_inputs(data: Data | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def _check_finite(array: np.ndarray, what: str, path, frame) -> None:
     if not np.all(np.isfinite(array)):
-        raise DataError(f"{what} contain NaN or inf", path=path, frame=frame)
+        raise FrameError(f"{what} contain NaN or inf", kind="non_finite", path=path, frame=frame)
 
 
 def _check_cell(cell: np.ndarray, pbc: np.ndarray, path, frame) -> None:
@@ -124,12 +125,12 @@ def _check_cell(cell: np.ndarray, pbc: np.ndarray, path, frame) -> None:
     lengths = np.linalg.norm(cell, axis=1)
     for axis in np.flatnonzero(pbc):
         if lengths[axis] < 1e-8:
-            raise DataError(f"direction {'xyz'[axis]} is periodic but its lattice vector is zero", path=path, frame=frame)
+            raise FrameError(f"direction {'xyz'[axis]} is periodic but its lattice vector is zero", kind="cell", path=path, frame=frame)
     periodic = cell[pbc]
     if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8 * max(lengths.max(), 1.0)) < len(periodic):
-        raise DataError("the cell is singular: its periodic lattice vectors are linearly dependent", path=path, frame=frame)
+        raise FrameError("the cell is singular: its periodic lattice vectors are linearly dependent", kind="cell", path=path, frame=frame)
     if pbc.all() and abs(np.linalg.det(cell)) < 1e-8:
-        raise DataError("the cell is singular (zero volume) but all directions are periodic", path=path, frame=frame)
+        raise FrameError("the cell is singular (zero volume) but all directions are periodic", kind="cell", path=path, frame=frame)
 
 
 def _check_min_distance(atoms, path, frame) -> None:
@@ -149,9 +150,10 @@ def _check_min_distance(atoms, path, frame) -> None:
     i, j, d = i[close], j[close], d[close]
     if len(d):
         k = int(np.argmin(d))
-        raise DataError(
+        raise FrameError(
             f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.4f} Å apart (closer than "
             f"{MIN_INTERATOMIC_DISTANCE} Å): overlapping atoms or a wrong unit/cell",
+            kind="close_atoms",
             path=path,
             frame=frame,
         )
@@ -162,7 +164,7 @@ def _energy_label(energy, path, frame) -> dict:
         return dict(energy=torch.zeros(1, dtype=torch.float64), has_energy=torch.tensor([False]))
     value = np.asarray(energy, dtype=np.float64).reshape(-1)
     if value.size != 1:
-        raise DataError(f"energy must be one number per frame, got shape {np.shape(energy)}", path=path, frame=frame)
+        raise FrameError(f"energy must be one number per frame, got shape {np.shape(energy)}", kind="shape", path=path, frame=frame)
     _check_finite(value, "energy", path, frame)
     return dict(energy=torch.as_tensor(value), has_energy=torch.tensor([True]))
 
@@ -172,7 +174,7 @@ def _forces_label(forces, n, path, frame) -> dict:
         return dict(forces=torch.zeros(n, 3, dtype=torch.float64), has_forces=torch.tensor([False]))
     value = np.asarray(forces, dtype=np.float64)
     if value.shape != (n, 3):
-        raise DataError(f"forces must have shape ({n}, 3) for {n} atoms, got {value.shape}", path=path, frame=frame)
+        raise FrameError(f"forces must have shape ({n}, 3) for {n} atoms, got {value.shape}", kind="shape", path=path, frame=frame)
     _check_finite(value, "forces", path, frame)
     return dict(forces=torch.as_tensor(value), has_forces=torch.tensor([True]))
 
@@ -193,4 +195,4 @@ def stress_to_3x3(stress, *, path=None, frame=None) -> np.ndarray:
         return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
     if value.shape in ((9,), (3, 3)):
         return value.reshape(3, 3)
-    raise DataError(f"stress must have 6 (Voigt) or 9 / 3x3 components, got shape {value.shape}", path=path, frame=frame)
+    raise FrameError(f"stress must have 6 (Voigt) or 9 / 3x3 components, got shape {value.shape}", kind="shape", path=path, frame=frame)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Sequence
 
 import lightning as L
@@ -9,12 +10,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate
+from mpnn_ip.data.checks import DEFAULT_OUTLIER_SIGMA, dataset_problems
 from mpnn_ip.data.dataset import AtomicDataset
-from mpnn_ip.data.reading import expand_paths, read_dataset, read_isolated_atom_energies
+from mpnn_ip.data.problems import Problem, errors_of, format_problems, problems_error
+from mpnn_ip.data.reading import check_on_error, expand_paths, read_dataset, read_isolated_atom_energies
 from mpnn_ip.data.statistics import compute_statistics
 from mpnn_ip.data.synthetic import default_dataset_path
-from mpnn_ip.elements import atomic_numbers, symbols
-from mpnn_ip.errors import ConfigError, DataError
+from mpnn_ip.elements import atomic_numbers
+from mpnn_ip.errors import ConfigError
 
 #: Share of the training file split off for testing when neither a test file nor a test size is given
 #: and validation frames are split off the training file as well.
@@ -55,6 +58,15 @@ class AtomicDataModule(L.LightningDataModule):
             ``DataError`` naming the element, file and frame; the statistics then cover all of
             them (E0 0.0 for one absent from training, unless isolated-atom energies give it).
             ``None`` = any, statistics over the species seen in training.
+        on_error: what to do with bad frames (NaN/inf, wrong shapes, atoms closer than 0.1 Å,
+            zero-volume periodic cells, elements outside ``species`` ...), found in every frame of
+            every file before anything is split: ``"raise"``: one ``DataError`` listing them all;
+            ``"skip"``: drop them with a warning; they are in :attr:`skipped_frames` (and
+            ``mpnn-train`` writes them to ``skipped_frames.csv``). A file that cannot be read at
+            all is an error either way.
+        outlier_sigma: frames whose energy per atom is more than this many standard deviations
+            off a per-species least-squares fit are warned about (never dropped), as are
+            duplicated frames; ``None`` = no outlier check.
 
     Validation/test frames split off the training file are drawn first from a seeded
     permutation, so they do not change when ``train_count`` changes. Training batches are
@@ -87,6 +99,8 @@ class AtomicDataModule(L.LightningDataModule):
         isolated_atoms: str | Mapping | None = None,
         r_max: float = 5.0,
         species: Sequence[str | int] | None = None,
+        on_error: str = "raise",
+        outlier_sigma: float | None = DEFAULT_OUTLIER_SIGMA,
     ):
         super().__init__()
         self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
@@ -102,6 +116,11 @@ class AtomicDataModule(L.LightningDataModule):
         self.isolated_atoms = isolated_atoms
         self.r_max = r_max
         self.species = None if species is None else atomic_numbers(species)
+        check_on_error(on_error)
+        self.on_error, self.outlier_sigma = on_error, outlier_sigma
+        #: Problems of the bad frames left out with ``on_error="skip"`` (:class:`~mpnn_ip.data.problems.Problem`).
+        self.skipped_frames: list[Problem] = []
+        self._problems: list[Problem] = []
         self.train_dataset = self.val_dataset = self.test_dataset = None
         self._statistics = None
 
@@ -109,8 +128,12 @@ class AtomicDataModule(L.LightningDataModule):
         """Read and split the data (once; later calls do nothing)."""
         if self.train_dataset is not None:
             return
+        self._problems = []
         train_file = str(self.train_path) if self.train_path is not None else str(default_dataset_path())
         frames = self._read(train_file)
+        val_frames = self._read(str(self.val_path)) if self.val_path is not None else None
+        test_frames = self._read(str(self.test_path)) if self.test_path is not None else None
+        self._validate(frames + (val_frames or []) + (test_frames or []))
         n_val = 0 if self.val_path is not None else _split_size(len(frames), self.val_fraction, self.val_count, "val")
         n_test = 0 if self.test_path is not None else _split_size(len(frames), self._test_fraction(), self.test_count, "test")
         n_rest = len(frames) - n_val - n_test
@@ -124,10 +147,8 @@ class AtomicDataModule(L.LightningDataModule):
         val = [frames[i] for i in order[:n_val]]
         test = [frames[i] for i in order[n_val : n_val + n_test]]
         train = [frames[i] for i in order[n_val + n_test : n_val + n_test + n_train]]
-        if self.val_path is not None:
-            val = self._read(str(self.val_path))
-        if self.test_path is not None:
-            test = self._read(str(self.test_path))
+        val = val_frames if val_frames is not None else val
+        test = test_frames if test_frames is not None else test
         self.train_dataset, self.val_dataset, self.test_dataset = AtomicDataset(train), AtomicDataset(val), AtomicDataset(test)
 
     def _test_fraction(self) -> float:
@@ -167,16 +188,25 @@ class AtomicDataModule(L.LightningDataModule):
         return [graph for file in expand_paths(path) for graph in self._read_file(file)]
 
     def _read_file(self, path: str) -> list[AtomicGraph]:
-        graphs = read_dataset(path, **self.read_options)
-        if self.species is not None:
-            allowed = set(self.species)
-            for frame, graph in enumerate(graphs):
-                unknown = sorted(set(graph.atomic_numbers.tolist()) - allowed)
-                if unknown:
-                    names = ", ".join(symbols(unknown))
-                    allowed_names = ", ".join(symbols(self.species))
-                    raise DataError(f"element(s) {names} not in the model's species [{allowed_names}]", path=path, frame=frame)
+        """Good frames of one file; the problems of the others are kept for :meth:`_validate`."""
+        problems: list[Problem] = []
+        graphs = read_dataset(path, **self.read_options, species=self.species, on_error="skip", problems=problems)
+        if not graphs:
+            raise problems_error(problems)
+        self._problems.extend(problems)
         return graphs
+
+    def _validate(self, graphs: list[AtomicGraph]) -> None:
+        """Raise on (``on_error="raise"``) or record (``"skip"``) every bad frame read; warn about duplicates and outliers."""
+        errors = errors_of(self._problems)
+        if errors and self.on_error == "raise":
+            raise problems_error(errors)
+        if errors:
+            self.skipped_frames = errors
+            warnings.warn(f"on_error=skip: left out {len(errors)} bad frame(s):\n{format_problems(errors)}", stacklevel=3)
+        notes = dataset_problems(graphs, self.outlier_sigma)
+        if notes:
+            warnings.warn(f"{len(notes)} warning(s) about the data (frames kept):\n{format_problems(notes)}", stacklevel=3)
 
 
 def _split_size(total: int, fraction: float, count: int | None, name: str) -> int:

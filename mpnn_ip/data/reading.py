@@ -9,13 +9,19 @@ Missing labels (see :func:`read_dataset`): a frame without a label gets it maske
 file has is an error listing the keys that do exist; a default key that no frame has is masked
 with a warning; a file with no label at all is an error. Pass ``None`` as a key to skip that label.
 The reader never writes to the user's file.
+
+Bad frames (NaN/inf, wrong shapes, atoms closer than 0.1 Å, zero-volume periodic cells, elements
+outside ``species`` ...) are all found in one pass: ``on_error="raise"`` raises one
+:class:`~mpnn_ip.errors.DataError` listing every one, ``on_error="skip"`` drops them and records
+each as a :class:`~mpnn_ip.data.problems.Problem`. A file that cannot be read at all (missing,
+empty, binary, a broken extxyz layout, a chosen key absent everywhere) is always a file-level
+``DataError``.
 """
 
 from __future__ import annotations
 
 import glob
 import io
-import re
 import warnings
 from pathlib import Path
 
@@ -23,9 +29,11 @@ import ase.io
 import numpy as np
 import torch
 
+from mpnn_ip.data import xyz_text
 from mpnn_ip.data.atomic_graph import AtomicGraph
+from mpnn_ip.data.problems import FrameError, Problem, errors_of, format_problems, problems_error
 from mpnn_ip.data.units import check_stress_sign, stress_to_ase, stress_unit_factor, virial_to_stress
-from mpnn_ip.elements import atomic_number
+from mpnn_ip.elements import atomic_number, atomic_numbers, symbols
 from mpnn_ip.errors import DataError
 
 _DEFAULT_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
@@ -34,6 +42,7 @@ _WEIGHT_KEYS = ("weight", "config_weight")
 _MAX_COORDINATE = 1e8  # Å
 _MAX_LABEL = 1e12  # eV, eV/Å, eV/Å³
 _ISOLATED_ATOM_TYPES = {"isolatedatom", "isolated_atom", "isolated", "e0", "iso_atom", "isoatom"}
+ON_ERROR_CHOICES = ("raise", "skip")
 
 
 def read_dataset(
@@ -47,6 +56,9 @@ def read_dataset(
     virial_key: str | None = None,
     index: str | int | slice = ":",
     format: str | None = None,
+    species=None,
+    on_error: str = "raise",
+    problems: list | None = None,
 ) -> list[AtomicGraph]:
     """Read every selected frame of ``path`` as an :class:`AtomicGraph` (labels in eV, eV/Å, eV/Å³).
 
@@ -63,6 +75,13 @@ def read_dataset(
         index: ASE frame selection (``":"`` all, ``"0:100"``, ``-1``, ...). Error messages count
             frames within this selection.
         format: ASE format name; ``None`` = guess from the file name/content.
+        species: allowed elements (symbols or Z); a frame with another one is an error
+            (kind ``unknown_element``). ``None`` = any.
+        on_error: ``"raise"``: every frame is checked, then one ``DataError`` lists every bad
+            frame. ``"skip"``: bad frames are left out (with a warning when ``problems`` is None);
+            an extxyz file that ASE cannot parse as a whole is then read frame by frame.
+        problems: a list that receives a :class:`~mpnn_ip.data.problems.Problem` per skipped
+            frame (errors) and per frame lacking a label other frames of the file have (warnings).
 
     Per-frame loss weight: info ``weight`` or ``config_weight``, else 1. ``config_type`` from info
     (``""`` when absent) is kept as a string attribute of the graph; ``source_path`` (the file, with
@@ -70,32 +89,90 @@ def read_dataset(
     where each graph came from.
 
     Raises:
-        DataError: missing/empty/unparseable file, a chosen key that no frame has, NaN/inf,
-            wrongly shaped forces, a zero or singular periodic cell, atoms closer than 0.1 Å.
+        DataError: missing/empty/unparseable file, a chosen key that no frame has; with
+            ``on_error="raise"`` also bad frames: NaN/inf, wrongly shaped labels, a zero or
+            singular periodic cell, atoms closer than 0.1 Å, an element outside ``species``.
     """
+    check_on_error(on_error)
     stress_unit_factor(stress_unit)  # unit and sign are checked before the (slow) read
     check_stress_sign(stress_sign)
-    frames = read_frames(path, index=index, format=format)
-    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
-    _check_keys_exist(frames, keys, path)
+    allowed = None if species is None else atomic_numbers(species)
     where = str(path) if index in (":", slice(None)) else f"{path} (index={index!r})"
+    found_problems: list[Problem] = []
+    frames = read_frames(path, index=index, format=format, unreadable=found_problems if on_error == "skip" else None)
+    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
+    found = _check_keys_exist([a for a in frames if a is not None], keys, path)
     graphs = []
     for frame, atoms in enumerate(frames):
-        energy = _lookup(atoms, energy_key)
-        forces = _lookup(atoms, forces_key)
-        _check_magnitude(atoms.positions, "positions", _MAX_COORDINATE, "Å", where, frame)
-        _check_magnitude(atoms.cell.array, "cell", _MAX_COORDINATE, "Å", where, frame)
-        stress = _frame_stress(atoms, keys, stress_unit, stress_sign, where, frame)
-        graph = AtomicGraph.from_atoms(
-            atoms, energy=energy, forces=forces, stress=stress, weight=_frame_weight(atoms, where, frame), path=where, frame=frame
-        )
-        for label, unit in (("energy", "eV"), ("forces", "eV/Å"), ("stress", "eV/Å³")):
-            _check_magnitude(getattr(graph, label).numpy(), label, _MAX_LABEL, unit, where, frame)
-        graph.config_type = str(atoms.info.get("config_type", ""))
-        graph.source_path = where  # provenance, for messages that name a frame (batched: a list)
-        graph.source_frame = torch.tensor([frame], dtype=torch.long)  # index within the selection; batched: [B]
+        if atoms is None:  # unparseable, already recorded
+            continue
+        try:
+            graph = _frame_graph(atoms, keys, stress_unit, stress_sign, allowed, where, frame)
+        except DataError as exc:
+            found_problems.append(Problem.from_error(exc, where, frame))
+            continue
+        found_problems.extend(_missing_labels(atoms, graph, keys, found, where, frame))
         graphs.append(graph)
+    errors = errors_of(found_problems)
+    if errors and on_error == "raise":
+        raise problems_error(errors)
+    if errors and problems is None:
+        warnings.warn(f"{where}: skipped {len(errors)} bad frame(s) of {len(frames)}:\n{format_problems(errors)}", stacklevel=2)
+    if problems is not None:
+        problems.extend(found_problems)
     return graphs
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR_CHOICES:
+        raise DataError(f"on_error must be one of {', '.join(ON_ERROR_CHOICES)}, got {on_error!r}")
+
+
+def _frame_graph(atoms, keys: dict, stress_unit: str, stress_sign: int, allowed, where: str, frame: int) -> AtomicGraph:
+    """The graph of one frame with its labels; raises a ``DataError`` at the frame's first problem."""
+    _check_magnitude(atoms.positions, "positions", _MAX_COORDINATE, "Å", where, frame)
+    _check_magnitude(atoms.cell.array, "cell", _MAX_COORDINATE, "Å", where, frame)
+    if allowed is not None:
+        _check_species(atoms.numbers, allowed, where, frame)
+    stress = _frame_stress(atoms, keys, stress_unit, stress_sign, where, frame)
+    graph = AtomicGraph.from_atoms(
+        atoms,
+        energy=_lookup(atoms, keys["energy"]),
+        forces=_lookup(atoms, keys["forces"]),
+        stress=stress,
+        weight=_frame_weight(atoms, where, frame),
+        path=where,
+        frame=frame,
+    )
+    for label, unit in (("energy", "eV"), ("forces", "eV/Å"), ("stress", "eV/Å³")):
+        _check_magnitude(getattr(graph, label).numpy(), label, _MAX_LABEL, unit, where, frame)
+    graph.config_type = str(atoms.info.get("config_type", ""))
+    graph.source_path = where  # provenance, for messages that name a frame (batched: a list)
+    graph.source_frame = torch.tensor([frame], dtype=torch.long)  # index within the selection; batched: [B]
+    return graph
+
+
+def _check_species(numbers, allowed, path, frame) -> None:
+    unknown = sorted(set(np.unique(numbers).tolist()) - set(allowed))
+    if unknown:
+        raise FrameError(
+            f"element(s) {', '.join(symbols(unknown))} not in the model's species [{', '.join(symbols(allowed))}]",
+            kind="unknown_element",
+            path=path,
+            frame=frame,
+        )
+
+
+def _missing_labels(atoms, graph: AtomicGraph, keys: dict, found: dict, path: str, frame: int) -> list[Problem]:
+    """Warnings for labels that other frames of the file have but this one lacks (masked in training)."""
+    missing = [name for name in ("energy", "forces") if found[name] and not bool(graph[f"has_{name}"])]
+    stress_expected = (found["stress"] or found["virial"]) and bool(atoms.pbc.all())
+    if stress_expected and not bool(graph.has_stress):
+        missing.append("stress")
+    if not missing:
+        return []
+    message = f"no {' / '.join(missing)} label, though other frames of the file have one; it is masked"
+    return [Problem(path, frame, "missing_label", message, "warning")]
 
 
 def expand_paths(pattern) -> list[str]:
@@ -145,12 +222,16 @@ def read_isolated_atom_energies(source, *, energy_key: str = "energy") -> dict[i
     return energies
 
 
-def read_frames(path, *, index: str | int | slice = ":", format: str | None = None) -> list:
+def read_frames(path, *, index: str | int | slice = ":", format: str | None = None, unreadable: list | None = None) -> list:
     """ASE frames of a file as a list, with errors that name the file.
 
     If ASE cannot parse an (ext)xyz file whose comment lines have blanks around ``=``
     (``Lattice = "..."``, as in FitSNAP's files; recent ASE reads these itself), the headers
     are normalised in memory and read again; the file itself is never modified.
+
+    ``unreadable``: when a list, an extxyz file (``index=":"``, valid atom-count layout) that ASE
+    cannot parse as a whole is parsed frame by frame: a frame that fails is ``None`` in the
+    returned list and recorded in ``unreadable`` as a :class:`~mpnn_ip.data.problems.Problem`.
     """
     file = Path(path)
     if not file.exists():
@@ -160,14 +241,16 @@ def read_frames(path, *, index: str | int | slice = ":", format: str | None = No
     size = file.stat().st_size
     if size == 0 or (size < 4096 and not file.read_bytes().strip()):
         raise DataError("file is empty", path=str(path))
-    text = None
+    text, spans = None, None
     if _is_xyz_like(file, format):
-        text = _xyz_text(file, path)
-        _check_xyz_layout(text, path)
+        text = xyz_text.decode_text(file, path)
+        spans = xyz_text.frame_spans(text, path)
     try:
         frames = ase.io.read(str(file), index=index, format=format)
     except Exception as exc:  # ASE raises many types for malformed files
         frames = _read_normalised_xyz(file, index, format, text)
+        if frames is None and unreadable is not None and text is not None and index in (":", slice(None)):
+            frames = xyz_text.read_frame_by_frame(text, spans, str(path), unreadable)
         if frames is None:
             fmt = format or "an auto-detected format"
             first_line = (str(exc).strip().splitlines() or [""])[0]
@@ -179,74 +262,9 @@ def read_frames(path, *, index: str | int | slice = ":", format: str | None = No
     return frames
 
 
-def _xyz_text(file: Path, path) -> str:
-    """The file as UTF-8 text; a binary or non-UTF-8 file is a :class:`DataError` saying so."""
-    data = file.read_bytes()
-    if b"\x00" in data:
-        offset = data.index(b"\x00")
-        line = data.count(b"\n", 0, offset) + 1
-        raise DataError(f"is not a text (extxyz) file: NUL byte at byte offset {offset} (line {line})", path=str(path))
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"is not a text (UTF-8 extxyz) file: byte 0x{data[exc.start]:02x} at byte offset {exc.start} (line {line}) is not valid UTF-8",
-            path=str(path),
-        ) from None
-
-
-def _check_xyz_layout(text: str, path) -> None:
-    """Every frame's atom-count line is a non-negative integer and that many atom lines follow.
-
-    Checked before ASE parses the file: ASE would otherwise scan (for minutes) through a count
-    such as 99999999, and report a truncated frame without saying which. Frames are counted
-    from the start of the file here (not within an ``index`` selection).
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # the line breaks ASE's reader sees
-    if lines and not lines[-1]:
-        lines.pop()
-    i, frame = 0, 0
-    while i < len(lines):
-        count = lines[i].strip()
-        if not count:
-            if any(line.strip() for line in lines[i:]):
-                rest = next(k for k in range(i, len(lines)) if lines[k].strip())
-                raise DataError(
-                    f"could not be read as extxyz: blank line {i + 1} where the atom count of a frame was expected, but line {rest + 1} has more data "
-                    "(a deleted line, or a wrong atom count in an earlier frame)",
-                    path=str(path),
-                    frame=frame,
-                )
-            return
-        try:
-            natoms = int(count)
-        except ValueError:
-            natoms = -1
-        if natoms < 0 or not count.lstrip("+").isdigit():
-            raise DataError(
-                f"could not be read as extxyz: line {i + 1} should be the frame's atom count (a non-negative integer), got {count[:60]!r}"
-                + (" (a wrong atom count, or a missing or extra line, in the frame before)" if frame else ""),
-                path=str(path),
-                frame=frame,
-            )
-        left = len(lines) - i - 2
-        if left < natoms:
-            raise DataError(
-                f"could not be read as extxyz: the atom count on line {i + 1} says {natoms} atoms but only {max(left, 0)} lines follow the comment line "
-                "(a truncated file or a wrong atom count)",
-                path=str(path),
-                frame=frame,
-            )
-        i += 2 + natoms
-        while i < len(lines) and lines[i].lstrip().startswith("VEC"):
-            i += 1
-        frame += 1
-
-
 def _failing_frame(file: Path, index, format, text: str | None) -> int | None:
     """Index (within the selection) of the first frame ASE fails on; ``None`` if it cannot be told."""
-    source = io.StringIO(_normalise_xyz_headers(text)) if text is not None else str(file)
+    source = io.StringIO(xyz_text.normalise_headers(text)) if text is not None else str(file)
     frame = 0
     try:
         for _ in ase.io.iread(source, index=index, format=format or ("extxyz" if text is not None else None)):
@@ -260,7 +278,7 @@ def _read_normalised_xyz(file: Path, index, format, text: str | None = None):
     """Frames of an xyz file after removing blanks around ``=`` in its headers; ``None`` if that does not help."""
     if text is None:
         return None
-    normalised = _normalise_xyz_headers(text)
+    normalised = xyz_text.normalise_headers(text)
     if normalised == text:
         return None
     try:
@@ -273,31 +291,6 @@ def _is_xyz_like(file: Path, format: str | None) -> bool:
     if format is not None:
         return format in ("extxyz", "xyz")
     return file.suffix.lower() in (".xyz", ".extxyz")
-
-
-def _normalise_xyz_headers(text: str) -> str:
-    """Remove blanks around ``=`` in the comment line of each frame (only there)."""
-    lines = text.splitlines(keepends=True)
-    i = 0
-    while i < len(lines):
-        count = lines[i].strip()
-        if not count:
-            i += 1
-            continue
-        if not count.isdigit() or i + 1 >= len(lines):
-            break  # not an xyz layout we understand: let ASE report it
-        if "=" in lines[i + 1]:
-            lines[i + 1] = _strip_blanks_around_equals(lines[i + 1])
-        i += 2 + int(count)
-    return "".join(lines)
-
-
-def _strip_blanks_around_equals(line: str) -> str:
-    """Blanks around ``=`` outside quotes are removed; quoted values stay as they are."""
-    parts = re.split(r'("[^"]*")', line)
-    for k in range(0, len(parts), 2):
-        parts[k] = re.sub(r"[ \t]*=[ \t]*", "=", parts[k])
-    return "".join(parts)
 
 
 def _lookup(atoms, key: str | None):
@@ -323,7 +316,8 @@ def _describe_keys(frames) -> str:
     return f"info keys {sorted(info)}, arrays keys {sorted(arrays)}, calculator results {sorted(results)}"
 
 
-def _check_keys_exist(frames, keys: dict, path) -> None:
+def _check_keys_exist(frames, keys: dict, path) -> dict:
+    """Which labels some frame has (``{name: bool}``); a chosen key no frame has, or no label at all, is an error."""
     found = {name: key is not None and any(_lookup(a, key) is not None for a in frames) for name, key in keys.items()}
     for name, key in keys.items():
         if key is None or found[name]:
@@ -339,6 +333,7 @@ def _check_keys_exist(frames, keys: dict, path) -> None:
             f"virial {keys['virial']!r}); keys present: {_describe_keys(frames)}",
             path=str(path),
         )
+    return found
 
 
 def _frame_stress(atoms, keys: dict, unit: str, sign: int, path, frame):
@@ -352,7 +347,7 @@ def _frame_stress(atoms, keys: dict, unit: str, sign: int, path, frame):
     if virial is None and stress is None:
         return None
     if not atoms.pbc.all():
-        warnings.warn(f"{path}, frame {frame}: stress/virial label on a frame that is not periodic in x, y and z (pbc={atoms.pbc.tolist()}); it is masked", stacklevel=4)
+        warnings.warn(f"{path}, frame {frame}: stress/virial label on a frame that is not periodic in x, y and z (pbc={atoms.pbc.tolist()}); it is masked", stacklevel=5)
         return None
     if virial is not None:
         return virial_to_stress(virial, abs(float(np.linalg.det(atoms.cell.array))), path=path, frame=frame)
@@ -365,10 +360,15 @@ def _check_magnitude(values, what: str, bound: float, unit: str, path, frame) ->
     if values.size == 0:
         return
     if not np.all(np.isfinite(values)):
-        raise DataError(f"{what} contain NaN or inf", path=path, frame=frame)
+        raise FrameError(f"{what} contain NaN or inf", kind="non_finite", path=path, frame=frame)
     largest = float(np.max(np.abs(values)))
     if largest > bound:
-        raise DataError(f"{what} contain a value of magnitude {largest:.3g} {unit} (above {bound:g}): a corrupt number or a wrong unit", path=path, frame=frame)
+        raise FrameError(
+            f"{what} contain a value of magnitude {largest:.3g} {unit} (above {bound:g}): a corrupt number or a wrong unit",
+            kind="magnitude",
+            path=path,
+            frame=frame,
+        )
 
 
 def _frame_weight(atoms, path, frame) -> float:
@@ -377,9 +377,9 @@ def _frame_weight(atoms, path, frame) -> float:
             try:
                 weight = float(atoms.info[key])
             except (TypeError, ValueError) as exc:
-                raise DataError(f"info {key!r} must be a number, got {atoms.info[key]!r}", path=path, frame=frame) from exc
+                raise FrameError(f"info {key!r} must be a number, got {atoms.info[key]!r}", kind="weight", path=path, frame=frame) from exc
             if not np.isfinite(weight) or weight < 0:
-                raise DataError(f"info {key!r} must be finite and >= 0, got {weight}", path=path, frame=frame)
+                raise FrameError(f"info {key!r} must be finite and >= 0, got {weight}", kind="weight", path=path, frame=frame)
             return weight
     return 1.0
 
