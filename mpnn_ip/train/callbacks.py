@@ -1,8 +1,11 @@
-"""Small training callbacks: linear learning-rate warm-up and per-epoch reseeding (exact resume)."""
+"""Small training callbacks: linear learning-rate warm-up, per-epoch reseeding (exact resume) and a
+resident-memory monitor (RSS per epoch, for spotting leaks in long runs)."""
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from typing import Any, Mapping
 
 import lightning as L
@@ -84,3 +87,64 @@ class ReseedEveryEpoch(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._reseed(trainer)
+
+
+def resident_memory_mb() -> tuple[float, float]:
+    """``(rss, peak)`` of this process in MB (2**20 bytes): the resident set size now and its high-water mark.
+
+    One read of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) on Linux; elsewhere ``psutil`` for the
+    current RSS (NaN without it) and ``getrusage`` for the peak.
+    """
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            fields = {}
+            for line in fh:
+                if line.startswith((b"VmRSS:", b"VmHWM:")):
+                    key, value = line.split(b":", 1)
+                    fields[key] = float(value.split()[0]) / 1024.0  # kB
+            if b"VmRSS" in fields and b"VmHWM" in fields:
+                return fields[b"VmRSS"], fields[b"VmHWM"]
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+    try:
+        import psutil
+
+        rss_mb = psutil.Process(os.getpid()).memory_info().rss / 2**20
+    except Exception:  # noqa: BLE001 - psutil absent or unsupported: report the peak only
+        rss_mb = float("nan")
+    return rss_mb, peak_mb
+
+
+class ResidentMemoryMonitor(L.Callback):
+    """Log the process's memory at the end of every training epoch (after that epoch's validation).
+
+    Logged (to every logger, e.g. ``metrics.csv`` and W&B, one value per epoch):
+
+    - ``memory/rss_mb``: resident set size now (MB);
+    - ``memory/peak_rss_mb``: its high-water mark since the process started (MB);
+    - on CUDA also ``memory/gpu_allocated_mb`` and ``memory/gpu_peak_allocated_mb`` (PyTorch's allocator).
+
+    Flat ``memory/rss_mb`` over a long run means no leak; ``scripts/benchmark_memory.py`` checks it.
+    Costs one read of ``/proc/self/status`` per epoch. Data-loader worker processes are not included.
+
+    Args:
+        gpu: also log the CUDA allocator's numbers when the module is on a CUDA device.
+    """
+
+    def __init__(self, gpu: bool = True):
+        super().__init__()
+        self.gpu = bool(gpu)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        rss_mb, peak_mb = resident_memory_mb()
+        values = {"memory/rss_mb": rss_mb, "memory/peak_rss_mb": peak_mb}
+        device = pl_module.device
+        if self.gpu and device.type == "cuda" and torch.cuda.is_available():
+            values["memory/gpu_allocated_mb"] = torch.cuda.memory_allocated(device) / 2**20
+            values["memory/gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        for name, value in values.items():
+            pl_module.log(name, float(value), on_step=False, on_epoch=True, logger=True, prog_bar=False)
