@@ -9,10 +9,15 @@ files are fine. The quantities, their units and how each is paired with its labe
     energy            eV        per frame (total energy)
     forces            eV/Å      per Cartesian component
     stress            eV/Å³     per tensor component (9 per frame)
+
+A model's declared uncertainties (``energy_uncertainty`` [B] eV of a committee or a GAP,
+``forces_uncertainty`` [N] eV/Å of a committee) are compared with the errors frame by frame
+(:func:`per_frame_table`, :func:`uncertainty_metrics`, :func:`error_vs_uncertainty_plot`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -44,8 +49,10 @@ def evaluate(
     Returns: ``{"num_frames", "num_atoms", "metrics": {"forces_mae": float, ...},
     "units": QUANTITY_UNITS, "energy": {"pred", "ref", "mask", "num_atoms"} [B] arrays (eV),
     "forces": {"pred", "ref" [N,3] eV/Å, "mask" [N]}, "stress": {"pred", "ref" [B,3,3] eV/Å³,
-    "mask" [B]} (only when computed for some batch), "extra": {key: [B] array}}`` for additional
-    per-frame outputs of the model such as ``energy_uncertainty``. Arrays are float64; predictions
+    "mask" [B]} (only when computed for some batch), "extra": {key: [B, ...] array},
+    "atom_extra": {key: [N, ...] array}}``: the extra outputs the model declares, per frame (e.g.
+    ``energy_uncertainty``) and per atom (e.g. ``forces_uncertainty``); ``metrics`` then also holds
+    :func:`uncertainty_metrics`. Arrays are float64; predictions
     of a batch the model did not compute an output for are NaN and masked out.
     The model's train/eval mode is restored.
     """
@@ -54,7 +61,8 @@ def evaluate(
     batches = _batches(graphs_or_loader, batch_size)
     device = _model_device(model)
     collected: dict[str, dict[str, list]] = {}
-    frame_extras = [name for name, (per, _) in getattr(model, "extra_outputs", {}).items() if per == "frame"]
+    declared = getattr(model, "extra_outputs", {})
+    extras = {kind: [name for name, (per, _) in declared.items() if per == rows] for kind, rows in (("extra", "frame"), ("atom_extra", "atom"))}
     was_training = model.training
     model.eval()
     try:
@@ -62,7 +70,7 @@ def evaluate(
             batch = batch.to(device)
             stress = bool(batch.has_stress.any()) if compute_stress is None else bool(compute_stress)
             out = model(batch, compute_forces=True, compute_stress=stress)
-            _collect(collected, out, batch, frame_extras)
+            _collect(collected, out, batch, extras)
     finally:
         model.train(was_training)
     if not collected:
@@ -96,9 +104,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _collect(collected: dict[str, dict[str, list]], out: Mapping[str, torch.Tensor], batch, frame_extras) -> None:
+def _collect(collected: dict[str, dict[str, list]], out: Mapping[str, torch.Tensor], batch, extras) -> None:
     """Append the batch's predictions, references and masks (float64 numpy) to ``collected``, and the
-    per-frame extra outputs the model declares (``frame_extras``).
+    extra outputs the model declares (``extras``: ``{"extra": per-frame names, "atom_extra": per-atom names}``).
 
     ``collected["computed"]`` lists the outputs the model returned for some batch.
     """
@@ -111,15 +119,17 @@ def _collect(collected: dict[str, dict[str, list]], out: Mapping[str, torch.Tens
         for key, value in entry.items():
             collected.setdefault(output, {}).setdefault(key, []).append(value.detach().cpu().numpy())
     collected.setdefault("computed", {}).update(dict.fromkeys(labelled))
-    extra = collected.setdefault("extra", {})
-    for key in frame_extras:
-        extra.setdefault(key, []).append(out[key].detach().to("cpu", torch.float64).numpy())
+    for kind, names in extras.items():
+        found = collected.setdefault(kind, {})
+        for key in names:
+            if key in out:  # a committee returns its force spread only with forces
+                found.setdefault(key, []).append(out[key].detach().to("cpu", torch.float64).numpy())
 
 
 def _assemble(collected: dict[str, dict[str, list]]) -> dict:
     arrays = {
         name: {key: np.concatenate(values) for key, values in collected[name].items()}
-        for name in (*LABELLED_OUTPUTS, "extra")
+        for name in (*LABELLED_OUTPUTS, "extra", "atom_extra")
     }
     num_atoms = arrays["energy"]["num_atoms"]
     results = {
@@ -128,8 +138,9 @@ def _assemble(collected: dict[str, dict[str, list]]) -> dict:
         "units": dict(QUANTITY_UNITS),
         **{output: arrays[output] for output in LABELLED_OUTPUTS if output in collected["computed"]},
         "extra": arrays["extra"],
+        "atom_extra": arrays["atom_extra"],
     }
-    results["metrics"] = compute_metrics(results)
+    results["metrics"] = compute_metrics(results) | uncertainty_metrics(results)
     return results
 
 
@@ -161,6 +172,12 @@ def format_metrics_table(metrics: Mapping[str, float]) -> str:
         )
     if len(lines) == 1:
         lines.append("(no labelled quantities)")
+    for key, unit in (("energy_uncertainty_mean", "eV"), ("forces_uncertainty_mean", "eV/Å")):
+        if key in metrics:
+            lines.append(f"mean {key.removesuffix('_mean').replace('_', ' ')}: {metrics[key]:.6f} {unit}")
+    for _, _, key, _ in ERROR_UNCERTAINTY_PAIRS:
+        if key in metrics and not math.isnan(metrics[key]):
+            lines.append(f"{key.replace('_', ' ')} (per frame): {metrics[key]:.3f}")
     return "\n".join(lines)
 
 
@@ -213,3 +230,137 @@ def parity_plots(results: Mapping, out_dir: str | Path, prefix: str = "") -> lis
         fig.savefig(path, dpi=120)
         paths.append(path)
     return paths
+
+
+#: (error column, uncertainty column, metric name, label) pairs that :func:`uncertainty_metrics` and
+#: :func:`error_vs_uncertainty_plot` compare frame by frame.
+ERROR_UNCERTAINTY_PAIRS = (
+    ("energy_abs_error", "energy_uncertainty", "spearman_energy_error_vs_uncertainty", "energy (eV)"),
+    ("forces_rmse", "forces_uncertainty_mean", "spearman_forces_rmse_vs_uncertainty", "forces (eV/Å)"),
+)
+
+
+def per_frame_table(results: Mapping) -> dict[str, np.ndarray]:
+    """One row per frame of :func:`evaluate`'s ``results``: ``{column: [B] array}``.
+
+    Columns: ``frame`` (index in evaluation order), ``num_atoms``, ``energy_error`` (predicted -
+    reference, eV), ``energy_abs_error`` (eV), ``energy_per_atom_error`` (eV/atom), ``forces_rmse``
+    (eV/Å, over the frame's force components); NaN where the frame has no such label. Then every
+    one-valued per-frame extra output (``energy_uncertainty``, eV) under its name, and every
+    one-valued per-atom extra (``forces_uncertainty``, eV/Å) as ``{name}_mean`` and ``{name}_max``
+    over the frame's atoms.
+    """
+    num_atoms = results["energy"]["num_atoms"].astype(np.int64)
+    frames = len(num_atoms)
+    frame_of_atom = np.repeat(np.arange(frames), num_atoms)
+    energy = results["energy"]
+    energy_error = np.where(energy["mask"], energy["pred"] - energy["ref"], np.nan)
+    table = {
+        "frame": np.arange(frames),
+        "num_atoms": num_atoms,
+        "energy_error": energy_error,
+        "energy_abs_error": np.abs(energy_error),
+        "energy_per_atom_error": energy_error / num_atoms,
+    }
+    if "forces" in results:
+        forces = results["forces"]
+        squared = np.where(forces["mask"], ((forces["pred"] - forces["ref"]) ** 2).sum(axis=1), 0.0)
+        counts = np.bincount(frame_of_atom, weights=3.0 * forces["mask"], minlength=frames)
+        sums = np.bincount(frame_of_atom, weights=squared, minlength=frames)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table["forces_rmse"] = np.where(counts > 0, np.sqrt(sums / counts), np.nan)
+    for key, values in results.get("extra", {}).items():
+        if values.ndim == 1:
+            table[key] = values
+    starts = np.concatenate([[0], np.cumsum(num_atoms)[:-1]])
+    for key, values in results.get("atom_extra", {}).items():
+        if values.ndim == 1:
+            table[f"{key}_mean"] = np.bincount(frame_of_atom, weights=values, minlength=frames) / num_atoms
+            table[f"{key}_max"] = np.maximum.reduceat(values, starts)
+    return table
+
+
+def uncertainty_metrics(results: Mapping) -> dict[str, float]:
+    """How well the model's uncertainties rank its errors, frame by frame (empty without uncertainties).
+
+    ``energy_uncertainty_mean`` (eV) and ``forces_uncertainty_mean`` (eV/Å, over all atoms) where
+    the model returns them, and the Spearman rank correlations ``spearman_energy_error_vs_uncertainty``
+    (|energy error| vs ``energy_uncertainty``) and ``spearman_forces_rmse_vs_uncertainty`` (the frame's
+    force RMSE vs its mean ``forces_uncertainty``) over the labelled frames (NaN with fewer than
+    three, or constant values).
+    """
+    from scipy.stats import spearmanr
+
+    metrics: dict[str, float] = {}
+    if "energy_uncertainty" in results.get("extra", {}):
+        metrics["energy_uncertainty_mean"] = float(np.mean(results["extra"]["energy_uncertainty"]))
+    if "forces_uncertainty" in results.get("atom_extra", {}):
+        metrics["forces_uncertainty_mean"] = float(np.mean(results["atom_extra"]["forces_uncertainty"]))
+    if not metrics:
+        return metrics
+    table = per_frame_table(results)
+    for error, uncertainty, name, _ in ERROR_UNCERTAINTY_PAIRS:
+        if error in table and uncertainty in table:
+            x, y = _finite_pairs(table[error], table[uncertainty])
+            constant = len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0
+            metrics[name] = math.nan if constant else float(spearmanr(x, y).statistic)
+    return metrics
+
+
+def _finite_pairs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def write_per_frame(results: Mapping, path: str | Path) -> Path:
+    """Write :func:`per_frame_table` as CSV (a header row, then one row per frame; NaN as ``nan``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = per_frame_table(results)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(table)
+        for row in zip(*table.values()):
+            writer.writerow([f"{v:.10g}" if isinstance(v, (float, np.floating)) else int(v) for v in row])
+    return path
+
+
+def error_vs_uncertainty_plot(results: Mapping, out_dir: str | Path, prefix: str = "") -> Path | None:
+    """``{prefix}error_vs_uncertainty.png``: per frame, |energy error| vs ``energy_uncertainty`` and force
+    RMSE vs mean ``forces_uncertainty`` (log axes, the line error = uncertainty dashed, Spearman ρ in
+    the titles). None (nothing written) when the model returns no uncertainty or no frame is labelled."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    table = per_frame_table(results)
+    metrics = uncertainty_metrics(results)
+    panels = []
+    for error, uncertainty, name, label in ERROR_UNCERTAINTY_PAIRS:
+        if error in table and uncertainty in table:
+            x, y = _finite_pairs(table[uncertainty], table[error])
+            if len(x):
+                panels.append((x, y, metrics.get(name, math.nan), label, error))
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.5 * len(panels), 4.2), layout="constrained")
+    for k, (uncertainty, error, rho, label, column) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax.scatter(uncertainty, error, s=8, alpha=0.6, edgecolors="none")
+        positive = np.concatenate([uncertainty, error])
+        positive = positive[positive > 0]
+        if len(positive):
+            low, high = positive.min() / 2, positive.max() * 2
+            ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):  # plain tick labels: mathtext ones need fonts a server may lack
+                axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+                axis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"uncertainty, {label}")
+        ax.set_ylabel(f"{'|error|' if column == 'energy_abs_error' else 'RMSE'}, {label}")
+        ax.set_title(f"{label.split(' ')[0]}: Spearman ρ = {rho:.3f}", fontsize=10)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{prefix}error_vs_uncertainty.png"
+    fig.savefig(path, dpi=120)
+    return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors
 from mpnn_ip.graph.verlet import VerletList
+from mpnn_ip.models.committee import Committee
 
 
 class MPNNCalculator(Calculator):
@@ -35,10 +37,16 @@ class MPNNCalculator(Calculator):
     ``stress``, as ASE's ``Atoms.get_stresses`` expects.
     The extra outputs the model declares (``Potential.extra_outputs``, e.g. ``energy_uncertainty``
     of a Gaussian-process model) are implemented properties too, under their own names: per-frame
-    ones as floats, per-atom ones as arrays.
+    ones as floats (arrays when they have more axes), per-atom ones as arrays.
+
+    A committee (a list of models, or :meth:`from_checkpoints`) runs as one
+    :class:`mpnn_ip.models.committee.Committee`: energy, forces, stress... are the members' mean, and
+    ``energy_uncertainty`` (eV), ``forces_uncertainty`` ([N], eV/Å), ``energy_committee`` ([M], eV)
+    and ``forces_committee`` ([N, M, 3], eV/Å) are properties (definitions in ``Committee``).
 
     Args:
-        model: the potential (e.g. from :func:`mpnn_ip.load_model`); put in eval mode.
+        model: the potential (e.g. from :func:`mpnn_ip.load_model`), or a list of them (a committee,
+            see above); put in eval mode.
         device: move the model there (``"cpu"``, ``"cuda"``); ``None`` = leave it where it is.
         dtype: ``"float32"`` or ``"float64"`` converts the model; ``None`` keeps its dtype.
         skin: Å, Verlet skin of the neighbour list (:class:`mpnn_ip.graph.verlet.VerletList`): the
@@ -52,8 +60,10 @@ class MPNNCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, dtype=None, skin: float = 0.0, **kwargs):
+    def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], device: str | torch.device | None = None, dtype=None, skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(model, (list, tuple)):
+            model = Committee(model)
         self.extra_outputs = dict(getattr(model, "extra_outputs", {}))
         self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
         target = resolve_dtype(dtype)
@@ -73,6 +83,22 @@ class MPNNCalculator(Calculator):
         """Calculator for the model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`); ``kwargs``
         (e.g. ``skin=1.0``) go to the constructor."""
         return cls(load_model(path, device=device, dtype=dtype), **kwargs)
+
+    @classmethod
+    def from_exported(cls, path: str | Path, **kwargs):
+        """Calculator for a ``.pt2`` written by ``mpnn-export``: an
+        :class:`~mpnn_ip.calculators.exported.ExportedCalculator` (no model code; ``kwargs``, e.g.
+        ``device``, go to its constructor)."""
+        from mpnn_ip.calculators.exported import ExportedCalculator
+
+        return ExportedCalculator(path, **kwargs)
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNCalculator":
+        """Calculator for the committee of the models of checkpoints ``paths`` (at least two, with the
+        same species, r_max and dtype; else a ``ConfigError`` naming the files); ``kwargs`` as for
+        :meth:`from_checkpoint`."""
+        return cls(Committee([load_model(path, device=device, dtype=dtype) for path in paths]), **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +134,8 @@ class MPNNCalculator(Calculator):
         if want_stresses:
             self.results["stresses"] = full_3x3_to_voigt_6_stress(-_numpy(out["atomic_virial"]) / self.atoms.get_volume())
         for key, (per, _) in self.extra_outputs.items():
-            self.results[key] = float(out[key].detach().sum()) if per == "frame" else _numpy(out[key])
+            value = _numpy(out[key])
+            self.results[key] = (float(value[0]) if value.ndim == 1 else value[0]) if per == "frame" else value
 
 
     def _model_inputs(self, system_changes) -> dict[str, torch.Tensor]:

@@ -1,10 +1,16 @@
 """``mpnn-eval``: metrics and parity plots of a checkpoint on a labelled file (config ``configs/eval.yaml``).
 
     mpnn-eval ckpt_path=outputs/run/checkpoints/last.ckpt data.path=test.extxyz [batch_size=32 device=cuda]
+    mpnn-eval ckpt_path=[s0/best.ckpt,s1/best.ckpt,s2/best.ckpt] data.path=test.extxyz   # a committee
+    mpnn-eval "ckpt_path='outputs/sweep/*/checkpoints/best.ckpt'" data.path=test.extxyz  # the same, by pattern
 
 Prints a table of MAE/RMSE (energy per atom, energy, forces, stress) and writes into ``out_dir``:
-``metrics.json``, ``predictions.npz`` (predicted and reference arrays with their masks) and the
-parity plots ``parity_*.png``. User errors print one paragraph and exit with code 2.
+``metrics.json``, ``predictions.npz`` (predicted and reference arrays with their masks), the
+parity plots ``parity_*.png`` and ``per_frame.csv`` (each frame's errors). Several checkpoints are
+evaluated as a committee (:class:`mpnn_ip.models.committee.Committee`: the members' mean); then
+``per_frame.csv`` also holds each frame's ``energy_uncertainty`` and ``forces_uncertainty_mean/max``,
+``metrics.json`` the Spearman rank correlations of errors and uncertainties, and
+``error_vs_uncertainty.png`` plots them. User errors print one paragraph and exit with code 2.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ PROG = "mpnn-eval"
 
 def run_evaluation(cfg) -> dict:
     """The body of ``mpnn-eval`` for a composed config; returns the results of :func:`evaluate`."""
-    from mpnn_ip.checkpoint import check_model_species, load_model
+    from mpnn_ip.checkpoint import check_model_species
     from mpnn_ip.data import read_dataset
-    from mpnn_ip.evaluation import evaluate, format_metrics_table, parity_plots, write_metrics
+    from mpnn_ip.evaluation import (
+        error_vs_uncertainty_plot, evaluate, format_metrics_table, parity_plots, write_metrics, write_per_frame,
+    )
 
     out_dir = Path(str(cfg.out_dir))
-    model = load_model(cfg.ckpt_path, device=cfg.device, dtype=cfg.dtype)
+    paths = checkpoint_paths(cfg.ckpt_path)
+    model = load_potential(paths, device=cfg.device, dtype=cfg.dtype)
     data = dict(cfg.data)
     path = data.pop("path")
     graphs = read_dataset(path, **data)
@@ -32,11 +41,32 @@ def run_evaluation(cfg) -> dict:
 
     print(f"{PROG}: {results['num_frames']} frames, {results['num_atoms']} atoms from {path}")
     print(format_metrics_table(results["metrics"]))
-    write_metrics(results, out_dir / "metrics.json", checkpoint=str(cfg.ckpt_path), data=str(path))
+    write_metrics(results, out_dir / "metrics.json", checkpoint=paths[0] if len(paths) == 1 else paths, data=str(path))
     _write_predictions(results, out_dir / "predictions.npz")
+    write_per_frame(results, out_dir / "per_frame.csv")
     plots = parity_plots(results, out_dir)
-    print(f"{PROG}: wrote {out_dir / 'metrics.json'}, predictions.npz and {len(plots)} parity plot(s) to {out_dir}")
+    uncertainty_plot = error_vs_uncertainty_plot(results, out_dir)
+    also = f" and {uncertainty_plot.name}" if uncertainty_plot else ""
+    print(f"{PROG}: wrote {out_dir / 'metrics.json'}, predictions.npz, per_frame.csv, {len(plots)} parity plot(s){also} to {out_dir}")
     return results
+
+
+def checkpoint_paths(spec) -> list[str]:
+    """The checkpoint files of a ``ckpt_path``/``ckpts`` setting: a path or a list of them, each
+    possibly a glob pattern (``outputs/sweep/*/checkpoints/best.ckpt``, matches sorted)."""
+    from mpnn_ip.data.reading import expand_paths
+
+    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    return [path for entry in entries for path in expand_paths(entry)]
+
+
+def load_potential(paths: list[str], device, dtype):
+    """The model of one checkpoint, or the :class:`~mpnn_ip.models.committee.Committee` of several."""
+    from mpnn_ip.checkpoint import load_model
+    from mpnn_ip.models.committee import Committee
+
+    models = [load_model(path, device=device, dtype=dtype) for path in paths]
+    return models[0] if len(models) == 1 else Committee(models)
 
 
 def _write_predictions(results: dict, path: Path) -> None:
