@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from mpnn_ip.nn.tracing import is_tracing
+
 
 class DtypeConstants:
     """Float64 master copies of constant tensors, handed out in the dtype and device of the input.
@@ -38,12 +40,16 @@ class DtypeConstants:
     def get(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         """All constants, floating ones in ``dtype``, on ``device``."""
         key = (dtype, str(device))
-        if key not in self._cache:
-            self._cache[key] = {
-                name: t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-                for name, t in self._master.items()
-            }
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        constants = {
+            name: t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+            for name, t in self._master.items()
+        }
+        # A traced cast is a placeholder of the trace: cached, it would outlive the trace.
+        if not is_tracing():
+            self._cache[key] = constants
+        return constants
 
     def __getstate__(self):
         return {"_master": self._master, "_cache": {}}

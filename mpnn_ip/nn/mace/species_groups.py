@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import torch
 
+from mpnn_ip.nn.tracing import is_tracing
+
 
 class SpeciesGroups:
     """Sort atoms by species once; apply one weight matrix per species with one matmul per group.
 
     A per-atom gather of species weights (``W[species]``) would copy a [C, J, K] matrix per atom;
     grouping the atoms of each species instead costs one ``index_select`` in, one out and S
-    batched matmuls. While ``torch.compile`` / ``torch.export`` trace the model (group sizes are
-    data-dependent there), every species' matmul runs on all atoms and a mask keeps the right
-    one: S times the work, but static shapes.
+    batched matmuls. While a tracer (``torch.compile``, ``torch.export``, ``make_fx``) records the
+    model (group sizes are data-dependent there), every species' matmul runs on all atoms and a
+    mask keeps the right one: S times the work, but static shapes.
 
     Args:
         species: [n_atoms] species index.
@@ -27,7 +29,7 @@ class SpeciesGroups:
         self.species = species
         self.order = None
         self.sorted_species = species
-        if self.num_species > 1 and not torch.compiler.is_compiling():
+        if self.num_species > 1 and not is_tracing():
             self.order = torch.argsort(species, stable=True)
             self.inverse = torch.empty_like(self.order)
             self.inverse[self.order] = torch.arange(self.order.shape[0], device=species.device)

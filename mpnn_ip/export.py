@@ -1,0 +1,248 @@
+"""Export a potential to one ``.pt2`` file that runs without the model code (``mpnn-export``).
+
+The route is NequIP's (0.19): the model is wrapped in a signature of plain tensors
+(:class:`FlatPotential`), traced symbolically with ``make_fx`` (which unrolls the
+``torch.autograd.grad`` of forces and stress into explicit backward operations; ``torch.export``
+alone cannot differentiate through parameters), exported with ``torch.export`` with dynamic
+numbers of atoms, edges and frames, and compiled by AOTInductor into a ``.pt2`` package
+(``compile=True``, the product) or saved as the ``torch.export`` program itself
+(``compile=False``: no C++ compiler needed, slower to run). Metadata (species, r_max, dtype,
+device, model name, versions, units, the parity measured here) travels inside the file.
+
+Before the file is kept, the exported model is loaded back from it and run on sample structures
+(a molecule and a periodic cell of two sizes, each alone and all in one batch); its energies,
+forces and stress must match the eager model's to ``1e-5`` (float32) or ``1e-10`` (float64)
+relative to each quantity's largest magnitude. A mismatch removes the file and raises
+:class:`ExportMismatch`. Models with outputs the file cannot carry (``extra_outputs``, e.g. GAP's
+uncertainties) are refused with a :class:`~mpnn_ip.errors.ConfigError`.
+
+Load it with :class:`mpnn_ip.calculators.exported.ExportedCalculator` (ASE) or
+:class:`~mpnn_ip.calculators.exported.ExportedModel` (tensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mpnn_ip.calculators.exported import EXPORTED_INPUTS, EXPORTED_OUTPUTS, METADATA_NAME, ExportedModel, structure_inputs
+from mpnn_ip.errors import ConfigError
+
+#: Relative tolerance of the export-time parity check, per dtype.
+PARITY_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+#: Compared outputs (``node_energy`` sums to ``energy`` and is checked through it).
+CHECKED_OUTPUTS = ("energy", "forces", "stress")
+
+
+class ExportMismatch(ConfigError):
+    """The exported model disagrees with the eager model on a sample structure (the file is removed)."""
+
+
+class FlatPotential(torch.nn.Module):
+    """A potential with a signature of plain tensors: what is exported.
+
+    Forward (N atoms, B frames, E edges; see :func:`mpnn_ip.calculators.exported.structure_inputs`):
+    ``pos [N, 3]`` Å, ``atomic_numbers [N]``, ``cell [B, 3, 3]`` Å, ``pbc [B, 3]``, ``batch [N]``,
+    ``edge_index [2, E]``, ``cell_shifts [E, 3]`` ->
+    ``(energy [B] eV, node_energy [N] eV, forces [N, 3] eV/Å, stress [B, 3, 3] eV/Å³)``.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pos, atomic_numbers, cell, pbc, batch, edge_index, cell_shifts):
+        inputs = dict(zip(EXPORTED_INPUTS, (pos, atomic_numbers, cell, pbc, batch, edge_index, cell_shifts)))
+        out = self.model(inputs, compute_forces=True, compute_stress=True)
+        return tuple(out[key] for key in EXPORTED_OUTPUTS)
+
+
+def sample_structures(species: Sequence[int], r_max: float) -> list:
+    """A molecule and a periodic cell of two sizes (4 and 16 atoms) made of ``species`` (cycled),
+    rattled, with nearest neighbours well inside ``r_max``: the structures of the parity check."""
+    from ase import Atoms
+    from ase.build import bulk
+
+    species = [int(z) for z in species]
+    bond = min(1.1, 0.45 * r_max)
+    tetrahedron = np.array([[0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) * bond / np.sqrt(3)
+    molecule = Atoms(numbers=[species[k % len(species)] for k in range(5)], positions=tetrahedron)
+    crystal = bulk("Cu", "fcc", a=min(3.6, 1.2 * r_max), cubic=True)
+    crystal.numbers = [species[(k + 1) % len(species)] for k in range(len(crystal))]
+    larger = crystal.repeat((2, 2, 1))
+    for k, atoms in enumerate((molecule, crystal, larger)):
+        atoms.rattle(0.05 * bond, seed=k)
+    return [molecule, crystal, larger]
+
+
+def export_model(
+    model: torch.nn.Module,
+    out: str | Path,
+    device: str | torch.device = "cpu",
+    samples: Sequence | None = None,
+    compile: bool = True,
+    model_name: str | None = None,
+    inductor_configs: dict | None = None,
+) -> dict:
+    """Export ``model`` to ``out`` (``.pt2``) and check it against the eager model.
+
+    Args:
+        model: a :class:`~mpnn_ip.models.Potential` (copied; the original is not changed), in its dtype.
+        out: the ``.pt2`` file to write.
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``): where the exported model runs.
+        samples: ASE ``Atoms`` of the parity check (at least two; the first two, batched, are the
+            tracing example); default :func:`sample_structures` of the model's species.
+        compile: True: AOTInductor package; False: the ``torch.export`` program (no compiler).
+        model_name: the registry name stored in the metadata (default: looked up from the class).
+        inductor_configs: extra AOTInductor options.
+    Returns: the metadata written into the file, with ``parity`` (largest relative error per output)
+        and ``seconds`` (trace, export, compile, check).
+    Raises:
+        ConfigError: a model the file cannot represent (extra outputs, no r_max, one sample).
+        ExportMismatch: the exported model disagrees with the eager one; ``out`` is removed.
+    """
+    out = Path(out)
+    if out.suffix != ".pt2":
+        raise ConfigError(f"out={out}: the exported file must end in .pt2")
+    extra = dict(getattr(model, "extra_outputs", {}) or {})
+    if extra:
+        raise ConfigError(
+            f"{type(model).__name__} cannot be exported: its outputs {sorted(extra)} are not part of the exported "
+            "signature (energy, forces, stress), and computing them per frame needs shapes that depend on the "
+            "data (frame sizes). Use MPNNCalculator.from_checkpoint for this model."
+        )
+    if getattr(model, "r_max", None) is None:
+        raise ConfigError(f"{type(model).__name__} has no r_max (cutoff, Å): the exported file needs it for its neighbour list")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} was asked for but CUDA is not available here; export with device=cpu")
+    model = copy.deepcopy(model).to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    dtype = model.dtype
+    samples = list(samples) if samples is not None else sample_structures(model.species, model.r_max)
+    if len(samples) < 2:
+        raise ConfigError("export_model needs at least two sample structures (two frames are the tracing example)")
+    flat = FlatPotential(model)
+    seconds = {}
+
+    clock = time.perf_counter()
+    example = structure_inputs(samples[:2], model.r_max, dtype, device)
+    program = _trace_and_export(flat, example)
+    seconds["trace_and_export"] = time.perf_counter() - clock
+
+    metadata = _metadata(model, model_name, device, compile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
+    try:
+        if compile:
+            configs = {**(inductor_configs or {}), "aot_inductor.metadata": {METADATA_NAME: json.dumps(metadata)}}
+            torch._inductor.aoti_compile_and_package(program, package_path=str(out), inductor_configs=configs)
+        else:
+            torch.export.save(program, str(out), extra_files={METADATA_NAME: json.dumps(metadata)})
+        seconds["compile" if compile else "save"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        parity = check_parity(flat, ExportedModel(out, device if not compile else None), samples)
+        seconds["check"] = time.perf_counter() - clock
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return {**metadata, "parity": parity, "seconds": seconds}
+
+
+def check_parity(eager: FlatPotential, exported, samples: Sequence) -> dict[str, float]:
+    """Largest relative error of each output of ``exported`` against ``eager`` over every sample
+    alone and all samples in one batch; raises :class:`ExportMismatch` past :data:`PARITY_RTOL`.
+
+    The error of an output is ``max |exported - eager| / max |eager|`` over the batch (absolute
+    where the eager output is zero, e.g. the stress of a molecule).
+    """
+    dtype = eager.model.dtype
+    device = next(eager.model.buffers()).device
+    rtol = PARITY_RTOL[dtype]
+    worst = dict.fromkeys(CHECKED_OUTPUTS, 0.0)
+    batches = [[atoms] for atoms in samples] + [list(samples)]
+    for structures in batches:
+        inputs = structure_inputs(structures, eager.model.r_max, dtype, device)
+        where = f"{len(structures)} frame(s) of {int(inputs['pos'].shape[0])} atoms, {int(inputs['edge_index'].shape[1])} edges"
+        with torch.enable_grad():
+            reference = dict(zip(EXPORTED_OUTPUTS, (t.detach() for t in eager(*(inputs[k] for k in EXPORTED_INPUTS)))))
+        try:
+            result = exported(inputs)
+        except RuntimeError as error:
+            raise ExportMismatch(f"the exported model failed on {where}: {error}") from error
+        for key in CHECKED_OUTPUTS:
+            expected, got = reference[key], result[key].to(reference[key].device, reference[key].dtype)
+            if got.shape != expected.shape:
+                raise ExportMismatch(f"exported {key} has shape {tuple(got.shape)}, the eager model's {tuple(expected.shape)} ({where})")
+            scale = float(expected.abs().max()) if expected.numel() else 0.0
+            error = float((got - expected).abs().max()) / (scale if scale > 0 else 1.0) if expected.numel() else 0.0
+            if not error <= rtol:  # also catches NaN
+                raise ExportMismatch(
+                    f"the exported model's {key} differs from the eager model's by {error:.3g} (relative; tolerance "
+                    f"{rtol:g} in {str(dtype).removeprefix('torch.')}) on {where}. The file was not kept. Try "
+                    "dtype=float64, or compile=false to tell a compiler problem from an export problem."
+                )
+            worst[key] = max(worst[key], error)
+    return worst
+
+
+def _trace_and_export(flat: FlatPotential, example: dict[str, torch.Tensor]) -> torch.export.ExportedProgram:
+    """``make_fx`` trace (forces and stress as explicit operations), then ``torch.export`` with
+    dynamic atoms, edges and frames."""
+    from torch.fx.experimental import _config as fx_config
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    args = tuple(example[key] for key in EXPORTED_INPUTS)
+    with _no_duck_shapes(fx_config), torch.enable_grad():
+        traced = make_fx(flat, tracing_mode="symbolic", _allow_non_fake_inputs=True, _error_on_data_dependent_ops=True)(
+            *(a.clone() for a in args)
+        )
+    atoms = torch.export.Dim("num_atoms", min=1)
+    edges = torch.export.Dim("num_edges", min=1)
+    frames = torch.export.Dim("num_frames", min=1)
+    dims = {
+        "pos": {0: atoms}, "atomic_numbers": {0: atoms}, "cell": {0: frames}, "pbc": {0: frames},
+        "batch": {0: atoms}, "edge_index": {1: edges}, "cell_shifts": {0: edges},
+    }
+    return torch.export.export(traced, args, dynamic_shapes=tuple(dims[key] for key in EXPORTED_INPUTS), strict=False)
+
+
+@contextlib.contextmanager
+def _no_duck_shapes(fx_config):
+    """Without duck shaping, a dynamic size equal to a static one (16 atoms, 16 channels) stays symbolic."""
+    previous = fx_config.use_duck_shape
+    fx_config.use_duck_shape = False
+    try:
+        yield
+    finally:
+        fx_config.use_duck_shape = previous
+
+
+def _metadata(model, model_name: str | None, device: torch.device, compile: bool) -> dict:
+    import mpnn_ip
+    from mpnn_ip.checkpoint import dtype_name, registry_name
+    from mpnn_ip.outputs import UNITS
+
+    return {
+        "format": "mpnn_ip.export/1",
+        "model_name": model_name or registry_name(model),
+        "species": [int(z) for z in model.species],
+        "r_max": float(model.r_max),
+        "dtype": dtype_name(model.dtype),
+        "device": str(device),
+        "compiled": "aoti" if compile else "none",
+        "mpnn_ip_version": mpnn_ip.__version__,
+        "torch_version": torch.__version__,
+        "units": dict(UNITS),
+        "inputs": list(EXPORTED_INPUTS),
+        "outputs": list(EXPORTED_OUTPUTS),
+    }
