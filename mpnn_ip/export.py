@@ -106,7 +106,8 @@ def export_model(
         and ``seconds`` (trace, export, compile, check).
     Raises:
         ConfigError: a model the file cannot represent (extra outputs, no r_max, one sample).
-        ExportMismatch: the exported model disagrees with the eager one; ``out`` is removed.
+        ExportMismatch: the exported model disagrees with the eager one; nothing is written (an
+            existing ``out`` is left as it was).
     """
     out = Path(out)
     if out.suffix != ".pt2":
@@ -140,21 +141,25 @@ def export_model(
 
     metadata = _metadata(model, model_name, device, compile)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside ``out`` and renamed only once the parity check passed: a failed export never
+    # replaces (or deletes) an existing file of that name
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     clock = time.perf_counter()
     try:
         if compile:
             configs = {**(inductor_configs or {}), "aot_inductor.metadata": {METADATA_NAME: json.dumps(metadata)}}
-            torch._inductor.aoti_compile_and_package(program, package_path=str(out), inductor_configs=configs)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(partial), inductor_configs=configs)
         else:
-            torch.export.save(program, str(out), extra_files={METADATA_NAME: json.dumps(metadata)})
+            torch.export.save(program, str(partial), extra_files={METADATA_NAME: json.dumps(metadata)})
         seconds["compile" if compile else "save"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        parity = check_parity(flat, ExportedModel(out, device if not compile else None), samples)
+        parity = check_parity(flat, ExportedModel(partial, device if not compile else None), samples)
         seconds["check"] = time.perf_counter() - clock
     except BaseException:
-        out.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
+    partial.replace(out)
     return {**metadata, "parity": parity, "seconds": seconds}
 
 

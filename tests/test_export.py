@@ -95,7 +95,8 @@ def test_float32_export_matches_within_1e_5(exported_float32):
 
 def test_export_mismatch_fails_and_removes_the_file(exported_float32, tmp_path, monkeypatch):
     """An exported model that disagrees with the eager one (here its energies are off by 1e-4
-    relative, as a miscompiled kernel might be) fails the export, and no file is left behind."""
+    relative, as a miscompiled kernel might be) fails the export: no file is left behind, and an
+    existing file of that name is kept as it was."""
     model, path, _ = exported_float32
     monkeypatch.setattr(mpnn_ip.export, "_trace_and_export", lambda flat, example: torch.export.load(str(path)))
     call = ExportedModel.__call__
@@ -108,7 +109,11 @@ def test_export_mismatch_fails_and_removes_the_file(exported_float32, tmp_path, 
     out = tmp_path / "broken.pt2"
     with pytest.raises(ExportMismatch, match=r"energy differs .* tolerance 1e-05 in float32"):
         export_model(model, out, compile=False)
-    assert not out.exists()
+    assert not out.exists() and not list(tmp_path.iterdir())
+    out.write_bytes(b"an earlier good export")  # a failed export never replaces an existing file
+    with pytest.raises(ExportMismatch):
+        export_model(model, out, compile=False)
+    assert out.read_bytes() == b"an earlier good export" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_mpnn_export_command_writes_a_file_the_calculator_reads(tmp_path):
