@@ -12,6 +12,7 @@ from mpnn_ip.nn import (
     LinearReadout,
     MLPReadout,
     PerSpeciesScaleShift,
+    neighbour_gate,
     RadialEmbedding,
     RadialMLP,
     SpeciesEmbedding,
@@ -228,13 +229,33 @@ def test_scale_shift_is_affine_per_species():
     scale_shift = PerSpeciesScaleShift(3, scale=[1.0, 2.0, 3.0], shift=[0.0, -1.0, 5.0])
     species = torch.tensor([0, 1, 2, 1])
     energy = torch.tensor([1.0, 1.0, 2.0, -1.0])
-    torch.testing.assert_close(scale_shift(energy, species), torch.tensor([1.0, 1.0, 11.0, -3.0]))
+    with_neighbours = torch.ones(4)
+    torch.testing.assert_close(scale_shift(energy, species, with_neighbours), torch.tensor([1.0, 1.0, 11.0, -3.0]))
+    torch.testing.assert_close(scale_shift(energy, species, torch.zeros(4)), torch.tensor([1.0, 2.0, 6.0, -2.0]))
     assert sum(p.numel() for p in scale_shift.parameters()) == 6
     fixed = PerSpeciesScaleShift(3, 2.0, 0.5, trainable=False)
     assert not list(fixed.parameters())
-    torch.testing.assert_close(fixed(energy, species), 2.0 * energy + 0.5)
+    torch.testing.assert_close(fixed(energy, species, with_neighbours), 2.0 * energy + 0.5)
     with pytest.raises(ValueError, match="one per species"):
         PerSpeciesScaleShift(3, scale=[1.0, 2.0])
+    by_element = PerSpeciesScaleShift([1, 8], shift={"O": -2.0, 1: -0.5}, trainable=False)
+    torch.testing.assert_close(by_element.shift, torch.tensor([-0.5, -2.0]))
+    with pytest.raises(ValueError, match="not among the model's species"):
+        PerSpeciesScaleShift([1, 8], shift={"C": -1.0})
+
+
+def test_neighbour_gate_is_zero_alone_one_with_a_near_neighbour_and_smooth_at_the_cutoff():
+    r_max = 5.0
+    lengths = torch.tensor([1.0, 1.0, 4.99, 4.99], dtype=torch.float64)
+    centres = torch.tensor([0, 1, 2, 3])
+    gate = neighbour_gate(lengths, centres, 5, r_max)
+    torch.testing.assert_close(gate, torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64), atol=1e-9, rtol=0)
+    r = torch.linspace(0.5, 5.5, 201, dtype=torch.float64, requires_grad=True)
+    values = neighbour_gate(r, torch.arange(201), 201, r_max)
+    (slope,) = torch.autograd.grad(values.sum(), r)
+    assert bool((values >= 0).all() and (values <= 1).all())
+    assert float(values.detach()[r.detach() >= r_max].abs().max()) == 0.0
+    assert float(slope.abs()[(r.detach() > r_max - 0.05)].max()) < 1e-9
 
 
 def _zbl_dimer_energy(zbl, r):

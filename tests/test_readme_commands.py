@@ -35,7 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SHARED_DATA = Path(os.environ.get("MPNN_IP_SHARED_DATA") or REPO.parent / "shared" / "data")
 #: Console scripts run in the subprocess, by the module whose ``main()`` they call.
-ENTRY_POINTS = {"mpnn-train": "mpnn_ip.cli.train", "mpnn-eval": "mpnn_ip.cli.evaluate", "mpnn-md": "mpnn_ip.cli.md"}
+ENTRY_POINTS = {
+    "mpnn-train": "mpnn_ip.cli.train", "mpnn-eval": "mpnn_ip.cli.evaluate", "mpnn-md": "mpnn_ip.cli.md",
+    "mpnn-preprocess": "mpnn_ip.cli.preprocess",
+}
 #: Run folder of the first training (its checkpoints stand in for the README's).
 FIRST_RUN = "outputs/quickstart/first_run"
 #: Frames of the README's example data files (its own-data training commands read these).
@@ -49,6 +52,8 @@ TRAIN_SMALLEST = [
 ]
 #: Synthetic data: a few of the 300 frames (only those are read).
 SYNTHETIC_SMALLEST = ["++data.index=:16", "data.train_count=8", "data.val_count=4", "data.test_count=4"]
+#: A graph store of an example file (``data=ondisk``).
+ONDISK_SMALLEST = ["data.train_count=8", "data.val_count=2", "data.test_count=2"]
 #: Reference DFT files: the first frames of each.
 SHARED_DATA_SMALLEST = ["data.index=:12", "data.train_count=6", "data.val_count=3"]
 #: MD and evaluation: a few steps, no progress bars.
@@ -183,6 +188,8 @@ def smallest_form(command: Command, run_dir: str) -> tuple[list[str] | None, str
 
     args = _placeholders(command.args)
     no_gpu = not torch.cuda.is_available()
+    if command.kind == "mpnn-preprocess":  # the store's cutoff: the tiny preset's, as the training that reads it
+        return [f"model={_tiny(a.split('=', 1)[1])}" if a.startswith("model=") else a for a in args], None
     if command.kind in ("mpnn-eval", "mpnn-md"):
         extra = EVAL_SMALLEST if command.kind == "mpnn-eval" else MD_SMALLEST
         device = ["device=cpu"] if no_gpu and any(a.startswith("device=cuda") for a in args) else []
@@ -210,7 +217,9 @@ def smallest_form(command: Command, run_dir: str) -> tuple[list[str] | None, str
         extra.remove("logger=csv")
     if not any(a.startswith("model=") for a in args):
         extra.append(f"model={_tiny(cfg.model._target_.split('.')[-2])}")
-    if cfg.data.get("train_path") is None:
+    if "store" in cfg.data:
+        extra += ONDISK_SMALLEST
+    elif cfg.data.get("train_path") is None:
         extra += SYNTHETIC_SMALLEST
     elif _uses_shared_data(cfg):
         extra += SHARED_DATA_SMALLEST

@@ -37,12 +37,19 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 
+def _mark(marker, text):
+    # atomically: the test polls for the marker and reads it at once
+    partial = Path(str(marker) + ".partial")
+    partial.write_text(text)
+    os.replace(partial, marker)
+
+
 class _StallWhenPickled:
     def __init__(self, marker):
         self.marker = marker
 
     def __reduce__(self):
-        Path(self.marker).write_text("save")
+        _mark(self.marker, "save")
         time.sleep(120)
         return (dict, ())
 
@@ -57,7 +64,7 @@ class Stall(Callback):
 
     def on_train_batch_end(self, trainer, *args, **kwargs):
         if trainer.current_epoch == 1 and os.environ.get("RESUMETEST_STALL") == "epoch":
-            Path(self.marker).write_text("epoch")
+            _mark(self.marker, "epoch")
             time.sleep(120)
 
     def state_dict(self):

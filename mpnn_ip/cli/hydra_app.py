@@ -116,7 +116,8 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, (InterpolationResolutionError, ValidationError)):
         return f"{_first_lines(exc)}\nCheck the value given for this setting (and any environment variable it reads)."
     if isinstance(exc, MissingConfigException):
-        return f"{_first_lines(exc, limit=40)}\nChoose one of the options listed (or add your own file under ./configs/<group>/)."
+        hint = _plugin_hint(str(exc))
+        return f"{_first_lines(exc, limit=40)}\nChoose one of the options listed (or add your own file under ./configs/<group>/).{hint}"
     if isinstance(exc, OverrideParseException):
         return f"{_first_lines(exc)}\nOverrides look like key=value, group=option, +new_key=value or a sweep key=a,b."
     if isinstance(exc, ConfigCompositionException):
@@ -125,6 +126,21 @@ def explain(exc: BaseException) -> str | None:
             "or add a new key with +key=value."
         )
     return None
+
+
+#: Hydra plugins behind optional extras: a config group option they provide -> how to install it.
+_PLUGIN_EXTRAS = {
+    "submitit": "pip install 'mpnn_ip[slurm]' (hydra-submitit-launcher)",
+    "optuna": "pip install hydra-optuna-sweeper",
+}
+
+
+def _plugin_hint(message: str) -> str:
+    """`` For X: install ...`` when a missing group option is one an optional Hydra plugin provides."""
+    for name, install in _PLUGIN_EXTRAS.items():
+        if name in message:
+            return f" The option {name!r} comes from a Hydra plugin that is not installed: {install}."
+    return ""
 
 
 def _first_lines(exc: BaseException, limit: int = 6) -> str:

@@ -7,6 +7,7 @@ Examples::
     mpnn-train experiment=quickstart ckpt_path=outputs/quickstart/<run>/checkpoints/last.ckpt   # new run from a checkpoint
     mpnn-train resume=outputs/quickstart/<run>            # continue a (killed) run in its own folder
     mpnn-train resume=outputs/quickstart/<run> trainer.max_epochs=400                   # ... and train longer
+    mpnn-train finetune_from=pretrained.ckpt data=extxyz data.train_path=new.xyz finetune.freeze=[species_embedding]
     mpnn-train -m experiment=quickstart optim.lr=1e-3,5e-3 model.num_layers=2,3           # one folder per job
     mpnn-train --cfg job                                  # print the composed config
 
@@ -55,6 +56,7 @@ def fit(cfg) -> float | None:
     from mpnn_ip.checkpoint import read_checkpoint
     from mpnn_ip.data.problems import write_skipped_frames
     from mpnn_ip.train import PotentialModule, builders
+    from mpnn_ip.train import finetune as finetuning
     from mpnn_ip.train.report import finish_run
 
     output_dir = Path(cfg.output_dir)
@@ -63,30 +65,50 @@ def fit(cfg) -> float | None:
     _set_matmul_precision(bool(cfg.tf32), str(cfg.trainer.get("accelerator", "cpu")))
 
     meta = read_checkpoint(cfg.ckpt_path)["mpnn_ip"] if cfg.ckpt_path else None  # bad files fail before data loading
-    datamodule = builders.build_datamodule(cfg.data, cfg.model)
+    finetune_from = cfg.get("finetune_from")  # with ckpt_path too: resume= continues a fine-tuning run
+    finetune = finetuning.finetune_settings(cfg)
+    pretrained = finetuning.read_pretrained(finetune_from) if finetune_from and meta is None else None
+    if pretrained is not None:
+        finetuning.use_checkpoint_architecture(cfg, pretrained, finetune_from, _model_on_command_line())
+    # fine-tuning: the data may hold any subset of the pretrained species (checked below, with its own message)
+    datamodule = builders.build_datamodule(cfg.data, None if finetune_from else cfg.model)
+    if finetune_from and finetune["replay_path"]:
+        datamodule.add_replay(finetune["replay_path"], finetune["replay_fraction"])
     statistics = datamodule.statistics()
-    write_skipped_frames(getattr(datamodule, "skipped_frames", ()), output_dir / "skipped_frames.csv")  # data.on_error=skip
+    writes_files = builders.is_global_zero()  # under DDP every process runs this function; rank 0 writes the files
+    if writes_files:
+        write_skipped_frames(getattr(datamodule, "skipped_frames", ()), output_dir / "skipped_frames.csv")  # data.on_error=skip
     if meta is not None:
         model = builders.model_from_checkpoint_metadata(meta, cfg.model, cfg.ckpt_path, statistics["species"])
         statistics = meta["statistics"]
+    elif pretrained is not None:
+        model, statistics = _finetuned_model(cfg, pretrained, datamodule, statistics, finetune)
     else:
         model = builders.build_model(cfg.model, statistics, cfg.dtype)
     with builders.training_data_statistics(statistics):
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        if writes_files:
+            OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
         resolved = to_container(cfg)
     loggers = builders.build_loggers(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(resolved)
-    if meta is None:  # data-dependent set-up (e.g. BPNN's standardisation, GAP's closed-form fit); not on resume
+    if meta is None and pretrained is None:  # data-dependent set-up (e.g. BPNN's standardisation, GAP's closed-form fit)
         train_graphs = list(datamodule.train_dataset.graphs)
         _report_prepare(model.prepare(train_graphs), type(model).__name__, len(train_graphs), output_dir, loggers)
+    optimizer = builders.build_optimizer_factory(cfg.optim)
+    if finetune_from:
+        trainable, total = finetuning.freeze(model, finetune["freeze"])
+        optimizer = finetuning.trainable_optimizer(optimizer, finetune["lr"])
+        frozen = f" (frozen: {', '.join(finetune['freeze'])})" if finetune["freeze"] else ""
+        if writes_files:
+            print(f"Fine-tuning {finetune_from}: {trainable:,} of {total:,} parameters trainable{frozen}", flush=True)
     if cfg.compile:
         model.compile(dynamic=True)
 
     task = PotentialModule(
         model,
         loss=resolved["loss"],
-        optimizer=builders.build_optimizer_factory(cfg.optim),
+        optimizer=optimizer,
         scheduler=builders.build_scheduler_factory(cfg.get("scheduler")),
         scheduler_monitor=str(cfg.scheduler_monitor),
         statistics=statistics,
@@ -100,12 +122,49 @@ def fit(cfg) -> float | None:
     return None if not metric else summary.get(metric)
 
 
+def _finetuned_model(cfg, pretrained: dict, datamodule, statistics: dict, finetune: dict):
+    """The pretrained model with E0 re-fitted on the training split (unless ``finetune.refit_e0=false``), and the
+    statistics to store (:func:`mpnn_ip.train.finetune.finetuned_statistics`); ``cfg.model`` records the E0."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from mpnn_ip.elements import symbols
+    from mpnn_ip.train import builders
+    from mpnn_ip.train import finetune as finetuning
+
+    path = cfg.finetune_from
+    model = finetuning.pretrained_model(pretrained, path, statistics["species"], cfg.dtype)
+    source = "pretrained (finetune.refit_e0=false)"
+    if finetune["refit_e0"]:
+        isolated = statistics["e0s"] if statistics.get("e0s_source") == "isolated_atoms" else None
+        on_gpu = str(cfg.trainer.get("accelerator", "cpu")) != "cpu" and torch.cuda.is_available()
+        graphs = datamodule.train_dataset.graphs
+        model, source = finetuning.refit_energy_references(model, graphs, isolated, device="cuda" if on_gpu else "cpu")
+        cfg.model.e0s = OmegaConf.create(model.config["e0s"])
+    if builders.is_global_zero():
+        e0s = ", ".join(f"{symbol} {e:+.4f}" for symbol, e in zip(symbols(model.species), model.e0.tolist()))
+        print(f"Fine-tuning {path}: E0 (eV) {e0s} [{source}]", flush=True)
+    return model, finetuning.finetuned_statistics(statistics, model, source, path)
+
+
+def _model_on_command_line() -> bool:
+    """Whether the command line chose or changed the model (``model=...``, ``model.x=...``); True outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return any(key == "model" or key.startswith("model.") for key in keys)
+
+
 def _report_prepare(report: dict, model_name: str, num_frames: int, output_dir: Path, loggers: list) -> None:
     """What ``Potential.prepare`` reported (e.g. a closed-form fit's timings, sizes and training residuals):
     to ``<run dir>/prepare.json``, the console and the loggers. Nothing when the report is empty."""
     import json
 
-    if not report:
+    from mpnn_ip.train.builders import is_global_zero
+
+    if not report or not is_global_zero():
         return
     path = output_dir / "prepare.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -271,7 +330,10 @@ def _keep_metrics_history(run_dir: Path) -> None:
 
 
 def _task(cfg) -> float | None:
+    from mpnn_ip.train.finetune import check_run_settings
+
     with friendly_errors(PROG):
+        check_run_settings(cfg)  # the command line's settings; a resumed fine-tuning run has both finetune_from and ckpt_path
         if cfg.get("resume") not in (None, False):
             cfg = resumed_config(cfg)
         return fit(cfg)
@@ -282,8 +344,38 @@ def main() -> None:
     import sys
 
     with friendly_errors(PROG):
-        sys.argv[1:] = _prepare_resume(sys.argv[1:])
+        sys.argv[1:] = _one_run_dir_per_job(_prepare_resume(sys.argv[1:]))
     run_hydra_app(_task, config_name="train", prog=PROG)
+
+
+def _one_run_dir_per_job(argv: list[str], environ=None) -> list[str]:
+    """The command line of a process that ``torchrun`` or ``srun`` started as one of several (one per GPU): all
+    of them share the run folder ``outputs/<run_name>/<torchrun|slurm>-<job id>`` (Hydra would name each one's
+    folder by its own start time) unless ``hydra.run.dir`` is given; processes other than rank 0 write no
+    ``.hydra/`` record and log to ``train_rank<R>.log``. Other command lines come back unchanged."""
+    import os
+    import socket
+
+    from hydra._internal.utils import get_args_parser
+
+    environ = os.environ if environ is None else environ
+    if int(environ.get("WORLD_SIZE", "1") or 1) > 1 and environ.get("RANK", "").isdigit():
+        rank, run_id = int(environ["RANK"]), environ.get("TORCHELASTIC_RUN_ID", "none")
+        # torchrun's default rendezvous id is "none": the workers of one node share their agent's process id
+        job = f"torchrun-{run_id}" if run_id not in ("", "none") else f"torchrun-{socket.gethostname()}-{os.getppid()}"
+    elif int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and environ.get("SLURM_PROCID", "").isdigit() and "SLURM_JOB_ID" in environ:
+        rank = int(environ["SLURM_PROCID"])
+        job = f"slurm-{environ['SLURM_JOB_ID']}" + (f".{environ['SLURM_STEP_ID']}" if "SLURM_STEP_ID" in environ else "")
+    else:
+        return argv
+    args = get_args_parser().parse_args(argv)
+    if args.multirun:
+        return argv
+    keys = {o.key_or_group for o in _parsed(args.overrides or [])}
+    extra = [] if "hydra.run.dir" in keys else [f"hydra.run.dir=outputs/${{run_name}}/{job}"]
+    if rank != 0:
+        extra += ["hydra.output_subdir=null", f"hydra.job.name=train_rank{rank}"]
+    return [*argv, *extra]
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate
 from mpnn_ip.data.checks import DEFAULT_OUTLIER_SIGMA, dataset_problems
@@ -15,6 +16,7 @@ from mpnn_ip.data.dataset import AtomicDataset
 from mpnn_ip.data.problems import Problem, errors_of, format_problems, problems_error
 from mpnn_ip.data.reading import check_on_error, expand_paths, read_dataset, read_isolated_atom_energies
 from mpnn_ip.data.statistics import compute_statistics
+from mpnn_ip.data.sampler import AtomBudgetBatchSampler, EpochOrder, ProcessShare
 from mpnn_ip.data.synthetic import default_dataset_path
 from mpnn_ip.elements import atomic_numbers
 from mpnn_ip.errors import ConfigError
@@ -48,6 +50,10 @@ class AtomicDataModule(L.LightningDataModule):
         seed: seed of the random split (same seed, same split; independent of the global RNG).
         batch_size: frames per training batch.
         val_batch_size: frames per validation/test batch; ``None`` = ``batch_size``.
+        max_atoms_per_batch: when given, batches are packed with consecutive frames up to this many
+            atoms (training, validation and test) instead of ``batch_size`` frames: for data that
+            mixes 5-atom molecules and 500-atom cells. A frame with more atoms is a batch of its own
+            (with a warning). ``None`` = batches of ``batch_size`` frames.
         num_workers, pin_memory: passed to the ``DataLoader``s.
         energy_key, forces_key, stress_key, stress_unit, stress_sign, virial_key, index, format:
             reading options of :func:`mpnn_ip.data.read_dataset`, applied to every file.
@@ -69,8 +75,15 @@ class AtomicDataModule(L.LightningDataModule):
             duplicated frames; ``None`` = no outlier check.
 
     Validation/test frames split off the training file are drawn first from a seeded
-    permutation, so they do not change when ``train_count`` changes. Training batches are
-    shuffled with the global torch RNG (seeded by ``lightning.seed_everything``).
+    permutation, so they do not change when ``train_count`` changes. Training frames are shuffled
+    every epoch by a permutation seeded with ``seed + epoch`` only (:mod:`mpnn_ip.data.sampler`).
+    ``batch_size`` and ``max_atoms_per_batch`` hold per process: under DDP (attached to a Trainer
+    with several processes) each process takes every ``world_size``-th frame (or packed batch) of
+    the same epoch order, so one process with ``batch_size=B`` sees in each step exactly the frames
+    that ``W`` processes with ``batch_size=B/W`` see together.
+
+    Fine-tuning adds old frames to every training epoch with :meth:`add_replay` (``mpnn-train
+    finetune.replay_path=...``); validation, test and the statistics stay on the new data.
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class AtomicDataModule(L.LightningDataModule):
         seed: int = 0,
         batch_size: int = 8,
         val_batch_size: int | None = None,
+        max_atoms_per_batch: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         energy_key: str | None = "energy",
@@ -108,6 +122,9 @@ class AtomicDataModule(L.LightningDataModule):
         self.test_fraction, self.test_count, self.seed = test_fraction, test_count, seed
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
+        if max_atoms_per_batch is not None and int(max_atoms_per_batch) <= 0:
+            raise ConfigError(f"data.max_atoms_per_batch={max_atoms_per_batch} must be a positive number of atoms (or null)")
+        self.max_atoms_per_batch = None if max_atoms_per_batch is None else int(max_atoms_per_batch)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.read_options = dict(
             energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, stress_unit=stress_unit,
@@ -122,6 +139,9 @@ class AtomicDataModule(L.LightningDataModule):
         self.skipped_frames: list[Problem] = []
         self._problems: list[Problem] = []
         self.train_dataset = self.val_dataset = self.test_dataset = None
+        #: old frames mixed into training by :meth:`add_replay`, and their share of each epoch
+        self.replay_dataset: AtomicDataset | None = None
+        self.replay_fraction = 0.0
         self._statistics = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -165,23 +185,66 @@ class AtomicDataModule(L.LightningDataModule):
             self._statistics = compute_statistics(self.train_dataset.graphs, self.r_max, e0s, species=self.species)
         return self._statistics
 
+    def add_replay(self, path: str, fraction: float) -> None:
+        """Mix frames of ``path`` (a file or glob of earlier training data, read and checked with this
+        module's options and ``on_error``) into every training epoch, so that about ``fraction`` of the
+        epoch's frames are old ones: all training frames plus a fresh draw of old ones each epoch
+        (:class:`ReplaySampler`). Validation, test and the statistics keep using the new frames only.
+        """
+        if not 0.0 < float(fraction) < 1.0:
+            raise ConfigError(
+                f"finetune.replay_fraction={fraction} must be in (0, 1) when finetune.replay_path is given: the share "
+                "of each training epoch's frames taken from the old data (e.g. 0.2)"
+            )
+        self.setup()
+        self._problems = []
+        frames = self._read(str(path))
+        self._validate(frames)
+        self.replay_dataset, self.replay_fraction = AtomicDataset(frames), float(fraction)
+
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        if self.replay_dataset is None:
+            return self._loader(self.train_dataset, self.batch_size, EpochOrder(len(self.train_dataset), True, self.seed))
+        sampler = ReplaySampler(len(self.train_dataset), len(self.replay_dataset), self.replay_fraction, self.seed)
+        return self._loader(ConcatDataset([self.train_dataset, self.replay_dataset]), self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+        return self._loader(self.val_dataset, self.val_batch_size, training=False)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.test_dataset, self.val_batch_size, shuffle=False)
+        return self._loader(self.test_dataset, self.val_batch_size, training=False)
 
-    def _loader(self, dataset: AtomicDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+    def evaluation_dataloader(self, split: str) -> DataLoader:
+        """All frames of ``split`` (``"val"`` or ``"test"``) in file order, in this process whatever the number of
+        processes (reports and parity plots, written by one process)."""
+        self.setup()
+        return self._loader(getattr(self, f"{split}_dataset"), self.val_batch_size, training=False, whole=True)
+
+    def _processes(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the Trainer this module is attached to; ``(1, 0)`` without one."""
+        trainer = getattr(self, "trainer", None)
+        return (1, 0) if trainer is None else (int(trainer.world_size), int(trainer.global_rank))
+
+    def _loader(
+        self, dataset, batch_size: int, order: Sampler | None = None, training: bool = True, whole: bool = False
+    ) -> DataLoader:
+        """This process's batches of ``dataset`` in ``order`` (default: file order); training shares are padded to
+        equal lengths across processes (:mod:`mpnn_ip.data.sampler`), ``whole`` gives every frame to this process."""
+        order = order if order is not None else EpochOrder(len(dataset), shuffle=False)
+        replicas, rank = (1, 0) if whole else self._processes()
+        options = dict(
+            collate_fn=collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
         )
+        if self.max_atoms_per_batch is None:
+            return DataLoader(dataset, batch_size=batch_size, sampler=ProcessShare(order, replicas, rank, pad=training), **options)
+        sizes = getattr(dataset, "num_atoms", None)  # datasets on disk give them without reading every frame
+        sizes = [int(dataset[i].num_atoms) for i in range(len(dataset))] if sizes is None else [int(n) for n in sizes]
+        batches = AtomBudgetBatchSampler(order, sizes, self.max_atoms_per_batch, replicas, rank, pad=training)
+        return DataLoader(dataset, batch_sampler=batches, **options)
 
     def _read(self, path: str) -> list[AtomicGraph]:
         """Frames of ``path``, or of every file matching it when it is a glob pattern (sorted file order)."""
@@ -202,11 +265,42 @@ class AtomicDataModule(L.LightningDataModule):
         if errors and self.on_error == "raise":
             raise problems_error(errors)
         if errors:
-            self.skipped_frames = errors
+            self.skipped_frames = [*self.skipped_frames, *errors]
             warnings.warn(f"on_error=skip: left out {len(errors)} bad frame(s):\n{format_problems(errors)}", stacklevel=3)
         notes = dataset_problems(graphs, self.outlier_sigma)
         if notes:
             warnings.warn(f"{len(notes)} warning(s) about the data (frames kept):\n{format_problems(notes)}", stacklevel=3)
+
+
+class ReplaySampler(Sampler[int]):
+    """Indices of one training epoch over ``ConcatDataset([new, old])``: every new frame once, plus
+    ``round(fraction / (1 - fraction) * num_new)`` old frames (at least one), shuffled together, so that
+    ``fraction`` of the epoch's frames are old. The old frames are drawn anew each epoch without
+    repetition (when there are fewer old frames than that, all of them and then a draw of the rest),
+    so over a run the model sees much of the old data. A function of ``seed`` and the epoch only
+    (:meth:`set_epoch`, called by Lightning every epoch, also after resuming), the same on every process.
+    """
+
+    def __init__(self, num_new: int, num_old: int, fraction: float, seed: int = 0):
+        if num_new < 1 or num_old < 1:
+            raise ConfigError(f"replay needs new and old frames, got {num_new} new and {num_old} old ones")
+        self.num_new, self.num_old, self.seed = int(num_new), int(num_old), int(seed)
+        self.num_old_per_epoch = max(1, int(round(float(fraction) / (1.0 - float(fraction)) * self.num_new)))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_new + self.num_old_per_epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        full, rest = divmod(self.num_old_per_epoch, self.num_old)
+        old = [torch.randperm(self.num_old, generator=generator) for _ in range(full)]
+        old.append(torch.randperm(self.num_old, generator=generator)[:rest])
+        indices = torch.cat([torch.arange(self.num_new), self.num_new + torch.cat(old)])
+        return iter(indices[torch.randperm(len(indices), generator=generator)].tolist())
 
 
 def _split_size(total: int, fraction: float, count: int | None, name: str) -> int:

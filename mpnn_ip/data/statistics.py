@@ -47,6 +47,13 @@ def compute_statistics(
         force_rms_source: ``"data"`` or the reason for the fallback.
         energy_per_atom_mean_after_e0, energy_per_atom_rms_after_e0: eV per atom, mean and root
             mean square of ``(E - sum_i E0[Z_i]) / N`` over frames with energy (0.0 if none).
+        energy_shifts: ``{Z: eV}``, per-species energy per atom left after E0 (the models' initial
+            ``energy_shift``): the mean of ``(E - sum_i E0[Z_i]) / N`` for every species, plus the
+            minimum-norm least-squares per-species correction that the compositions can tell apart
+            (rows per frame: atom fractions of each species -> that frame's remainder per atom).
+            A single composition therefore gets one shift for all species; near 0 when the E0s
+            are themselves the least-squares fit, about the binding energy per atom when they are
+            isolated-atom energies. Species without atoms in the data get the mean.
         avg_num_neighbors: mean number of neighbours within ``r_max`` per atom, periodic images
             counted (``ase.neighborlist.neighbor_list``).
         num_frames, num_atoms, num_frames_with_energy, num_frames_with_forces,
@@ -65,6 +72,8 @@ def compute_statistics(
     num_atoms = counts.sum(axis=1)
     per_atom = (energies[has_energy] - counts[has_energy] @ e0_vector) / num_atoms[has_energy]
 
+    energy_shifts = _fit_energy_shifts(species, counts[has_energy], per_atom)
+
     forces = [g.forces.numpy() for g in graphs if bool(g.has_forces.item())]
     if forces:
         force_rms, force_rms_source = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))), "data"
@@ -79,6 +88,7 @@ def compute_statistics(
         "force_rms_source": force_rms_source,
         "energy_per_atom_mean_after_e0": float(per_atom.mean()) if per_atom.size else 0.0,
         "energy_per_atom_rms_after_e0": float(np.sqrt(np.mean(per_atom**2))) if per_atom.size else 0.0,
+        "energy_shifts": energy_shifts,
         "avg_num_neighbors": average_num_neighbors(graphs, r_max),
         "num_frames": len(graphs),
         "num_atoms": int(num_atoms.sum()),
@@ -110,3 +120,14 @@ def _fit_e0s(species, counts, energies, isolated_atom_energies):
         return {z: 0.0 for z in species}, "none (no energies)"
     solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
     return {z: float(e) for z, e in zip(species, solution)}, "least_squares"
+
+
+def _fit_energy_shifts(species, counts, per_atom):
+    """``{Z: eV}``: mean of ``per_atom`` ([F] eV/atom after E0) plus the least-squares correction per species."""
+    if per_atom.size == 0:
+        return {z: 0.0 for z in species}
+    mean = float(per_atom.mean())
+    fractions = counts / counts.sum(axis=1, keepdims=True)
+    # minimum norm: a direction the compositions cannot resolve keeps the common mean
+    correction, *_ = np.linalg.lstsq(fractions, per_atom - mean, rcond=None)
+    return {z: mean + float(c) for z, c in zip(species, correction)}

@@ -19,6 +19,7 @@ from mpnn_ip.elements import atomic_numbers, energies_by_atomic_number, symbols
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors, radius_graph_pbc
 from mpnn_ip.models.arguments import record_constructor_arguments
+from mpnn_ip.nn.tracing import is_tracing
 
 
 def normalize_species(species: Sequence[int | str]) -> list[int]:
@@ -78,6 +79,9 @@ class Potential(torch.nn.Module):
         arguments = dict(self._constructor_arguments)
         arguments["species"] = list(self.species)
         arguments["e0s"] = energies_by_atomic_number(arguments.get("e0s"))
+        for name in ("energy_scale", "energy_shift"):
+            if isinstance(arguments.get(name), Mapping):
+                arguments[name] = energies_by_atomic_number(arguments[name])
         return arguments
 
     @property
@@ -95,7 +99,7 @@ class Potential(torch.nn.Module):
     def species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """[N] atomic numbers -> [N] indices into ``self.species``; unknown elements raise DataError."""
         index = self.species_table[atomic_numbers]
-        if not torch.compiler.is_compiling() and bool((index < 0).any()):
+        if not is_tracing() and bool((index < 0).any()):
             unknown = sorted({int(z) for z in atomic_numbers[index < 0].tolist()})
             raise DataError(
                 f"element(s) {symbols(unknown)} are not among the species this model was built for {symbols(self.species)}"
@@ -228,9 +232,13 @@ class Potential(torch.nn.Module):
         graph = self.graph(inputs, positions=positions, strain=strain)
         out = self.atomic_outputs(graph)
         species, batch = graph["species"], graph["batch"]
-        node_energy = out["node_energy"] + self.e0[species].to(dtype)
-        out["node_energy"] = node_energy
-        out["energy"] = scatter(node_energy, batch, dim=0, dim_size=graph["num_graphs"], reduce="sum")
+        e0 = self.e0[species]
+        # the frame's sum in float64, rounded once: a float32 sum of atoms carrying E0 (~1e3 eV each)
+        # would add ~1e-4 eV of rounding per atom to an energy fitted to ~1e-3 eV per atom
+        interaction = out["node_energy"]
+        energy = scatter(interaction.to(torch.float64) + e0, batch, dim=0, dim_size=graph["num_graphs"], reduce="sum")
+        out["node_energy"] = interaction + e0.to(dtype)
+        out["energy"] = energy.to(dtype)
         if not wrt:
             return out
 

@@ -8,8 +8,9 @@ element; the network outputs are scaled and shifted per species.
 Standardisation: ``feature_mean``/``feature_std`` ``[S, F]`` buffers (saved in the checkpoint).
 :meth:`BPNN.prepare` (called by the training code with the training graphs before training)
 computes them from data; without it they are 0 and 1. An atom's energy is measured from its
-network's output for an isolated atom (all symmetry functions 0), so an isolated atom gets
-exactly ``E0 + energy_shift``.
+network's output for an isolated atom (all symmetry functions 0), and the per-species shift
+applies only to atoms with neighbours (:func:`~mpnn_ip.nn.neighbour_gate`), so an isolated atom
+gets exactly its ``E0``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.nn import PerSpeciesScaleShift, SymmetryFunctions
+from mpnn_ip.nn import PerSpeciesScaleShift, SymmetryFunctions, neighbour_gate
 from mpnn_ip.nn import activation as activation_fn
 
 
@@ -45,7 +46,8 @@ class BPNN(Potential):
         feature_mean, feature_std: ``[S][F]`` standardisation (None: 0 and 1 until :meth:`prepare`).
         e0s: per-species isolated-atom energies (eV), ``{Z or symbol: eV}``.
         energy_scale: eV, initial per-species scale of the networks' outputs (e.g. the force RMS).
-        energy_shift: eV, initial per-species shift on top of E0.
+        energy_shift: eV, initial per-species shift on top of E0 (one number, one per species or
+            ``{Z or symbol: eV}``), applied to atoms with neighbours.
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class BPNN(Potential):
         feature_std: Sequence[Sequence[float]] | None = None,
         e0s: Mapping | None = None,
         energy_scale: float = 1.0,
-        energy_shift: float = 0.0,
+        energy_shift: float | Sequence[float] | Mapping = 0.0,
     ):
         super().__init__(species, r_max, e0s)
         if radial_shifts is None:
@@ -90,7 +92,7 @@ class BPNN(Potential):
             self.element_networks.append(
                 torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
             )
-        self.scale_shift = PerSpeciesScaleShift(self.num_species, energy_scale, energy_shift)
+        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift)
 
     def _network(self, element: int, features: torch.Tensor) -> torch.Tensor:
         layers = self.element_networks[element]
@@ -107,7 +109,8 @@ class BPNN(Potential):
             mask = species == element
             reference = self._network(element, isolated[element : element + 1])
             energies = energies.index_put((mask,), self._network(element, standardized[mask]) - reference)
-        return self.scale_shift(energies, species)
+        gate = neighbour_gate(torch.linalg.norm(edge_vectors, dim=-1), edge_index[0], species.shape[0], self.r_max)
+        return self.scale_shift(energies, species, gate)
 
     @torch.no_grad()
     def fit_feature_standardization(self, batches: Iterable) -> None:

@@ -8,7 +8,8 @@ up to ``max_ell``) and a species-dependent skip; the product basis
 linear, + skip) gives the next hidden features; a readout after every interaction (linear for
 all but the last, a small MLP for the last, whose hidden features are only the scalars).
 Atomic energy = sum of the readouts, scaled and shifted per species (fixed, as MACE's
-``ScaleShiftBlock``); E0 is added by the base class.
+``ScaleShiftBlock``; the shift only for atoms with neighbours, :func:`~mpnn_ip.nn.neighbour_gate`);
+E0 is added by the base class.
 
 Differences from mace-torch, on purpose:
 - the symmetric contraction uses a basis of the *symmetric* couplings only (8 instead of 23
@@ -17,7 +18,7 @@ Differences from mace-torch, on purpose:
 - features are stored channels-last and the edge tensor product is a batched matmul
   (:mod:`mpnn_ip.nn.mace.linear`, :mod:`mpnn_ip.nn.mace.interaction`), for CPU speed;
 - the first interaction has no skip connection (mace-torch's ``RealAgnosticInteractionBlock``
-  first, as ``NequIP`` here): a lone atom then has exactly the energy E0 + shift, which the
+  first, as ``NequIP`` here): a lone atom then has exactly the energy E0 (its shift is gated off), which the
   benchmark's mace-s (residual first layer) does not;
 - the ZBL repulsion (``zbl=True``) is added after the scale and shift (mace-torch scales it).
 """
@@ -40,6 +41,7 @@ from mpnn_ip.nn import (
     SpeciesEmbedding,
     ZBLRepulsion,
     embed_edges,
+    neighbour_gate,
 )
 
 #: Presets for ``MACE(**PRESETS[name], species=..., ...)``; "small" is the size of the speed benchmark.
@@ -88,7 +90,8 @@ class MACE(Potential):
         avg_num_neighbors: mean neighbour count of the training data; divides the neighbour sum.
         e0s: per-species reference energies (eV), ``{Z or symbol: eV}``, added by the base class.
         energy_scale: per-species scale of the atomic energies (eV; the force RMS), fixed.
-        energy_shift: per-species shift of the atomic energies (eV, on top of E0), fixed.
+        energy_shift: per-species shift of the atomic energies (eV, on top of E0), fixed: one number,
+            one per species, or ``{Z or symbol: eV}``; applied to atoms with neighbours.
         zbl: add the ZBL screened nuclear repulsion (:class:`~mpnn_ip.nn.ZBLRepulsion`, eV).
         mlp_readout_irreps: hidden scalars of the last readout's MLP.
     """
@@ -109,7 +112,7 @@ class MACE(Potential):
         avg_num_neighbors: float = 1.0,
         e0s: Mapping | None = None,
         energy_scale: float | Sequence[float] = 1.0,
-        energy_shift: float | Sequence[float] = 0.0,
+        energy_shift: float | Sequence[float] | Mapping = 0.0,
         zbl: bool = False,
         mlp_readout_irreps: str = "16x0e",
     ):
@@ -149,7 +152,7 @@ class MACE(Potential):
             scalars = f"{channels}x0e"
             self.readouts.append(MLPReadout(scalars, mlp_readout_irreps) if last else LinearReadout(scalars))
             irreps_node = irreps_out
-        self.scale_shift = PerSpeciesScaleShift(self.num_species, energy_scale, energy_shift, trainable=False)
+        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=False)
         self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
@@ -161,7 +164,7 @@ class MACE(Potential):
             node_features = product(atomic_basis, species, skip)
             # scalars come first and are stored alike in e3nn's and the channels-last layout
             node_energy = node_energy + readout(node_features[:, : self.num_channels]).squeeze(-1)
-        node_energy = self.scale_shift(node_energy, species)
+        node_energy = self.scale_shift(node_energy, species, neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max))
         if self.zbl is not None:
             node_energy = node_energy + self.zbl(species, edge_index, lengths)
         return node_energy

@@ -8,7 +8,8 @@ per species.
 
 Two choices follow NequIP 0.19 (the version the speed benchmark compares with):
 the first layer has no self-connection and no residual, so an isolated atom (no edges)
-gets exactly ``E0 + shift`` of its species; and the last layer produces only the
+gets exactly the E0 of its species (the per-species shift is gated off for atoms
+without neighbours, :func:`~mpnn_ip.nn.neighbour_gate`); and the last layer produces only the
 ``num_features x 0e`` scalars the readout reads, so no work is spent on l > 0 outputs
 that nothing uses.
 """
@@ -33,6 +34,7 @@ from mpnn_ip.nn import (
     check_same_irreps,
     convolution_output_irreps,
     embed_edges,
+    neighbour_gate,
     tp_path_exists,
 )
 
@@ -121,7 +123,8 @@ class NequIP(Potential):
         avg_num_neighbors: mean neighbour count of the training data; messages are divided by its sqrt.
         e0s: per-species reference energies (eV), ``{Z or symbol: eV}``, added by the base class.
         energy_scale: initial per-species scale of the atomic energies (eV; e.g. the force RMS).
-        energy_shift: initial per-species shift of the atomic energies (eV, on top of E0).
+        energy_shift: initial per-species shift of the atomic energies (eV, on top of E0): one number, one
+            per species, or ``{Z or symbol: eV}``; applied to atoms with neighbours (:func:`~mpnn_ip.nn.neighbour_gate`).
         zbl: add the ZBL screened nuclear repulsion (:class:`~mpnn_ip.nn.ZBLRepulsion`).
         resnet: residual update in layers whose input and output irreps match (not the first).
         nonlinearity_scalars: activation of even / odd scalars, ``{"e": "silu", "o": "tanh"}``.
@@ -143,7 +146,7 @@ class NequIP(Potential):
         avg_num_neighbors: float = 1.0,
         e0s: Mapping | None = None,
         energy_scale: float = 1.0,
-        energy_shift: float = 0.0,
+        energy_shift: float | Sequence[float] | Mapping = 0.0,
         zbl: bool = False,
         resnet: bool = False,
         nonlinearity_scalars: Mapping[str, str] | None = None,
@@ -183,7 +186,7 @@ class NequIP(Potential):
             LinearReadout(irreps, f"{max(num_features // 2, 1)}x0e"),
             LinearReadout(f"{max(num_features // 2, 1)}x0e", "1x0e"),
         )
-        self.scale_shift = PerSpeciesScaleShift(self.num_species, energy_scale, energy_shift, trainable=True)
+        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=True)
         self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
@@ -191,7 +194,8 @@ class NequIP(Potential):
         node_features = self.species_embedding(species)
         for layer in self.layers:
             node_features = layer(node_features, species, edge_sh, radial, edge_index)
-        node_energy = self.scale_shift(self.readout(node_features).squeeze(-1), species)
+        gate = neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max)
+        node_energy = self.scale_shift(self.readout(node_features).squeeze(-1), species, gate)
         if self.zbl is not None:
             node_energy = node_energy + self.zbl(species, edge_index, lengths)
         return node_energy

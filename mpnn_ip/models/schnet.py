@@ -6,7 +6,8 @@ Dense, shifted softplus, Dense; residual update), and an atom-wise output networ
 (Dense, ssp, Dense) whose output is scaled and shifted per species.
 
 An atom's energy is measured from the same network's output for an isolated atom of its
-species (no neighbours), so an isolated atom gets exactly ``E0 + energy_shift``.
+species (no neighbours), and the per-species shift applies only to atoms with neighbours
+(:func:`~mpnn_ip.nn.neighbour_gate`), so an isolated atom gets exactly its ``E0``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from typing import Mapping, Sequence
 import torch
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.nn import GaussianBasis, PerSpeciesScaleShift, PolynomialCutoff, SchNetInteraction, cosine_cutoff, shifted_softplus
+from mpnn_ip.nn import (
+    GaussianBasis,
+    PerSpeciesScaleShift,
+    PolynomialCutoff,
+    SchNetInteraction,
+    cosine_cutoff,
+    neighbour_gate,
+    shifted_softplus,
+)
 
 CUTOFFS = ("cosine", "polynomial")
 
@@ -35,7 +44,8 @@ class SchNet(Potential):
         e0s: per-species isolated-atom energies (eV), ``{Z or symbol: eV}``.
         avg_num_neighbors: divides the neighbour sum of each convolution.
         energy_scale: eV, initial per-species scale of the output network.
-        energy_shift: eV, initial per-species shift on top of E0.
+        energy_shift: eV, initial per-species shift on top of E0 (one number, one per species or
+            ``{Z or symbol: eV}``), applied to atoms with neighbours.
     """
 
     def __init__(
@@ -50,7 +60,7 @@ class SchNet(Potential):
         e0s: Mapping | None = None,
         avg_num_neighbors: float = 1.0,
         energy_scale: float = 1.0,
-        energy_shift: float = 0.0,
+        energy_shift: float | Sequence[float] | Mapping = 0.0,
     ):
         super().__init__(species, r_max, e0s)
         if cutoff not in CUTOFFS:
@@ -65,7 +75,7 @@ class SchNet(Potential):
         )
         self.output_hidden = torch.nn.Linear(num_features, max(num_features // 2, 1))
         self.output = torch.nn.Linear(max(num_features // 2, 1), 1)
-        self.scale_shift = PerSpeciesScaleShift(self.num_species, energy_scale, energy_shift)
+        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift)
 
     def cutoff_envelope(self, lengths: torch.Tensor) -> torch.Tensor:
         """Smooth cutoff ``[n_edges]`` Å -> ``[n_edges]`` (1 at r = 0, value and slope 0 at r_max)."""
@@ -85,4 +95,4 @@ class SchNet(Potential):
             node_features = interaction(node_features, radial_basis, cutoff, edge_index)
         raw = self.output(shifted_softplus(self.output_hidden(node_features))).squeeze(-1)
         relative = raw[:num_atoms] - raw[num_atoms:][species]
-        return self.scale_shift(relative, species)
+        return self.scale_shift(relative, species, neighbour_gate(lengths, edge_index[0], num_atoms, self.r_max))

@@ -13,7 +13,7 @@ Shared by the families (top-level modules):
   cutoff): lengths [n_edges] Å -> [n_edges, num_basis]
 - :mod:`~mpnn_ip.nn.radial_mlp`: :class:`RadialMLP`, radial embedding -> per-edge tensor-product weights
 - :mod:`~mpnn_ip.nn.activations`: :data:`ACTIVATIONS` by name, :func:`shifted_softplus`
-- :mod:`~mpnn_ip.nn.scale_shift`: :class:`PerSpeciesScaleShift`, atomic energies -> eV per species
+- :mod:`~mpnn_ip.nn.scale_shift`: :class:`PerSpeciesScaleShift`, atomic energies -> eV per species (shift gated by :func:`neighbour_gate`)
 - :mod:`~mpnn_ip.nn.zbl`: :class:`ZBLRepulsion`, screened nuclear repulsion at short range (eV)
 - :mod:`~mpnn_ip.nn.couplings`: the one path enumerator :func:`tensor_product_paths`
   (:func:`tp_path_exists`, :func:`convolution_output_irreps`) and the Clebsch-Gordan coupling
@@ -53,7 +53,7 @@ from mpnn_ip.nn.mace.product_basis import ProductBasis
 from mpnn_ip.nn.mace.symmetric_contraction import SymmetricContraction, symmetric_coupling_basis
 from mpnn_ip.nn.radial import BesselBasis, GaussianBasis, PolynomialCutoff, RadialEmbedding, cosine_cutoff, gaussians
 from mpnn_ip.nn.radial_mlp import RadialMLP
-from mpnn_ip.nn.scale_shift import PerSpeciesScaleShift
+from mpnn_ip.nn.scale_shift import PerSpeciesScaleShift, neighbour_gate, per_species_values
 from mpnn_ip.nn.wiring import check_linear_paths, check_same_irreps
 from mpnn_ip.nn.zbl import ZBLRepulsion
 
@@ -91,6 +91,8 @@ __all__ = [
     "convolution_paths",
     "cosine_cutoff",
     "gaussians",
+    "neighbour_gate",
+    "per_species_values",
     "shifted_softplus",
     "symmetric_coupling_basis",
     "tensor_product_paths",

@@ -5,7 +5,8 @@ Each function takes the part of the config it needs and returns a built object; 
 the config resolver ``${training_data_stats:NAME}`` named in each model's YAML (as NequIP's
 ``training_data_stats``), so a model takes only the statistics it uses: ``species`` (elements of
 the data), ``e0s`` (eV, isolated-atom or least-squares per-species energies),
-``avg_num_neighbors`` and ``force_rms`` (eV/Å; its value in eV sets readout scales).
+``avg_num_neighbors``, ``force_rms`` (eV/Å; its value in eV sets readout scales) and
+``energy_shifts`` (eV per atom left after E0, per species: the models' initial shifts).
 """
 
 from __future__ import annotations
@@ -35,9 +36,15 @@ def _statistic(name: str) -> Any:
             f"${{{STATISTICS_RESOLVER}:{name}}} is only known once mpnn-train has read the training split; "
             f"outside a training run give the value itself (e.g. model.{name}=...)"
         )
+    if name not in statistics and name in _ADDED_LATER:
+        return _ADDED_LATER[name](statistics)
     if name not in statistics:
         raise ConfigError(f"${{{STATISTICS_RESOLVER}:{name}}}: no such statistic; known: {sorted(statistics)}")
     return plain(statistics[name])
+
+
+#: Statistics that checkpoints written before they existed lack: what those runs were built with.
+_ADDED_LATER = {"energy_shifts": lambda statistics: {int(z): 0.0 for z in statistics.get("species", ())}}
 
 
 def register_statistics_resolver() -> None:
@@ -193,6 +200,13 @@ def build_loggers(logger_cfg) -> list:
 def build_trainer(trainer_cfg, callbacks: list, loggers: list):
     """The Lightning ``Trainer``; ``inference_mode`` is always off (forces need autograd in validation).
 
+    ``use_distributed_sampler`` is off: the data module shares each epoch's frames between DDP processes
+    itself (:mod:`mpnn_ip.data.sampler`; seeded by ``seed`` and the epoch, validation frames not repeated).
+    A multi-node run (``trainer.num_nodes`` > 1) needs a launcher that says where this process stands
+    (SLURM's ``srun``, ``torchrun``, or ``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK`` by hand); without
+    one it is a ConfigError naming the missing variables, instead of a process waiting for nodes that
+    never come (:func:`check_launcher_environment`).
+
     ``trainer.enable_progress_bar=false`` also drops a progress-bar callback (Lightning refuses both).
     Checkpoints are written atomically (:class:`mpnn_ip.train.checkpoint_io.AtomicCheckpointIO`, added
     to the config's ``trainer.plugins``) unless those plugins already hold a ``CheckpointIO`` of their own.
@@ -204,6 +218,7 @@ def build_trainer(trainer_cfg, callbacks: list, loggers: list):
 
     from mpnn_ip.train.checkpoint_io import AtomicCheckpointIO
 
+    check_launcher_environment(int(trainer_cfg.get("num_nodes") or 1))
     if trainer_cfg.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     configured = trainer_cfg.get("plugins")
@@ -218,5 +233,49 @@ def build_trainer(trainer_cfg, callbacks: list, loggers: list):
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     return instantiate(
-        trainer_cfg, callbacks=callbacks, logger=loggers or False, inference_mode=False, plugins=plugins, _convert_="all"
+        trainer_cfg, callbacks=callbacks, logger=loggers or False, inference_mode=False, plugins=plugins,
+        use_distributed_sampler=False, _convert_="all",
+    )
+
+
+def is_global_zero(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is rank 0 of its job, from what the launcher set (torchrun ``RANK``, SLURM
+    ``SLURM_PROCID``, jsrun; Lightning's own DDP processes ``NODE_RANK``/``LOCAL_RANK``): known before the
+    Trainer exists, so that files written before ``fit`` (``config.yaml``, ``skipped_frames.csv``,
+    ``prepare.json``) are written once. True in a process nobody launched."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    for name in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if environ.get(name, "").isdigit():
+            return int(environ[name]) == 0
+    return all(int(environ.get(name, "0") or 0) == 0 for name in ("NODE_RANK", "LOCAL_RANK"))
+
+
+#: Variables by which each launcher tells a process its place in a multi-node job.
+LAUNCHER_VARIABLES = {
+    "SLURM (srun)": ("SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID"),
+    "torchrun": ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE"),
+    "by hand": ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"),
+}
+
+
+def check_launcher_environment(num_nodes: int, environ: Mapping[str, str] | None = None) -> None:
+    """ConfigError when ``num_nodes`` > 1 and no launcher set all of its variables (:data:`LAUNCHER_VARIABLES`),
+    naming the variables missing from the launcher that came closest."""
+    import os
+
+    if num_nodes <= 1:
+        return
+    environ = os.environ if environ is None else environ
+    missing = {name: [v for v in names if v not in environ] for name, names in LAUNCHER_VARIABLES.items()}
+    if any(not names for names in missing.values()):
+        return
+    closest = min(missing, key=lambda name: len(missing[name]) / len(LAUNCHER_VARIABLES[name]))
+    raise ConfigError(
+        f"trainer.num_nodes={num_nodes} needs a launcher that starts one process per GPU on every node and tells "
+        f"each its place, but {', '.join(missing[closest])} {'is' if len(missing[closest]) == 1 else 'are'} not set "
+        f"(looked for {closest}: {', '.join(LAUNCHER_VARIABLES[closest])}). Start the job with srun (see "
+        "scripts/slurm/train.sbatch) or torchrun --nnodes=N --nproc_per_node=G ..., or set MASTER_ADDR, MASTER_PORT "
+        "and NODE_RANK on every node; trainer.num_nodes=1 trains on this node only."
     )

@@ -57,9 +57,10 @@ def _dataloaders(loaders) -> list:
 class ReseedEveryEpoch(L.Callback):
     """Make every training epoch's randomness a function of ``seed + epoch`` only.
 
-    At the start of each epoch: python, numpy and torch are seeded with ``seed + epoch``, and the
-    training loader's ``RandomSampler`` gets its own generator seeded the same way (its order
-    then does not depend on when Lightning happens to create the loader's iterator). A run
+    At the start of each epoch: python, numpy and torch are seeded with ``seed + epoch`` (dropout,
+    data augmentation), and a training loader with a ``RandomSampler`` (a loader built outside
+    :class:`~mpnn_ip.data.AtomicDataModule`, whose own epoch order already depends only on
+    ``seed + epoch``, see :mod:`mpnn_ip.data.sampler`) gets a generator seeded the same way. A run
     resumed from a checkpoint thus shuffles exactly as the uninterrupted run did. Also done at
     ``on_train_start``, because Lightning may skip the epoch-start hooks of the first epoch after
     resuming from a checkpoint written at the end of an epoch.

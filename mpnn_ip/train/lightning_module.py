@@ -11,10 +11,11 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from mpnn_ip.checkpoint import checkpoint_metadata
-from mpnn_ip.errors import TrainingDiverged
-from mpnn_ip.train.losses import WeightedPropertyLoss
+from mpnn_ip.checkpoint import checkpoint_metadata, plain
+from mpnn_ip.errors import ConfigError, DataError, TrainingDiverged
+from mpnn_ip.train.losses import EpochLoss, WeightedPropertyLoss
 from mpnn_ip.train.metrics import PropertyMetrics
+from mpnn_ip.train.stage_two import StageTwo
 
 DEFAULT_LOSS = {
     "energy": {"weight": 1.0, "fn": "mse"},
@@ -28,6 +29,8 @@ MAX_FRAMES_NAMED = 10
 log = logging.getLogger(__name__)
 # a skipped step returns None from training_step on purpose; Lightning's generic warning about it is noise
 warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+# epoch values come from torchmetrics states that are already reduced over processes
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 def batch_frames(batch, batch_idx: int | None = None) -> list[str]:
@@ -60,7 +63,9 @@ class PotentialModule(L.LightningModule):
     Args:
         model: the built potential (its ``dtype`` is the training dtype).
         loss: per-output loss terms ``{energy|forces|stress: {weight, fn, delta}}``
-            (see :class:`~mpnn_ip.train.losses.WeightedPropertyLoss`).
+            (see :class:`~mpnn_ip.train.losses.WeightedPropertyLoss`), and optionally
+            ``stage_two: {start_fraction, energy_weight, lr}`` (``None`` = off): a second stage
+            (:class:`~mpnn_ip.train.stage_two.StageTwo`, added to the trainer by ``configure_callbacks``).
         optimizer: ``partial`` of a ``torch.optim`` class, called with the model's parameters
             (from Hydra: ``_target_: torch.optim.Adam, _partial_: true, lr: ...``).
         scheduler: ``partial`` of a ``torch.optim.lr_scheduler`` class, called with the optimizer,
@@ -83,8 +88,15 @@ class PotentialModule(L.LightningModule):
 
     Logged per epoch: ``{stage}/loss``, ``{stage}/loss_{output}`` and ``{stage}/{quantity}_{mae|rmse}``
     for quantities ``energy_per_atom`` (eV/atom), ``energy`` (eV), ``forces`` (eV/Å), ``stress``
-    (eV/Å³), stages ``train``, ``val``, ``test``. Forces need gradients in validation and test,
-    so the Trainer must run with ``inference_mode=False``.
+    (eV/Å³), stages ``train``, ``val``, ``test``; per step ``train/loss_step``. Forces need gradients
+    in validation and test, so the Trainer must run with ``inference_mode=False``.
+
+    Data-parallel (DDP): each training step divides the error sums of every process by the labelled
+    entries of the whole global batch (one all-reduce), so ``W`` processes sharing a batch take exactly
+    the optimizer step of one process holding all of it, whatever the atom counts of their frames. The
+    epoch values (loss: :class:`~mpnn_ip.train.losses.EpochLoss`; MAE/RMSE) are sums over all frames of
+    all processes, identical on every process. The processes must hold the same statistics (they read
+    the same files); at the start of fit they are compared with rank 0's (``DataError`` if not).
     """
 
     def __init__(
@@ -101,12 +113,19 @@ class PotentialModule(L.LightningModule):
         if int(max_bad_steps) < 0:
             raise ValueError(f"max_bad_steps must be >= 0 (0 = never stop), got {max_bad_steps}")
         self.model = model
-        self.loss_fn = WeightedPropertyLoss(**{k: dict(v) for k, v in (loss or DEFAULT_LOSS).items() if v is not None})
+        terms = {k: dict(v) for k, v in (loss or DEFAULT_LOSS).items() if v is not None}
+        stage_two = terms.pop("stage_two", None)
+        unknown = sorted(set(stage_two or ()) - {"start_fraction", "energy_weight", "lr"})
+        if unknown:
+            raise ConfigError(f"loss.stage_two: unknown setting(s) {unknown}; allowed: start_fraction, energy_weight, lr")
+        self.stage_two = StageTwo(**stage_two) if stage_two is not None else None
+        self.loss_fn = WeightedPropertyLoss(**terms)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
         self.statistics = dict(statistics or {})
         self.metrics = torch.nn.ModuleDict({f"{stage}_metrics": PropertyMetrics() for stage in STAGES})
+        self.epoch_losses = torch.nn.ModuleDict({f"{stage}_loss": EpochLoss(self.loss_fn) for stage in STAGES})
         self.max_bad_steps = int(max_bad_steps)
         #: consecutive skipped optimizer steps, and (step, epoch, reason, frames) of each
         self.bad_steps = 0
@@ -133,20 +152,32 @@ class PotentialModule(L.LightningModule):
     def _step(self, batch, stage: str) -> torch.Tensor | None:
         compute_forces = bool(batch.has_forces.any()) or self.loss_fn.uses("forces")
         pred = self(batch, compute_forces=compute_forces, compute_stress=self._needs_stress(batch, stage))
-        total, terms = self.loss_fn(pred, batch)
+        sums, counts, present = self.loss_fn.sums_and_counts(pred, batch)
+        if stage == "train":
+            global_sums, global_counts = self._summed_over_processes(sums.detach(), counts)
+            # DDP averages the gradients of the processes: dividing by global count / processes makes that
+            # average the gradient of the global batch's loss
+            processes = 1 if self._trainer is None else self.trainer.world_size
+            total, terms = self.loss_fn.combine(sums, global_counts / processes, present)
+        else:
+            total, terms = self.loss_fn.combine(sums, counts, present)
         if stage == "train" and not bool(torch.isfinite(total.detach())):
             bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()))]
             self._pending_nonfinite_loss = f"non-finite loss ({float(total.detach())}{' in ' + ', '.join(bad) if bad else ''})"
             return None  # neither logged nor in the epoch metrics
         self.metrics[f"{stage}_metrics"].update(pred, batch)
-        batch_size = int(batch.num_graphs)
-        on_step = stage == "train"
-        # sync_dist: under DDP the epoch values are averaged over processes (the scheduler and the best
-        # checkpoint read val/loss); a no-op in one process
-        self.log(f"{stage}/loss", total.detach(), on_step=on_step, on_epoch=True, batch_size=batch_size, prog_bar=True, sync_dist=True)
-        for name, value in terms.items():
-            self.log(f"{stage}/loss_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.epoch_losses[f"{stage}_loss"].update(sums, counts)
+        if stage == "train":
+            step_loss, _ = self.loss_fn.combine(global_sums, global_counts)  # the global batch's loss, on every process
+            self.log("train/loss_step", step_loss, on_step=True, on_epoch=False, batch_size=int(batch.num_graphs), prog_bar=True)
         return total
+
+    def _summed_over_processes(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sums, counts)`` summed over the DDP processes (one all-reduce); unchanged in one process."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return sums, counts
+        both = self.trainer.strategy.reduce(torch.cat([sums, counts]).clone(), reduce_op="sum")
+        return both[: len(sums)], both[len(sums) :]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         if self.model.fitted_in_closed_form:
@@ -235,6 +266,16 @@ class PotentialModule(L.LightningModule):
         )
         return "\n".join(lines)
 
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            reference = self.trainer.strategy.broadcast(plain(self.statistics), src=0)
+            if reference != plain(self.statistics):
+                raise DataError(
+                    f"process {self.trainer.global_rank} computed other training statistics than process 0 "
+                    f"({plain(self.statistics)} vs {reference}): the processes did not read the same training data. "
+                    "Give every node the same files (a shared file system, or copies of identical content)."
+                )
+
     def on_train_start(self) -> None:
         self._reset_pending()
         self._resume_plateau_scheduler()
@@ -251,6 +292,13 @@ class PotentialModule(L.LightningModule):
             self._step(batch, "test")
 
     def _log_epoch_metrics(self, stage: str) -> None:
+        # compute() reduces over processes (a collective): called on every process, logged when labelled
+        total, terms = self.epoch_losses[f"{stage}_loss"].compute()
+        self.epoch_losses[f"{stage}_loss"].reset()
+        if terms:
+            self.log(f"{stage}/loss", total, prog_bar=True)
+            for name, value in terms.items():
+                self.log(f"{stage}/loss_{name}", value)
         values = self.metrics[f"{stage}_metrics"].compute()
         for name, value in values.items():
             # torchmetrics already reduced these over processes: identical on every rank
@@ -269,6 +317,9 @@ class PotentialModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+
+    def configure_callbacks(self) -> list:
+        return [] if self.stage_two is None else [self.stage_two]
 
     def configure_optimizers(self):
         if self.model.fitted_in_closed_form:

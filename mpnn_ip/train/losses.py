@@ -6,15 +6,23 @@ component (eV/Å); ``stress`` every tensor component (eV/Å³). All terms go thr
 rows of frames without the label (``has_energy``/``has_forces``/``has_stress`` False) are masked
 out, every row is multiplied by its frame's ``weight``, and the sum is divided by the number of
 labelled entries.
+
+Under DDP each process holds part of the global batch; dividing each part's sum by its own count
+would weigh an entry of a process holding few atoms more than one of a process holding many. The
+training step therefore divides by the global count instead (``count_normaliser``: the count summed
+over processes, divided by their number, because DDP averages gradients), so that ``W`` processes
+with ``B/W`` frames each take exactly the step of one process with ``B`` frames. :class:`EpochLoss`
+does the same over a whole epoch for the logged ``{stage}/loss``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
+from torchmetrics import Metric
 
 from mpnn_ip.outputs import OUTPUTS, QUANTITIES, Output, Quantity, labelled_outputs, per_row, quantity_rows
 
@@ -35,15 +43,23 @@ def elementwise_loss(fn: str, pred: torch.Tensor, target: torch.Tensor, delta: f
     raise ValueError(f"unknown loss function {fn!r}; choose one of {LOSS_FUNCTIONS}")
 
 
-def masked_mean(values: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``sum(weight * values over masked rows) / (number of masked entries)``; 0 when nothing is masked in.
+def masked_sum(values: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum(weight * values over masked rows), number of masked entries)``.
 
     ``values``: [R, ...]; ``weight``, ``mask``: [R].
     """
     per_row_values = values.reshape(values.shape[0], -1)
     selected = (weight * mask).to(per_row_values.dtype).unsqueeze(1) * per_row_values
-    count = mask.sum() * per_row_values.shape[1]
-    return selected.sum() / count.clamp(min=1)
+    return selected.sum(), (mask.sum() * per_row_values.shape[1]).to(per_row_values.dtype)
+
+
+def masked_mean(values: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum(weight * values over masked rows) / (number of masked entries)``; 0 when nothing is masked in.
+
+    ``values``: [R, ...]; ``weight``, ``mask``: [R].
+    """
+    total, count = masked_sum(values, weight, mask)
+    return total / count.clamp(min=1)
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,10 @@ class WeightedPropertyLoss(torch.nn.Module):
 
     Any other name is a ``ValueError`` naming the known terms.
 
-    ``forward(pred, batch)`` -> ``(total, terms)``: the scalar loss and ``{term: unweighted value}``.
+    ``forward(pred, batch, count_normaliser=None)`` -> ``(total, terms)``: the scalar loss and
+    ``{term: unweighted value}``; ``count_normaliser`` maps the counts of labelled entries ``[3]`` (one
+    per term of :data:`LOSS_TERMS`) to what the sums are divided by (DDP: the global count over
+    the number of processes). :meth:`sums_and_counts` gives the sums and counts themselves.
     ``pred``: the model's output dict (``energy [B]``, ``forces [N,3]``, ``stress [B,3,3]``);
     ``batch``: a collated batch with labels, ``has_*`` masks, ``weight [B]``, ``batch``, ``ptr``.
     A term whose output is missing from ``pred`` is a ``ValueError`` when some frame of the batch
@@ -95,25 +114,87 @@ class WeightedPropertyLoss(torch.nn.Module):
         if not self.terms:
             raise ValueError("the loss has no term with a positive weight; give e.g. loss.forces.weight=1")
 
+    def set_weight(self, name: str, weight: float) -> None:
+        """Change the weight of term ``name`` (e.g. the energy weight of a second stage); 0 switches it off."""
+        if name not in LOSS_TERMS:
+            raise ValueError(f"{name} is not a loss term; the terms are {', '.join(LOSS_TERMS)}")
+        term = self.terms.get(name) or LossTerm.from_config(name, {"weight": weight})
+        terms = {**self.terms, name: replace(term, weight=float(weight))}
+        self.terms = {key: value for key, value in terms.items() if value.weight > 0}
+
     def uses(self, output: str) -> bool:
         """Whether the model output ``output`` (energy, forces, stress) enters the loss."""
         return any(term.quantity.output == output for term in self.terms.values())
 
-    def forward(self, pred: Mapping[str, torch.Tensor], batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def sums_and_counts(self, pred: Mapping[str, torch.Tensor], batch) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """``(sums [3], counts [3], present)``: per term of :data:`LOSS_TERMS` (always all three, in that order,
+        so that the shapes stay when a weight changes; 0 for a term that is off) the weighted sum of its errors
+        and the number of labelled entries, and the terms on whose output the model returned."""
         labelled = labelled_outputs(pred, batch)
-        values = {}
-        for name, term in self.terms.items():
-            output = OUTPUTS[term.quantity.output]
-            entry = labelled.get(output.name)
+        zero = 0.0 * pred["energy"].sum()  # a batch without any labelled term still backpropagates
+        sums, counts, present = [], [], []
+        for name in LOSS_TERMS:
+            term = self.terms.get(name)
+            output = None if term is None else OUTPUTS[term.quantity.output]
+            entry = None if term is None else labelled.get(output.name)
             if entry is None:
-                _check_unlabelled(term, output, batch)
+                if term is not None:
+                    _check_unlabelled(term, output, batch)
+                sums.append(zero)
+                counts.append(torch.zeros((), dtype=zero.dtype, device=zero.device))
                 continue
             predicted, reference, mask = quantity_rows(term.quantity, entry)
             errors = elementwise_loss(term.fn, predicted, reference, term.delta)
-            values[name] = masked_mean(errors, per_row(output, batch, batch.weight), mask)
-        # starts from 0 * energy so that a batch without any labelled term still backpropagates
-        total = sum((self.terms[name].weight * value for name, value in values.items()), 0.0 * pred["energy"].sum())
-        return total, values
+            total, count = masked_sum(errors, per_row(output, batch, batch.weight), mask)
+            sums.append(total.to(zero.dtype) + zero)
+            counts.append(count.to(zero.dtype))
+            present.append(name)
+        return torch.stack(sums), torch.stack(counts), present
+
+    def combine(self, sums: torch.Tensor, counts: torch.Tensor, present=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, terms)`` from per-term sums and counts ``[3]`` (:meth:`sums_and_counts`): each term
+        ``sum / max(count, 1)``, the total their weighted sum; ``terms`` holds the terms that are on and
+        named in ``present`` (default: all that are on)."""
+        values = sums / counts.clamp(min=1)
+        names = list(LOSS_TERMS)
+        weights = [self.terms[name].weight if name in self.terms else 0.0 for name in names]
+        total = (torch.tensor(weights, dtype=values.dtype, device=values.device) * values).sum()
+        keep = [name for name in names if name in self.terms and (present is None or name in present)]
+        return total, {name: values[names.index(name)] for name in keep}
+
+    def forward(
+        self, pred: Mapping[str, torch.Tensor], batch, count_normaliser: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sums, counts, present = self.sums_and_counts(pred, batch)
+        if count_normaliser is not None:
+            counts = count_normaliser(counts)
+        return self.combine(sums, counts, present)
+
+
+class EpochLoss(Metric):
+    """The loss of a whole epoch (``{stage}/loss``, ``{stage}/loss_{term}``): per term the sum of errors over
+    all its batches divided by all their labelled entries, summed over processes (torchmetrics reduces
+    the states), so it depends neither on how frames were batched nor on how many processes shared them.
+
+    ``update(sums, counts)`` with :meth:`WeightedPropertyLoss.sums_and_counts`; ``compute()`` ->
+    ``(total, {term: value})`` for the terms that had labelled entries.
+    """
+
+    full_state_update = False
+
+    def __init__(self, loss: WeightedPropertyLoss):
+        super().__init__()
+        self.loss = loss
+        self.add_state("sums", default=torch.zeros(len(LOSS_TERMS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", default=torch.zeros(len(LOSS_TERMS), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        self.sums += sums.detach().to(self.sums)
+        self.counts += counts.detach().to(self.counts)
+
+    def compute(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        present = [name for name, count in zip(LOSS_TERMS, self.counts.tolist()) if count > 0]
+        return self.loss.combine(self.sums, self.counts, present)
 
 
 def _check_unlabelled(term: LossTerm, output: Output, batch) -> None:

@@ -23,12 +23,15 @@ def _checkpoint_paths(trainer) -> tuple[Path | None, Path | None]:
     return best, last
 
 
-def _evaluation_split(datamodule) -> tuple[str, Any]:
-    """The test split when there is one, else the validation split (named so in the report)."""
+def _evaluation_split(datamodule) -> tuple[str, Any, Any]:
+    """The test split when there is one, else the validation split (named so in the report): its name, this
+    process's loader (``trainer.test``; under DDP each process tests its share) and a loader of the whole
+    split (parity plots, drawn by rank 0)."""
     test = getattr(datamodule, "test_dataset", None)
-    if test is not None and len(test) > 0:
-        return "test", datamodule.test_dataloader()
-    return "val", datamodule.val_dataloader()
+    split = "test" if test is not None and len(test) > 0 else "val"
+    shared = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    whole = getattr(datamodule, "evaluation_dataloader", None)
+    return split, shared, whole(split) if whole is not None else shared
 
 
 def _parity(model, loader, output_dir: Path) -> tuple[dict, list[Path]]:
@@ -42,6 +45,9 @@ def _parity(model, loader, output_dir: Path) -> tuple[dict, list[Path]]:
 
 def finish_run(trainer, task, datamodule, output_dir: Path, test: bool = True) -> dict[str, float]:
     """Test the best checkpoint, write ``metrics.json`` and plots, log them, print a summary.
+
+    Under DDP every process tests its share of the frames (the metrics are reduced over processes);
+    only rank 0 writes ``metrics.json`` and the plots, logs them and prints the summary.
 
     Returns the flat metric dict (``val/loss``, ``test/forces_rmse``, ...), used as the sweep objective.
     """
@@ -60,8 +66,8 @@ def finish_run(trainer, task, datamodule, output_dir: Path, test: bool = True) -
     }
     plots: list[Path] = []
     if test:
-        split, loader = _evaluation_split(datamodule)
-        tested = trainer.test(task, dataloaders=loader, ckpt_path=str(ckpt) if ckpt else None, verbose=False)
+        split, shared, loader = _evaluation_split(datamodule)
+        tested = trainer.test(task, dataloaders=shared, ckpt_path=str(ckpt) if ckpt else None, verbose=False)
         metrics = {k.removeprefix("test/"): float(v) for k, v in (tested[0] if tested else {}).items()}
         summary.update({f"test/{k}": v for k, v in metrics.items()})
     if not trainer.is_global_zero:

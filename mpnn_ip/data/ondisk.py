@@ -1,0 +1,196 @@
+"""Lightning DataModule over a graph store (``mpnn-preprocess``): splits as in memory, graphs read lazily."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Mapping
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from mpnn_ip.data.atomic_graph import AtomicGraph
+from mpnn_ip.data.datamodule import AtomicDataModule
+from mpnn_ip.data.reading import read_isolated_atom_energies
+from mpnn_ip.data.splits import split_indices
+from mpnn_ip.data.store import GraphStore
+from mpnn_ip.data.streaming_statistics import StatisticsAccumulator, num_edges
+from mpnn_ip.elements import symbols
+from mpnn_ip.errors import ConfigError, DataError
+
+#: Training frames given to ``model.prepare`` (BPNN's standardisation, GAP's fit) at most.
+DEFAULT_PREPARE_MAX_FRAMES = 10_000
+
+
+class LazyGraphs(Sequence):
+    """Graphs of a store at ``indices``, read when indexed or iterated (``len`` costs nothing)."""
+
+    def __init__(self, store: GraphStore, indices):
+        self.store, self.indices = store, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self.store[i] for i in self.indices[item]]
+        return self.store[self.indices[item]]
+
+
+class StoreDataset(Dataset):
+    """The frames of a store at ``indices`` (a split); ``dataset[i]`` reads the i-th from disk.
+
+    ``graphs``: the frames as a :class:`LazyGraphs`; at most ``prepare_max_frames`` of them (a
+    seeded sample, in split order) when the split is larger, since ``mpnn-train`` hands them to
+    ``model.prepare`` as a list.
+    """
+
+    def __init__(self, store: GraphStore, indices, prepare_max_frames: int | None = None, seed: int = 0):
+        self.store, self.indices = store, np.asarray(indices, dtype=np.int64)
+        self.prepare_max_frames, self.seed = prepare_max_frames, seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> AtomicGraph:
+        return self.store[self.indices[index]]
+
+    @property
+    def num_atoms(self) -> np.ndarray:
+        """Atoms per frame ([len(self)] int), from the store's summaries (no graph is read)."""
+        per_frame = np.concatenate([summary["counts"].sum(axis=1) for _, summary in self.store.summaries()])
+        return per_frame[self.indices]
+
+    @property
+    def graphs(self) -> LazyGraphs:
+        limit = self.prepare_max_frames
+        if limit is None or len(self.indices) <= limit:
+            return LazyGraphs(self.store, self.indices)
+        chosen = np.sort(np.random.default_rng(self.seed).choice(len(self.indices), size=int(limit), replace=False))
+        warnings.warn(f"model.prepare sees {limit} of the {len(self.indices)} training frames of the store (data.prepare_max_frames)", stacklevel=2)
+        return LazyGraphs(self.store, self.indices[chosen])
+
+
+class OnDiskDataModule(AtomicDataModule):
+    """Training, validation and test frames read lazily from a graph store (``mpnn-preprocess ... out=STORE``).
+
+    Args (the reference of ``configs/data/ondisk.yaml``):
+        store: the store folder written by ``mpnn-preprocess``. A store of another format version
+            is refused (re-run ``mpnn-preprocess``).
+        train_count, val_fraction, val_count, test_fraction, test_count, seed: the splits, with the
+            rules of :class:`~mpnn_ip.data.AtomicDataModule` over the store's training frames (a
+            ``val``/``test`` part written from ``val_path``/``test_path`` plays that file's role):
+            same options and seed, same frames in each split as reading the files in memory.
+        batch_size, val_batch_size, max_atoms_per_batch, num_workers, pin_memory: batching, as
+            ``AtomicDataModule``'s (its loaders, epoch orders and DDP shares are used as they are).
+            Any number of workers: each opens its own connections to the shards.
+        isolated_atoms: file of isolated-atom frames or ``{symbol or Z: eV}``; else E0 by least squares.
+        r_max: cutoff (Å) of the mean-neighbour-count statistic (the model's). A cutoff the store
+            has no counts for is counted from the training graphs (slow; a warning says so;
+            ``mpnn-preprocess ... r_max=X`` adds it to the store).
+        species: elements the model allows; a store holding another is an error. ``None`` = any.
+        prepare_max_frames: at most this many training frames (a seeded sample) go to
+            ``model.prepare``; ``None`` = all (then held in memory at once).
+
+    The files were read, checked and stripped of bad frames by ``mpnn-preprocess`` (its reader
+    settings and ``on_error``); :attr:`skipped_frames` lists those left out. Statistics are those of
+    ``compute_statistics`` on the training split, computed from the store's per-frame summaries
+    (:mod:`mpnn_ip.data.streaming_statistics`) without reading graphs.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        train_count: int | None = None,
+        val_fraction: float = 0.1,
+        val_count: int | None = None,
+        test_fraction: float | None = None,
+        test_count: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        max_atoms_per_batch: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        isolated_atoms: str | Mapping | None = None,
+        r_max: float = 5.0,
+        species: Sequence | None = None,
+        prepare_max_frames: int | None = DEFAULT_PREPARE_MAX_FRAMES,
+    ):
+        super().__init__(
+            train_count=train_count, val_fraction=val_fraction, val_count=val_count, test_fraction=test_fraction,
+            test_count=test_count, seed=seed, batch_size=batch_size, val_batch_size=val_batch_size,
+            max_atoms_per_batch=max_atoms_per_batch, num_workers=num_workers, pin_memory=pin_memory,
+            isolated_atoms=isolated_atoms, r_max=r_max, species=species,
+        )
+        self.store_path = str(store)
+        self.prepare_max_frames = prepare_max_frames
+        self.store: GraphStore | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the store and split it (once; later calls do nothing)."""
+        if self.train_dataset is not None:
+            return
+        store = GraphStore(self.store_path)
+        self._check_species(store)
+        changed = store.changed_inputs()
+        if changed:
+            warnings.warn(
+                f"{', '.join(changed)} changed after the store {self.store_path} was written; training uses the store "
+                "as it is. Re-run mpnn-preprocess (same options) to bring it up to date",
+                stacklevel=2,
+            )
+        train_part, val_part, test_part = store.part("train"), store.part("val"), store.part("test")
+        train, val, test = split_indices(
+            len(train_part), separate_val=val_part is not None, separate_test=test_part is not None,
+            train_count=self.train_count, val_fraction=self.val_fraction, val_count=self.val_count,
+            test_fraction=self.test_fraction, test_count=self.test_count, seed=self.seed,
+            where=f"the store {self.store_path}",
+        )
+        val = np.asarray(val_part) if val_part is not None else train_part.start + val
+        test = np.asarray(test_part) if test_part is not None else train_part.start + test
+        self.store, self.skipped_frames = store, store.skipped_frames
+        self.train_dataset = StoreDataset(store, train_part.start + train, self.prepare_max_frames, self.seed)
+        self.val_dataset, self.test_dataset = StoreDataset(store, val), StoreDataset(store, test)
+
+    def statistics(self) -> dict:
+        """Statistics of the training split (equal to ``compute_statistics`` of its graphs), computed once."""
+        if self._statistics is None:
+            self.setup()
+            accumulator = StatisticsAccumulator(self.r_max)
+            chosen = np.zeros(len(self.store), dtype=bool)
+            chosen[self.train_dataset.indices] = True
+            if self.r_max not in self.store.manifest["r_max"]:
+                warnings.warn(
+                    f"the store {self.store_path} has no neighbour counts for r_max={self.r_max:g} Å (it has "
+                    f"{self.store.manifest['r_max']}); counting them on the training graphs now. Add them once with "
+                    f"mpnn-preprocess (same options) r_max=[{self.r_max:g}]",
+                    stacklevel=2,
+                )
+            for start, summary in self.store.summaries():
+                rows = chosen[start : start + len(summary["energy"])]
+                if self.r_max not in summary["num_edges"]:
+                    counts = np.zeros(len(rows), dtype=np.int64)
+                    counts[rows] = [num_edges(self.store[start + i], self.r_max) for i in np.flatnonzero(rows)]
+                    summary["num_edges"][self.r_max] = counts
+                accumulator.add(summary, rows)
+            e0s = read_isolated_atom_energies(self.isolated_atoms) if self.isolated_atoms is not None else None
+            self._statistics = accumulator.result(e0s, species=self.species)
+        return self._statistics
+
+    def add_replay(self, path: str, fraction: float) -> None:
+        raise ConfigError(
+            "replaying old frames (finetune.replay_path) is not available with data=ondisk; "
+            "fine-tune with data=extxyz, or write the old and new frames into one store"
+        )
+
+    def _check_species(self, store: GraphStore) -> None:
+        if self.species is None:
+            return
+        extra = sorted(set(store.species) - set(self.species))
+        if extra:
+            raise DataError(
+                f"the store {self.store_path} holds element(s) {', '.join(symbols(extra))} outside species "
+                f"[{', '.join(symbols(self.species))}]. List them in species, or re-run mpnn-preprocess with "
+                "data.species=[...] data.on_error=skip to leave those frames out"
+            )

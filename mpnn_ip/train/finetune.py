@@ -1,0 +1,309 @@
+"""Fine-tuning: a new run that starts from the weights of a trained checkpoint (``finetune_from=<ckpt>``).
+
+What differs from a run from scratch (:func:`mpnn_ip.cli.train.fit` chains these steps):
+
+* The model is the checkpoint's: rebuilt from its metadata and its weights loaded. Its architecture
+  wins over ``model=``: :func:`use_checkpoint_architecture` writes the stored constructor arguments
+  into the run's ``model`` config (so ``config.yaml`` and ``resume=`` see the real model) and logs the
+  user's model settings it ignores. Constants fixed when the network was built stay the pretrained
+  ones (``avg_num_neighbors``, ``r_max``, ``species``); ``Potential.prepare`` is not run again.
+* E0 (and shifts) are re-fitted on the new training split (:func:`refit_energy_references`)
+  unless ``finetune.refit_e0=false``.
+* ``finetune.freeze`` fixes named parameter groups (:func:`parameter_groups`); the optimizer only
+  gets the other parameters, at ``finetune.lr`` (default ``optim.lr``).
+* ``finetune.replay_path`` mixes old frames into every training epoch
+  (:meth:`mpnn_ip.data.AtomicDataModule.add_replay`).
+
+Unlike ``ckpt_path``, optimizer, scheduler, EMA and epoch counter start fresh. A fine-tuning run
+is continued with ``resume=<run dir>``: its saved config has both ``finetune_from`` and (set by
+``resume``) ``ckpt_path``; the weights then come from ``ckpt_path`` and only the freezing, learning
+rate and replay of the ``finetune`` block are applied again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mpnn_ip.checkpoint import load_weights, model_from_metadata, plain, read_checkpoint, registry_name, resolve_dtype
+from mpnn_ip.elements import symbols, unknown_elements
+from mpnn_ip.errors import ConfigError
+from mpnn_ip.models import MODEL_REGISTRY, Potential, build_model, normalize_species
+from mpnn_ip.nn import PerSpeciesScaleShift
+
+log = logging.getLogger(__name__)
+
+#: Defaults of the ``finetune`` block of ``configs/train.yaml`` (settings that only apply with ``finetune_from``).
+DEFAULT_SETTINGS = {"freeze": [], "lr": None, "refit_e0": True, "replay_path": None, "replay_fraction": 0.0}
+
+
+def check_run_settings(cfg) -> None:
+    """``ConfigError`` for settings that contradict each other: ``finetune_from`` with ``ckpt_path`` or
+    ``resume`` (a fine-tuning run starts fresh; the others continue a run), or ``finetune.*`` settings
+    without ``finetune_from`` (they would be ignored)."""
+    source = cfg.get("finetune_from")
+    if source and cfg.get("ckpt_path"):
+        raise ConfigError(
+            f"finetune_from={source} and ckpt_path={cfg.ckpt_path} exclude each other: finetune_from starts a new run "
+            "from a checkpoint's weights (fresh optimizer, E0 re-fitted on the new data), ckpt_path continues a run "
+            "with its optimizer and epoch. Give one of them; to continue a fine-tuning run use resume=<its run dir>."
+        )
+    if source and cfg.get("resume") not in (None, False):
+        raise ConfigError(
+            f"finetune_from={source} and resume={cfg.resume} exclude each other; resume=<run dir> alone continues "
+            "a fine-tuning run with the settings saved in its config.yaml."
+        )
+    settings = finetune_settings(cfg)
+    changed = sorted(k for k, v in settings.items() if v != DEFAULT_SETTINGS[k])
+    if not source and changed:
+        raise ConfigError(
+            f"finetune.{', finetune.'.join(changed)} only apply when fine-tuning: add finetune_from=<checkpoint "
+            "written by mpnn-train>, or drop them."
+        )
+
+
+def finetune_settings(cfg) -> dict[str, Any]:
+    """The ``finetune`` block as plain values, defaults filled in; unknown keys are a ``ConfigError``."""
+    given = plain(cfg.get("finetune") or {})
+    unknown = sorted(set(given) - set(DEFAULT_SETTINGS))
+    if unknown:
+        raise ConfigError(f"finetune.{unknown[0]} is not a fine-tuning setting; the settings are {sorted(DEFAULT_SETTINGS)}")
+    settings = {**DEFAULT_SETTINGS, **given}
+    settings["freeze"] = list(settings["freeze"] or [])
+    return settings
+
+
+def read_pretrained(path) -> dict:
+    """The checkpoint dict of ``path`` (checked by :func:`read_checkpoint`); a model fitted in closed form
+    (e.g. GAP) is refused, it has nothing to fine-tune."""
+    ckpt = read_checkpoint(path)
+    name = ckpt["mpnn_ip"]["model_name"]
+    if name in MODEL_REGISTRY and _model_class(name).fitted_in_closed_form:
+        raise ConfigError(
+            f"finetune_from={path}: a {name!r} model is fitted in closed form, not by gradient steps, so it cannot be "
+            "fine-tuned; train it anew on the old and new frames together (data.train_path=<glob of both>)."
+        )
+    return ckpt
+
+
+def _model_class(name: str) -> type[Potential]:
+    from mpnn_ip.models import model_class
+
+    return model_class(name)
+
+
+def model_config_node(model_name: str, constructor_arguments: Mapping) -> dict[str, Any]:
+    """A ``model`` config (``_target_`` plus the constructor arguments) that builds the checkpoint's model."""
+    module, cls = MODEL_REGISTRY[model_name].split(":")
+    return {"_target_": f"{module}.{cls}", **plain(constructor_arguments)}
+
+
+def use_checkpoint_architecture(cfg, ckpt: Mapping, path, model_on_command_line: bool) -> None:
+    """Replace ``cfg.model`` by the checkpoint's model and log the user's model settings that differ
+    (a WARNING when ``model_on_command_line``, else INFO: the default preset is not the user's choice)."""
+    from omegaconf import OmegaConf, open_dict
+
+    meta = ckpt["mpnn_ip"]
+    ignored = ignored_model_settings(cfg.model, meta)
+    if ignored:
+        level = logging.WARNING if model_on_command_line else logging.INFO
+        log.log(
+            level, "finetune_from=%s keeps the checkpoint's %s architecture; these model settings are ignored: %s",
+            path, meta["model_name"], "; ".join(ignored),
+        )
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create(model_config_node(meta["model_name"], meta["model_config"]))
+
+
+def ignored_model_settings(model_cfg, meta: Mapping) -> list[str]:
+    """``key=value (checkpoint: value)`` for each setting of ``model_cfg`` that the checkpoint's model does not
+    have; settings computed from the data (``${training_data_stats:...}``) and ``e0s`` are not compared."""
+    from omegaconf import OmegaConf
+
+    stored = meta["model_config"]
+    target = model_config_node(meta["model_name"], {})["_target_"]
+    if model_cfg.get("_target_") not in (None, target):
+        return [f"_target_={model_cfg.get('_target_')} (checkpoint: {target})"]
+    ignored = []
+    for key in model_cfg:
+        if key in ("_target_", "e0s") or OmegaConf.is_interpolation(model_cfg, key):
+            continue
+        value = plain(model_cfg[key])
+        if key not in stored:
+            ignored.append(f"{key}={value} (not an argument of the checkpoint's model)")
+            continue
+        if key == "species":
+            value = normalize_species(value)
+        if value != stored[key]:
+            ignored.append(f"{key}={value} (checkpoint: {stored[key]})")
+    return ignored
+
+
+def check_data_species(model_species: Sequence[int], data_species: Sequence[int], path) -> None:
+    """``ConfigError`` naming the elements of the new data that the pretrained model was not built for."""
+    new = unknown_elements(model_species, data_species)
+    if new:
+        raise ConfigError(
+            f"the fine-tuning data contains element(s) {new} that the pretrained model {path} does not know "
+            f"(its species: {symbols(model_species)}). A model learns only the elements it was built with: the "
+            f"pretrained model would have to have been built with them in species, e.g. model.species="
+            f"[{','.join(symbols(sorted({*model_species, *data_species})))}] (an element may be absent from the "
+            "pretraining data). Fine-tune such a model, or leave the frames with these elements out."
+        )
+
+
+def pretrained_model(ckpt: Mapping, path, data_species: Sequence[int], dtype: str | None) -> Potential:
+    """The checkpoint's model with its weights, in ``dtype`` (None: the stored one); checks the data's species."""
+    model = model_from_metadata(ckpt["mpnn_ip"], path)
+    load_weights(model, ckpt, path)
+    check_data_species(model.species, data_species, path)
+    return model.to(resolve_dtype(dtype) or model.dtype)
+
+
+@torch.no_grad()
+def predicted_energies(model: Potential, graphs: Sequence, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+    """[n_frames] energies (eV) the model predicts for ``graphs`` (no forces)."""
+    from mpnn_ip.data.atomic_graph import collate
+
+    was_training, original = model.training, next(model.parameters()).device
+    model.eval().to(device)
+    energies = []
+    try:
+        for start in range(0, len(graphs), batch_size):
+            batch = collate(list(graphs[start : start + batch_size])).to(device)
+            energies.append(model(batch, compute_forces=False)["energy"].double().cpu())
+    finally:
+        model.train(was_training).to(original)
+    return torch.cat(energies).numpy()
+
+
+def refit_energy_references(
+    model: Potential, graphs: Sequence, isolated_atom_energies: Mapping[int, float] | None = None, device: str = "cpu",
+) -> tuple[Potential, str]:
+    """The model with E0 (and per-species energy shifts) re-fitted on the new training frames ``graphs``, and
+    how they were found. Species absent from the new frames keep theirs; frames without energy are not used.
+
+    Without ``isolated_atom_energies``: E0 += the least-squares fit, on the per-species atom counts, of the new
+    energies minus the pretrained model's predictions, i.e. the per-species constant by which the new
+    reference (another DFT code or functional) differs, the network's own part kept (a plain least-squares
+    fit of the new energies would move energy between E0 and the network whenever the pretraining E0 came
+    from isolated atoms).
+
+    With ``isolated_atom_energies`` (``data.isolated_atoms``): E0 = those, so an isolated atom gets its new
+    energy, and the same least-squares correction goes into the per-species shift of the model's
+    :class:`~mpnn_ip.nn.PerSpeciesScaleShift` (the energy per atom of atoms with neighbours); a model
+    without one gets it in E0 (with a warning).
+    """
+    old = dict(zip(model.species, model.e0.double().tolist()))
+    if isolated_atom_energies is not None:
+        model = with_e0s(model, {**old, **{int(z): float(e) for z, e in isolated_atom_energies.items() if int(z) in old}})
+    correction = residual_correction(model, graphs, device)
+    if not correction:
+        source = "isolated_atoms" if isolated_atom_energies is not None else "pretrained"
+        return model, f"{source} (the new training frames have no energies)"
+    e0s = dict(zip(model.species, model.e0.double().tolist()))
+    if isolated_atom_energies is None:
+        return with_e0s(model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}), "least_squares_of_pretrained_residual"
+    shifts = [m for m in model.modules() if isinstance(m, PerSpeciesScaleShift) and m.num_species == len(model.species)]
+    if len(shifts) != 1:
+        log.warning(
+            "%s has no single per-species energy shift; the least-squares correction of the new energies goes into E0 "
+            "instead, so isolated atoms do not get exactly data.isolated_atoms", type(model).__name__,
+        )
+        return with_e0s(model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}), "isolated_atoms + least_squares_of_pretrained_residual"
+    with torch.no_grad():
+        shift = shifts[0].shift
+        shift += torch.tensor([correction.get(z, 0.0) for z in model.species], dtype=shift.dtype, device=shift.device)
+    return model, "isolated_atoms (shifts: least_squares_of_pretrained_residual)"
+
+
+def residual_correction(model: Potential, graphs: Sequence, device: str = "cpu") -> dict[int, float]:
+    """``{Z: eV}``: least squares of (reference - predicted energy) on the per-species atom counts, over the frames
+    of ``graphs`` with an energy, for the species present in them (minimum norm when the compositions cannot
+    tell species apart); empty when no frame has an energy."""
+    labelled = [g for g in graphs if bool(g.has_energy.item())]
+    if not labelled:
+        return {}
+    present = sorted({int(z) for g in labelled for z in g.atomic_numbers.tolist()})
+    counts = np.array([[int((g.atomic_numbers == z).sum()) for z in present] for g in labelled], dtype=np.float64)
+    reference = np.array([float(g.energy.item()) for g in labelled])
+    residual = reference - predicted_energies(model, labelled, device=device)
+    solution, *_ = np.linalg.lstsq(counts, residual, rcond=None)
+    return {z: float(c) for z, c in zip(present, solution)}
+
+
+def with_e0s(model: Potential, e0s: Mapping[int, float]) -> Potential:
+    """A copy of ``model`` whose E0 (buffer and recorded constructor argument) are ``e0s``, same weights."""
+    rebuilt = build_model(registry_name(model), **{**model.config, "e0s": dict(e0s)}).to(model.dtype)
+    state = model.state_dict()
+    state["e0"] = rebuilt.e0.detach().clone()
+    rebuilt.load_state_dict(state, strict=True)
+    return rebuilt
+
+
+def finetuned_statistics(data_statistics: Mapping, model: Potential, e0s_source: str, path) -> dict[str, Any]:
+    """The statistics a fine-tuning run stores: the new training split's, except those that are constructor
+    arguments of the model (``species``, ``avg_num_neighbors``, ``r_max``: fixed when the pretrained network
+    was built) which keep the model's values, and ``e0s``, the model's re-fitted (or kept) E0."""
+    config = model.config
+    statistics = dict(data_statistics)
+    for name in statistics:
+        if name in config and name != "e0s":
+            statistics[name] = config[name]
+    statistics["e0s"] = dict(zip(model.species, model.e0.double().tolist()))
+    statistics["e0s_source"] = e0s_source
+    statistics["finetuned_from"] = str(path)
+    return statistics
+
+
+def parameter_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """Named groups of the model's parameters for ``finetune.freeze``, read off the module tree: each top-level
+    submodule that has parameters (``species_embedding``, ``readout``, ``scale_shift``...), a ``ModuleList``
+    also as its items (``layers`` and ``layers.0``, ``layers.1``...), and parameters held by the model itself."""
+    groups = {name: [p] for name, p in model.named_parameters(recurse=False)}
+    for name, child in model.named_children():
+        parameters = list(child.parameters())
+        if not parameters:
+            continue
+        groups[name] = parameters
+        if isinstance(child, torch.nn.ModuleList):
+            for index, item in enumerate(child):
+                if any(True for _ in item.parameters()):
+                    groups[f"{name}.{index}"] = list(item.parameters())
+    return groups
+
+
+def freeze(model: torch.nn.Module, names: Sequence[str]) -> tuple[int, int]:
+    """Set ``requires_grad=False`` on the parameter groups ``names``; returns (trainable, total) parameter counts.
+
+    Raises ``ConfigError`` for an unknown group (listing the model's groups) or when nothing is left to train.
+    """
+    groups = parameter_groups(model)
+    unknown = [name for name in names if name not in groups]
+    if unknown:
+        listing = ", ".join(f"{name} ({sum(p.numel() for p in params)})" for name, params in groups.items())
+        raise ConfigError(
+            f"finetune.freeze: the model has no parameter group {', '.join(map(str, unknown))}. Its groups "
+            f"(number of parameters) are: {listing}. Example: finetune.freeze=[{next(iter(groups))}]"
+        )
+    for name in names:
+        for parameter in groups[name]:
+            parameter.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ConfigError(f"finetune.freeze={list(names)} freezes every parameter of the model; leave some group out.")
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def trainable_optimizer(optimizer_factory, lr: float | None = None):
+    """``optimizer_factory`` (called with parameters) restricted to the parameters that require grad, at ``lr``
+    (None: the factory's own)."""
+
+    def build(parameters):
+        trainable = [p for p in parameters if p.requires_grad]
+        return optimizer_factory(trainable) if lr is None else optimizer_factory(trainable, lr=float(lr))
+
+    return build
