@@ -105,7 +105,7 @@ def resident_memory_mb() -> tuple[float, float]:
                     fields[key] = float(value.split()[0]) / 1024.0  # kB
             if b"VmRSS" in fields and b"VmHWM" in fields:
                 return fields[b"VmRSS"], fields[b"VmHWM"]
-    except OSError:
+    except OSError:  # no /proc (not Linux): fall through to getrusage and psutil
         pass
     import resource
 
