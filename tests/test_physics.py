@@ -32,6 +32,11 @@ MODEL_KWARGS = {
 }
 MODEL_NAMES = list(dict.fromkeys([*MODEL_KWARGS, *MODEL_REGISTRY]))
 
+#: Models whose convolutions sum over edges in chunks with recomputation (mpnn_ip.nn.edge_chunks):
+#: the physics suite runs again with chunks of a few edges, so every test graph is chunked.
+CHUNKED = {"nequip[edge_chunks]": "nequip", "mace[edge_chunks]": "mace"}
+TEST_EDGE_CHUNK_SIZE = 5
+
 STRUCTURES = ["molecule", "triclinic_crystal", "slab", "small_cell"]
 PERIODIC_STRUCTURES = ["triclinic_crystal", "slab", "small_cell"]
 DIMERS = [("H", "O"), ("Cu", "Au")]
@@ -55,7 +60,12 @@ def _model_class_or_skip(name: str):
 
 
 def build_test_model(name: str, *, e0s=None, perturb: bool = True, seed: int = 0) -> torch.nn.Module:
-    """The small float64 model ``name`` in eval mode; ``perturb`` adds seeded noise (0.1) to every parameter."""
+    """The small float64 model ``name`` in eval mode; ``perturb`` adds seeded noise (0.1) to every parameter.
+
+    A name of :data:`CHUNKED` is that model with edge chunks of :data:`TEST_EDGE_CHUNK_SIZE` edges.
+    """
+    if name in CHUNKED:
+        return build_test_model(CHUNKED[name], e0s=e0s, perturb=perturb, seed=seed).set_edge_chunk_size(TEST_EDGE_CHUNK_SIZE)
     cls = _model_class_or_skip(name)
     torch.manual_seed(seed)
     model = cls(species=SPECIES, r_max=R_MAX, e0s=e0s, **MODEL_KWARGS.get(name, {}))
@@ -69,7 +79,7 @@ def build_test_model(name: str, *, e0s=None, perturb: bool = True, seed: int = 0
     return model
 
 
-@pytest.fixture(scope="module", params=MODEL_NAMES)
+@pytest.fixture(scope="module", params=MODEL_NAMES + list(CHUNKED))
 def model(request):
     return build_test_model(request.param)
 

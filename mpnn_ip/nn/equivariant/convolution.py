@@ -13,6 +13,7 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.nn.couplings import check_reachable
+from mpnn_ip.nn.edge_chunks import DEFAULT_EDGE_CHUNK_SIZE, sum_over_edge_chunks
 from mpnn_ip.nn.equivariant.tensor_product import ChannelwiseTensorProduct, convolution_paths
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -75,6 +76,8 @@ class TensorProductConvolution(torch.nn.Module):
         self.tensor_product = ChannelwiseTensorProduct(self.irreps_in, self.irreps_sh, self.irreps_mid, instructions)
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.tensor_product.weight_numel, radial_nonlinearity)
         self.linear_out = o3.Linear(self.irreps_mid.simplify(), self.irreps_out)
+        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
+        self.edge_chunk_size = DEFAULT_EDGE_CHUNK_SIZE
 
     def forward(
         self,
@@ -83,8 +86,15 @@ class TensorProductConvolution(torch.nn.Module):
         radial_embedding: torch.Tensor,
         edge_index: torch.Tensor,
     ) -> torch.Tensor:
-        weights = self.radial_mlp(radial_embedding)
-        summed = self.tensor_product.sum_messages(self.linear_in(node_features), edge_sh, weights, edge_index)
+        features = self.linear_in(node_features)
+
+        def edge_sum(sh, radial, centre, neighbour, n_centres: int):
+            weights = self.radial_mlp(radial)
+            return self.tensor_product.sum_messages(features, sh, weights, torch.stack([centre, neighbour]), n_centres)
+
+        summed = sum_over_edge_chunks(
+            edge_sum, (edge_sh, radial_embedding), edge_index, node_features.shape[0], self.edge_chunk_size
+        )
         return self.linear_out(summed * self.message_scale)
 
     def extra_repr(self) -> str:

@@ -136,16 +136,19 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         edge_sh: torch.Tensor,
         weights: torch.Tensor,
         edge_index: torch.Tensor,
+        n_centres: int | None = None,
     ) -> torch.Tensor:
-        """``sum_j x_j ⊗ Y(r_ij)`` at every centre i: ``[n_atoms, irreps_out.dim]`` in ``irreps_out`` order.
+        """``sum_j x_j ⊗ Y(r_ij)`` at every centre i: ``[n_centres, irreps_out.dim]`` in ``irreps_out`` order.
 
         ``node_features [n_atoms, irreps_in.dim]``, ``edge_sh [n_edges, irreps_sh.dim]``,
-        ``weights [n_edges, weight_numel]``, ``edge_index [2, n_edges]`` (centre i, neighbour j).
+        ``weights [n_edges, weight_numel]``, ``edge_index [2, n_edges]`` (centre i, neighbour j);
+        ``n_centres`` (default ``n_atoms``): number of output rows, for a chunk of edges whose
+        centres count from the chunk's first atom.
         Each group is summed over edges separately, so the concatenation and the column
         reordering act on atoms rather than on the (many more) edges.
         """
         centre, neighbour = edge_index[0], edge_index[1]
-        n_atoms = node_features.shape[0]
+        n_atoms = node_features.shape[0] if n_centres is None else n_centres
         sums = [
             scatter(m, centre, dim=0, dim_size=n_atoms, reduce="sum")
             for m in self._group_messages(node_features, edge_sh, weights, neighbour)

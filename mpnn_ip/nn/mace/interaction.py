@@ -27,6 +27,7 @@ from e3nn import o3
 
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.couplings import CouplingBlock, check_reachable, coupling_tensor, tensor_product_paths
+from mpnn_ip.nn.edge_chunks import DEFAULT_EDGE_CHUNK_SIZE, sum_over_edge_chunks
 from mpnn_ip.nn.mace.linear import ChannelsLastLinear, SpeciesChannelsLastLinear
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -88,6 +89,8 @@ class MACEInteraction(torch.nn.Module):
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.num_paths * self.num_channels)
         self.linear = ChannelsLastLinear(self.irreps_mid, self.irreps_target)
         self.skip = None if irreps_skip is None else SpeciesChannelsLastLinear(self.irreps_node, self.irreps_skip, num_species)
+        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
+        self.edge_chunk_size = DEFAULT_EDGE_CHUNK_SIZE
 
     def _coupling(self, paths):
         """``coupling [dim_sh, rows * dim_node]``, ``row_path [rows]``, irreps of the summed messages.
@@ -133,12 +136,16 @@ class MACEInteraction(torch.nn.Module):
         radial_embedding: torch.Tensor,
         edge_index: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        n_atoms, n_edges, C = node_features.shape[0], edge_sh.shape[0], self.num_channels
+        n_atoms, C = node_features.shape[0], self.num_channels
         skip = None if self.skip is None else self.skip(node_features, species)
         features = self.linear_up(node_features).reshape(n_atoms, self.dim_node, C)
-        path_weights = self.radial_mlp(radial_embedding).reshape(n_edges, self.num_paths, C)
-        messages = self.edge_messages(features, edge_sh, path_weights, edge_index[1])
-        summed = messages.new_zeros(n_atoms, self.num_rows, C).index_add_(0, edge_index[0], messages)
+
+        def edge_sum(sh, radial, centre, neighbour, n_centres: int):
+            path_weights = self.radial_mlp(radial).reshape(sh.shape[0], self.num_paths, C)
+            messages = self.edge_messages(features, sh, path_weights, neighbour)
+            return messages.new_zeros(n_centres, self.num_rows, C).index_add_(0, centre, messages)
+
+        summed = sum_over_edge_chunks(edge_sum, (edge_sh, radial_embedding), edge_index, n_atoms, self.edge_chunk_size)
         atomic_basis = self.linear(summed.reshape(n_atoms, self.num_rows * C)) * (1.0 / self.avg_num_neighbors)
         return atomic_basis, skip
 

@@ -1,0 +1,95 @@
+"""Edge sums in chunks with recomputation (mpnn_ip.nn.edge_chunks) equal the plain sums.
+
+The physics suite runs on chunked NequIP and MACE too (tests/test_physics.py, ``CHUNKED``);
+here: the chunk bounds, the fallbacks, and equality of every output and of the training
+gradients (the force loss's double backward) to 1e-10 in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import physics
+from mpnn_ip.nn.edge_chunks import edge_chunk_bounds, sum_over_edge_chunks
+from test_physics import build_test_model
+
+
+def _sorted_centres(counts):
+    return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+
+
+def test_bounds_cover_every_edge_once_and_end_at_atom_boundaries():
+    counts = [3, 0, 7, 2, 2, 9, 1, 0, 4]
+    centre = _sorted_centres(counts)
+    bounds = edge_chunk_bounds(centre, len(counts), chunk_size=6)
+    assert bounds[0][0] == 0 and bounds[-1][1] == centre.numel()
+    assert bounds[0][2] == 0 and bounds[-1][3] == len(counts)
+    for (e0, e1, a0, a1), (f0, _, b0, _) in zip(bounds, bounds[1:]):
+        assert e1 == f0 and a1 == b0
+    for e0, e1, a0, a1 in bounds:
+        assert ((centre[e0:e1] >= a0) & (centre[e0:e1] < a1)).all()
+        # at most chunk_size edges unless a single atom has more (atom 5 has 9)
+        assert e1 - e0 <= 6 or a1 - a0 == 1
+
+
+def test_small_or_unsorted_graphs_are_not_chunked():
+    centre = _sorted_centres([4, 4, 4])
+    assert edge_chunk_bounds(centre, 3, chunk_size=12) is None
+    assert edge_chunk_bounds(centre, 3, chunk_size=0) is None
+    assert edge_chunk_bounds(centre.flip(0), 3, chunk_size=2) is None
+
+
+def test_chunked_sum_equals_plain_sum_and_is_not_chunked_while_traced():
+    torch.manual_seed(0)
+    centre = _sorted_centres([3, 1, 5, 2])
+    edge_index = torch.stack([centre, torch.randint(0, 4, centre.shape)])
+    values = torch.randn(centre.numel(), 3, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def edge_sum(v, c, n, n_centres: int):
+        calls.append(int(v.shape[0]))
+        return torch.zeros(n_centres, 3, dtype=v.dtype).index_add(0, c, v.sin())
+
+    chunked = sum_over_edge_chunks(edge_sum, (values,), edge_index, 4, chunk_size=4)
+    assert len(calls) == 3  # chunks of atoms {0, 1}, {2}, {3}
+    plain = torch.zeros(4, 3, dtype=torch.float64).index_add(0, centre, values.sin())
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(chunked.square().sum(), values)
+    (expected,) = torch.autograd.grad(plain.square().sum(), values)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-14)
+
+    calls.clear()
+    make_fx(lambda v: sum_over_edge_chunks(edge_sum, (v,), edge_index, 4, chunk_size=4))(values.detach())
+    assert calls == [centre.numel()]
+
+
+@pytest.mark.parametrize("name", ["nequip", "mace"])
+def test_chunked_model_equals_plain_model_with_training_gradients(name, mixed_batch):
+    """Energy, forces, stress, per-atom virials and the gradients of a force loss (double backward)."""
+    plain = build_test_model(name).set_edge_chunk_size(0)
+    chunked = build_test_model(name).set_edge_chunk_size(7)
+    inputs = physics.model_inputs(mixed_batch)
+    outputs = []
+    for model in (plain, chunked):
+        model.eval()
+        out = model(inputs, compute_forces=True, compute_stress=True, compute_atomic_virial=True)
+        model.train()
+        model.zero_grad()
+        trained = model(inputs, compute_forces=True, compute_stress=True)
+        loss = trained["energy"].square().sum() + trained["forces"].square().sum() + trained["stress"].square().sum()
+        loss.backward()
+        grads = {key: p.grad.clone() for key, p in model.named_parameters() if p.grad is not None}
+        outputs.append(({k: v.detach() for k, v in out.items()}, grads))
+    (out_plain, grads_plain), (out_chunked, grads_chunked) = outputs
+    for key in ("energy", "forces", "stress", "virial", "atomic_virial", "node_energy"):
+        torch.testing.assert_close(out_chunked[key], out_plain[key], rtol=1e-10, atol=1e-12)
+    assert grads_chunked.keys() == grads_plain.keys() and len(grads_plain) > 5
+    for key in grads_plain:
+        torch.testing.assert_close(grads_chunked[key], grads_plain[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_negative_chunk_size_is_refused():
+    with pytest.raises(ValueError, match="edge_chunk_size"):
+        build_test_model("nequip").set_edge_chunk_size(-1)
