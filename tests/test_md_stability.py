@@ -66,6 +66,7 @@ def test_nve_with_quickstart_potential_conserves_total_energy_within_1_mev_per_a
 
     assert summary["stopped"] is None and len(atoms) >= 108
     assert summary["graph_rebuild_fraction"] < 0.2
+    assert 0 < summary["wall_time_s"] <= seconds and summary["steps_per_second"] == pytest.approx(2000 / summary["wall_time_s"])
     log = np.asarray(summary["log_rows"])
     assert log.shape == (201, 5) and log[-1, 0] == pytest.approx(2000.0)
     total_per_atom = log[:, 3] / len(atoms)

@@ -19,6 +19,7 @@ is raised; ``mpnn-md`` turns it into a one-paragraph error with exit code 2.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,8 @@ def run_md(
     Returns: the summary (also in ``md_summary.json``): ``energy_drift_ev_per_atom_per_ps``,
     final/mean temperature (K), the paths written, the log as a ``[n_rows, 5]`` list and
     ``stopped`` (None for a run that did all its steps); with an :class:`MPNNCalculator` also
-    ``graph_skin_A`` and ``graph_rebuild_fraction`` (share of steps that searched the radius graph).
+    ``graph_skin_A`` and ``graph_rebuild_fraction`` (share of steps that searched the radius graph); and
+    ``wall_time_s`` and ``steps_per_second`` of the run (log and trajectory writing included).
 
     Raises:
         MDStopped: a stop condition tripped; its ``summary`` is the one written, with
@@ -146,6 +148,7 @@ def run_md(
 
         dynamics.attach(observe, interval=1)
         bar = tqdm(total=int(steps), desc=f"MD {ensemble}", unit="step", disable=not progress)
+        started = time.perf_counter()
         try:
             dynamics.run(int(steps))
         except _Trip as trip:
@@ -155,7 +158,10 @@ def run_md(
         finally:
             bar.close()
 
+    wall_time = time.perf_counter() - started
     summary = _summary(rows, ensemble, steps, timestep, len(atoms), trajectory_path, log_path)
+    summary["wall_time_s"] = wall_time
+    summary["steps_per_second"] = dynamics.nsteps / wall_time if wall_time > 0 else None
     if stopped is not None:
         step = int(stopped.pop("step"))
         stopped = {"step": step, "time_fs": step * float(timestep), **stopped}

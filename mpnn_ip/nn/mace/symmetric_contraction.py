@@ -215,7 +215,8 @@ class SymmetricContraction(torch.nn.Module):
         quadratic = None
         if pair is not None:
             c = self.constants.get(atomic_basis.dtype, atomic_basis.device)
-            monomials = x[..., c["pair_j"]] * x[..., c["pair_k"]]  # [C, N, J]
+            # index_select, not x[..., index]: its backward is an index_add, not an accumulating index_put
+            monomials = x.index_select(-1, c["pair_j"]) * x.index_select(-1, c["pair_k"])  # [C, N, J]
             contracted = groups.batched_matmul(monomials, pair)  # [C, N, cols]
             quadratic = contracted[..., D * M :] if self.correlation == 3 else contracted
             if self.correlation == 3:
