@@ -31,21 +31,21 @@ SMALL_PRESETS = {
                  radial_mlp=[64, 64, 64], cutoff_p=5),
 }
 
-#: Peers' medians (s) on this project's 2-core CPU machine, same day and load as our numbers in the
-#: issue-3 note (nequip 0.19.1 / mace-torch 0.3.16 through ../shared/bench/run_peers.sh, 2026-11-26).
+#: Peers' medians (s) on this project's 2-core CPU machine (nequip 0.19.1 / mace-torch 0.3.16 through
+#: ../shared/bench/run_peers.sh, 2026-11-30, the run just before the issue-10 numbers of README.md).
 #: ../shared/bench/README.md lists faster medians from another machine; compare within one machine only.
 PEER_SECONDS = {
-    ("mol27x16", "nl"): (0.0043, 0.0046),
-    ("mol27x16", "infer_ef"): (1.518, 1.113),
-    ("mol27x16", "infer_efs_end2end"): (1.534, 1.210),
-    ("mol27x16", "train_step"): (5.917, 3.583),
-    ("cu256", "nl"): (0.0057, 0.0061),
-    ("cu256", "infer_ef"): (1.809, 1.437),
-    ("cu256", "infer_efs_end2end"): (1.846, 1.481),
-    ("cu256", "train_step"): (10.54, 4.066),
-    ("cu2048", "nl"): (0.0384, 0.0287),
-    ("cu2048", "infer_ef"): (39.71, 18.32),
-    ("cu2048", "infer_efs_end2end"): (35.72, 18.89),
+    ("mol27x16", "nl"): (0.002775, 0.004055),
+    ("mol27x16", "infer_ef"): (1.66, 0.9523),
+    ("mol27x16", "infer_efs_end2end"): (3.684, 1.071),
+    ("mol27x16", "train_step"): (5.194, 3.721),
+    ("cu256", "nl"): (0.005402, 0.008837),
+    ("cu256", "infer_ef"): (1.731, 1.514),
+    ("cu256", "infer_efs_end2end"): (1.968, 1.566),
+    ("cu256", "train_step"): (9.524, 4.722),
+    ("cu2048", "nl"): (0.03397, 0.04012),
+    ("cu2048", "infer_ef"): (36.62, 19.43),
+    ("cu2048", "infer_efs_end2end"): (36.94, 19.38),
 }
 
 

@@ -12,6 +12,7 @@ Runs with the python of the code it times (the peers live in their own venvs):
 
     python scripts/benchmark_md.py --code ours --model nequip --size tiny --skin 1.0
     python scripts/benchmark_md.py --code ours --model nequip --size tiny --skin 0      # graph searched every step
+    python scripts/benchmark_md.py --code ours --model nequip --size tiny --exported    # AOTInductor .pt2 (mpnn-export)
     ../peers/mace/bin/python scripts/benchmark_md.py --code mace --size tiny           # mace.calculators.MACECalculator
     ../peers/nequip/bin/python scripts/benchmark_md.py --code nequip --size tiny       # nequip.integrations.ase.NequIPCalculator
 
@@ -73,17 +74,32 @@ def copper(n_atoms: int):
     return atoms
 
 
-def ours_calculator(args, atoms):
+def ours_model(family: str, size: str, species=(29,), edge_chunk_size: int | None = None):
+    """Our ``family`` at ``size`` with random weights, float32, eval mode."""
     import torch
 
-    from mpnn_ip.calculators import MPNNCalculator
     from mpnn_ip.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(args.model, species=[29], r_max=R_MAX[args.size], avg_num_neighbors=40.0, **OURS[(args.model, args.size)])
-    if args.edge_chunk_size is not None:
-        model.set_edge_chunk_size(args.edge_chunk_size)
-    return MPNNCalculator(model.to(torch.float32).eval(), skin=args.skin)
+    model = build_model(family, species=list(species), r_max=R_MAX[size], avg_num_neighbors=40.0, **OURS[(family, size)])
+    if edge_chunk_size is not None:
+        model.set_edge_chunk_size(edge_chunk_size)
+    return model.to(torch.float32).eval()
+
+
+def ours_calculator(args, atoms):
+    from mpnn_ip.calculators import MPNNCalculator
+
+    model = ours_model(args.model, args.size, edge_chunk_size=args.edge_chunk_size)
+    if args.exported:  # AOTInductor-compiled energy+forces (mpnn-export), ASE's neighbour list
+        from mpnn_ip.export import export_model
+
+        path = Path(tempfile.mkdtemp()) / "model.pt2"
+        start = time.perf_counter()
+        export_model(model, path, compile=True)
+        print(f"# exported and compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        return MPNNCalculator.from_exported(path)
+    return MPNNCalculator(model, skin=args.skin)
 
 
 def nequip_calculator(args, atoms):
@@ -100,24 +116,31 @@ def nequip_calculator(args, atoms):
     return NequIPCalculator(model, device="cpu", transforms=transforms)
 
 
-def mace_calculator(args, atoms):
+def mace_model(size: str, atomic_numbers=(29,)):
+    """mace-torch's ScaleShiftMACE at ``size`` with random weights, float32 (run with mace-torch's python)."""
     import torch
     from e3nn import o3
     from mace import modules
-    from mace.calculators import MACECalculator
 
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)
-    hp = dict(MACE[args.size])
-    model = modules.ScaleShiftMACE(
-        r_max=R_MAX[args.size], num_bessel=hp.pop("num_bessel"), num_polynomial_cutoff=hp.pop("num_polynomial_cutoff"),
+    hp = dict(MACE[size])
+    return modules.ScaleShiftMACE(
+        r_max=R_MAX[size], num_bessel=hp.pop("num_bessel"), num_polynomial_cutoff=hp.pop("num_polynomial_cutoff"),
         max_ell=hp.pop("max_ell"), interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=hp.pop("num_interactions"), num_elements=1, hidden_irreps=o3.Irreps(hp.pop("hidden_irreps")),
-        MLP_irreps=o3.Irreps(hp.pop("MLP_irreps")), atomic_energies=np.zeros(1), avg_num_neighbors=40.0,
-        atomic_numbers=[29], correlation=hp.pop("correlation"), gate=torch.nn.functional.silu,
+        num_interactions=hp.pop("num_interactions"), hidden_irreps=o3.Irreps(hp.pop("hidden_irreps")),
+        MLP_irreps=o3.Irreps(hp.pop("MLP_irreps")), atomic_energies=np.zeros(len(atomic_numbers)), avg_num_neighbors=40.0,
+        atomic_numbers=list(atomic_numbers), num_elements=len(atomic_numbers), correlation=hp.pop("correlation"), gate=torch.nn.functional.silu,
         radial_MLP=hp.pop("radial_MLP"), atomic_inter_scale=1.0, atomic_inter_shift=0.0, use_reduced_cg=False,
     )
+
+
+def mace_calculator(args, atoms):
+    import torch
+    from mace.calculators import MACECalculator
+
+    model = mace_model(args.size)
     path = Path(tempfile.mkdtemp()) / "mace.model"
     torch.save(model, path)
     return MACECalculator(model_paths=str(path), device="cpu", default_dtype="float32")
@@ -133,6 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skin", type=float, default=1.0, help="ours: Verlet skin (Å); 0 = search the graph every step")
     parser.add_argument("--edge-chunk-size", type=int, default=None, help="ours: edges per recomputed chunk (0 = off)")
+    parser.add_argument("--exported", action="store_true", help="ours: AOTInductor-compiled model (mpnn-export) instead of eager")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.model = args.model or ("nequip" if args.code == "ours" else args.code)
@@ -156,7 +180,7 @@ def main(argv=None) -> int:
                   atom_steps_per_s=len(atoms) * args.steps / seconds, energy_eV=float(atoms.get_potential_energy()))
     neighbor_list = getattr(atoms.calc, "neighbor_list", None)
     if args.code == "ours":
-        record.update(skin=args.skin, graph_rebuild_fraction=getattr(neighbor_list, "rebuild_fraction", None))
+        record.update(skin=args.skin, graph_rebuild_fraction=getattr(neighbor_list, "rebuild_fraction", None), exported=args.exported)
     print(json.dumps(record), flush=True)
     return 0
 

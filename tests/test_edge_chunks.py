@@ -93,3 +93,19 @@ def test_chunked_model_equals_plain_model_with_training_gradients(name, mixed_ba
 def test_negative_chunk_size_is_refused():
     with pytest.raises(ValueError, match="edge_chunk_size"):
         build_test_model("nequip").set_edge_chunk_size(-1)
+
+
+def test_automatic_chunk_holds_a_fixed_budget_of_intermediates_and_can_be_restored():
+    from mpnn_ip.nn.edge_chunks import EDGE_CHUNK_FLOATS, MIN_EDGE_CHUNK_SIZE
+
+    for name in ("nequip", "mace"):
+        model = build_test_model(name)
+        convolutions = [m for m in model.modules() if hasattr(m, "automatic_edge_chunk_size")]
+        assert len(convolutions) == 2
+        for conv in convolutions:
+            assert conv.floats_per_edge() > 0
+            assert conv.edge_chunk_size == max(MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // conv.floats_per_edge())
+        model.set_edge_chunk_size(5)
+        assert all(conv.edge_chunk_size == 5 for conv in convolutions)
+        model.set_edge_chunk_size(None)
+        assert all(conv.edge_chunk_size == conv.automatic_edge_chunk_size for conv in convolutions)

@@ -96,18 +96,19 @@ class Potential(torch.nn.Module):
                 return tensor.dtype
         return self.e0.dtype
 
-    def set_edge_chunk_size(self, chunk_size: int) -> "Potential":
+    def set_edge_chunk_size(self, chunk_size: int | None) -> "Potential":
         """Edges per chunk of every convolution's recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`).
 
         Bounds the per-edge memory of energy, forces and training to one chunk's; graphs with
-        at most ``chunk_size`` edges are not chunked; 0 switches chunking off (fastest for
-        small graphs, most memory for large ones). A run-time setting: not stored in checkpoints.
+        at most ``chunk_size`` edges are not chunked; 0 switches chunking off (most memory for
+        large graphs); None restores each convolution's automatic size (~128 MiB of float32
+        intermediates per chunk). A run-time setting: not stored in checkpoints.
         """
-        if int(chunk_size) < 0:
-            raise ValueError(f"edge_chunk_size must be >= 0 (0 = no chunking), got {chunk_size}")
+        if chunk_size is not None and int(chunk_size) < 0:
+            raise ValueError(f"edge_chunk_size must be >= 0 (0 = no chunking) or None (automatic), got {chunk_size}")
         for module in self.modules():
-            if hasattr(module, "edge_chunk_size"):
-                module.edge_chunk_size = int(chunk_size)
+            if hasattr(module, "automatic_edge_chunk_size"):
+                module.edge_chunk_size = module.automatic_edge_chunk_size if chunk_size is None else int(chunk_size)
         return self
 
     def species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,22 @@ from torch.utils.checkpoint import checkpoint
 
 from mpnn_ip.nn.tracing import is_tracing
 
-#: Edges per chunk (and the edge count above which a graph is chunked). At ~10k floats per edge
-#: and layer (small presets, float32) a chunk's transient intermediates take ~0.15 GB. Measured on
-#: Cu 2,048 (87,550 edges), energy+forces, float32, 2 threads: peak RSS of NequIP-s 6.2 GB
-#: unchunked, 1.15 GB at 8192, 0.97 GB at 4096, 0.82 GB at 2048; MACE-s 6.4 / 1.41 / 1.28 / 1.58 GB;
-#: the chunked runs were also faster (smaller working set).
-DEFAULT_EDGE_CHUNK_SIZE = 4096
+#: Floats of per-edge intermediates in one chunk (~128 MiB in float32): a convolution's default
+#: chunk is this many floats' worth of its edges (:func:`automatic_chunk_size`). Small presets
+#: (~10k floats per edge and layer) get ~3,000-3,500 edges per chunk; the quickstart NequIP (~300)
+#: ~120k, so graphs of a few thousand atoms are not chunked at all, which is faster there (the
+#: recomputation costs more than it saves when the intermediates are small). Measured on Cu 2,048
+#: (87,550 edges), energy+forces, float32, 2 threads, NequIP-s: peak RSS 6.2 GB unchunked, 1.15 GB
+#: at 8192 edges per chunk, 0.97 GB at 4096, 0.82 GB at 2048; MACE-s 6.4 / 1.41 / 1.28 / 1.58 GB;
+#: the chunked runs of the small presets were also faster (smaller working set).
+EDGE_CHUNK_FLOATS = 2**25
+#: Fewest edges per automatic chunk (below this the per-chunk overhead dominates).
+MIN_EDGE_CHUNK_SIZE = 1024
+
+
+def automatic_chunk_size(floats_per_edge: int) -> int:
+    """Edges per chunk for a convolution keeping ``floats_per_edge`` floats per edge for its backward."""
+    return max(MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // max(1, int(floats_per_edge)))
 
 EdgeSum = Callable[..., torch.Tensor]
 

@@ -13,7 +13,7 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.nn.couplings import check_reachable
-from mpnn_ip.nn.edge_chunks import DEFAULT_EDGE_CHUNK_SIZE, sum_over_edge_chunks
+from mpnn_ip.nn.edge_chunks import automatic_chunk_size, sum_over_edge_chunks
 from mpnn_ip.nn.equivariant.tensor_product import ChannelwiseTensorProduct, convolution_paths
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -77,7 +77,16 @@ class TensorProductConvolution(torch.nn.Module):
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.tensor_product.weight_numel, radial_nonlinearity)
         self.linear_out = o3.Linear(self.irreps_mid.simplify(), self.irreps_out)
         #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
-        self.edge_chunk_size = DEFAULT_EDGE_CHUNK_SIZE
+        self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
+        self.edge_chunk_size = self.automatic_edge_chunk_size
+
+    def floats_per_edge(self) -> int:
+        """Estimated floats per edge that autograd keeps for the backward pass: the gathered
+        features, the per-edge product, the expanded weights and the message (``irreps_mid.dim``
+        each), the radial weights (twice) and the radial MLP's hidden activations."""
+        tp = self.tensor_product
+        hidden = sum(int(h) for h in self.radial_mlp.net.hs[1:-1])
+        return 3 * tp.irreps_out.dim + tp.irreps_in.dim + 2 * tp.weight_numel + hidden
 
     def forward(
         self,

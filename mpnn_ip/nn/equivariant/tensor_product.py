@@ -123,8 +123,8 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         for index, (inputs, mul_total, d_in, width) in enumerate(self._groups):
             rows = [node_features[:, s].reshape(-1, mul, d_in) for s, mul in inputs]
             x = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
-            if neighbour is not None:
-                x = x[neighbour]
+            if neighbour is not None:  # index_select: its backward is an index_add, not an accumulating index_put
+                x = x.index_select(0, neighbour)
             coupling = (edge_sh @ c[f"coupling_{index}"]).reshape(n_edges, d_in, width)
             y = x * coupling if d_in == 1 else torch.bmm(x, coupling)
             w = weights.index_select(1, c[f"weight_index_{index}"]).reshape(n_edges, mul_total, width)

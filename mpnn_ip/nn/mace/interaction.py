@@ -27,7 +27,7 @@ from e3nn import o3
 
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.couplings import CouplingBlock, check_reachable, coupling_tensor, tensor_product_paths
-from mpnn_ip.nn.edge_chunks import DEFAULT_EDGE_CHUNK_SIZE, sum_over_edge_chunks
+from mpnn_ip.nn.edge_chunks import automatic_chunk_size, sum_over_edge_chunks
 from mpnn_ip.nn.mace.linear import ChannelsLastLinear, SpeciesChannelsLastLinear
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -90,7 +90,15 @@ class MACEInteraction(torch.nn.Module):
         self.linear = ChannelsLastLinear(self.irreps_mid, self.irreps_target)
         self.skip = None if irreps_skip is None else SpeciesChannelsLastLinear(self.irreps_node, self.irreps_skip, num_species)
         #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
-        self.edge_chunk_size = DEFAULT_EDGE_CHUNK_SIZE
+        self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
+        self.edge_chunk_size = self.automatic_edge_chunk_size
+
+    def floats_per_edge(self) -> int:
+        """Estimated floats per edge that autograd keeps for the backward pass: the coupling
+        matrices, the gathered features, the messages and expanded weights, the radial weights
+        and the radial MLP's hidden activations."""
+        C, hidden = self.num_channels, sum(int(h) for h in self.radial_mlp.net.hs[1:-1])
+        return self.num_rows * self.dim_node + self.dim_node * C + 3 * self.num_rows * C + 2 * self.num_paths * C + hidden
 
     def _coupling(self, paths):
         """``coupling [dim_sh, rows * dim_node]``, ``row_path [rows]``, irreps of the summed messages.
