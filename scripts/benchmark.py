@@ -108,6 +108,21 @@ def make_adapter(model_name: str, device: str = "cpu"):
     return Ours()
 
 
+def harness_setup(model_name: str, workload_name: str, bench_dir: Path = DEFAULT_BENCH_DIR, threads: int = 2):
+    """``(bench_common, workload, adapter, model, batch)``: one of our small models on one harness
+    workload, as the harness builds them (for scripts/profile_model.py and scripts/benchmark_flops.py)."""
+    import torch
+
+    sys.path.insert(0, str(bench_dir))
+    import bench_common
+
+    torch.set_num_threads(threads)
+    (workload,) = bench_common.build_workloads([workload_name])
+    adapter = make_adapter(model_name)
+    model = adapter.build_model(workload)
+    return bench_common, workload, adapter, model, adapter.make_batch(workload.frames)
+
+
 def run_one(args) -> int:
     """Child process: one model on one workload through the shared harness; JSON lines on stdout."""
     sys.path.insert(0, str(args.bench_dir))

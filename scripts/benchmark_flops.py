@@ -46,21 +46,15 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-dir", type=Path, default=REPO.parent / "shared" / "bench")
     args = parser.parse_args(argv)
 
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, str(args.bench_dir))
     sys.path.insert(0, str(REPO / "scripts"))
-    import bench_common as bc
-    from benchmark import make_adapter
+    from benchmark import harness_setup
 
-    torch.set_num_threads(args.threads)
-    (workload,) = bc.build_workloads([args.workload])
-    adapter = make_adapter(args.model)
-    model = adapter.build_model(workload).eval()
+    _, _, adapter, model, batch = harness_setup(args.model, args.workload, args.bench_dir, args.threads)
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    batch = adapter.make_batch(workload.frames)
     adapter.infer_ef(batch)
     counter = FlopCounterMode(display=False)
     with counter:

@@ -35,16 +35,10 @@ def main(argv=None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    sys.path.insert(0, str(args.bench_dir))
     sys.path.insert(0, str(REPO / "scripts"))
-    import bench_common as bc
-    from benchmark import make_adapter
+    from benchmark import harness_setup
 
-    torch.set_num_threads(args.threads)
-    (workload,) = bc.build_workloads([args.workload])
-    adapter = make_adapter(args.model)
-    model = adapter.build_model(workload)
-    batch = adapter.make_batch(workload.frames)
+    bc, workload, adapter, model, batch = harness_setup(args.model, args.workload, args.bench_dir, args.threads)
     if args.measurement == "infer_ef":
         model.eval()
         for p in model.parameters():

@@ -32,3 +32,13 @@ def test_torchsim_benchmark_runs_many_cells_both_ways(mode):
     pytest.importorskip("torch_sim")
     (record,) = _run("benchmark_torchsim.py", "--mode", mode, "--copies", "2", "--steps", "2")
     assert record["systems"] == 2 and record["atoms"] == 128 and record["atom_steps_per_s"] > 0
+
+
+BENCH_DIR = REPO.parent / "shared" / "bench"
+
+
+@pytest.mark.skipif(not (BENCH_DIR / "bench_common.py").exists(), reason="../shared/bench (the peers' harness) is not beside the repo")
+def test_flop_count_on_a_harness_workload():
+    """scripts/benchmark_flops.py (and the harness set-up it shares with scripts/profile_model.py)."""
+    (record,) = _run("benchmark_flops.py", "--model", "nequip", "--workload", "mol27x16", "--repeats", "1", "--gemm", "256")
+    assert record["gflop_per_call"] > 1 and 0 < record["fraction_of_sgemm"] < 1
