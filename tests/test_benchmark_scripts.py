@@ -40,5 +40,5 @@ BENCH_DIR = REPO.parent / "shared" / "bench"
 @pytest.mark.skipif(not (BENCH_DIR / "bench_common.py").exists(), reason="../shared/bench (the peers' harness) is not beside the repo")
 def test_flop_count_on_a_harness_workload():
     """scripts/benchmark_flops.py (and the harness set-up it shares with scripts/profile_model.py)."""
-    (record,) = _run("benchmark_flops.py", "--model", "nequip", "--workload", "mol27x16", "--repeats", "1", "--gemm", "256")
+    (record,) = _run("benchmark_flops.py", "--model", "nequip", "--workload", "cu256", "--repeats", "1", "--gemm", "256")
     assert record["gflop_per_call"] > 1 and 0 < record["fraction_of_sgemm"] < 1
