@@ -41,6 +41,7 @@ def automatic_chunk_size(floats_per_edge: int) -> int:
     """Edges per chunk for a convolution keeping ``floats_per_edge`` floats per edge for its backward."""
     return max(MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // max(1, int(floats_per_edge)))
 
+
 EdgeSum = Callable[..., torch.Tensor]
 
 
@@ -110,4 +111,3 @@ def sum_over_edge_chunks(
         else:
             pieces.append(edge_sum(*args))
     return torch.cat(pieces, dim=0)
-

@@ -76,8 +76,8 @@ class TensorProductConvolution(torch.nn.Module):
         self.tensor_product = ChannelwiseTensorProduct(self.irreps_in, self.irreps_sh, self.irreps_mid, instructions)
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.tensor_product.weight_numel, radial_nonlinearity)
         self.linear_out = o3.Linear(self.irreps_mid.simplify(), self.irreps_out)
-        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
+        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.edge_chunk_size = self.automatic_edge_chunk_size
 
     def floats_per_edge(self) -> int:

@@ -89,8 +89,8 @@ class MACEInteraction(torch.nn.Module):
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.num_paths * self.num_channels)
         self.linear = ChannelsLastLinear(self.irreps_mid, self.irreps_target)
         self.skip = None if irreps_skip is None else SpeciesChannelsLastLinear(self.irreps_node, self.irreps_skip, num_species)
-        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
+        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.edge_chunk_size = self.automatic_edge_chunk_size
 
     def floats_per_edge(self) -> int:
