@@ -156,6 +156,19 @@ def test_resume_from_last_checkpoint_equals_uninterrupted_run(workdir, multirun)
         assert metrics_b[key] == pytest.approx(value, abs=1e-6), key
 
 
+def test_lean_training_memory_with_small_edge_chunks_trains_the_same_weights(workdir, multirun):
+    """``edge_chunk_size=16 lean_training_memory=true``: every batch is chunked and the force loss's
+    double backward recomputes each chunk; the weights after 2 epochs equal the plain run's."""
+    full, lean = workdir / "full", workdir / "lean"
+    if not (full / "checkpoints" / "last.ckpt").exists():
+        mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", f"hydra.run.dir={full}", *COMMON], workdir)
+    mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", "edge_chunk_size=16", "lean_training_memory=true",
+                f"hydra.run.dir={lean}", *COMMON], workdir)
+    a, b = load(full / "checkpoints" / "last.ckpt"), load(lean / "checkpoints" / "last.ckpt")
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value, b["state_dict"][key], rtol=1e-5, atol=1e-6), key
+
+
 def _error_in_subprocess(args, cwd) -> str:
     proc = mpnn_train(args, cwd, check=False)
     assert proc.returncode == 2, f"expected exit code 2, got {proc.returncode}:\n{proc.stderr[-3000:]}"

@@ -52,7 +52,7 @@ def test_chunked_sum_equals_plain_sum_and_is_not_chunked_while_traced():
         calls.append(int(v.shape[0]))
         return torch.zeros(n_centres, 3, dtype=v.dtype).index_add(0, c, v.sin())
 
-    chunked = sum_over_edge_chunks(edge_sum, (values,), edge_index, 4, chunk_size=4)
+    chunked = sum_over_edge_chunks(edge_sum, (), (values,), edge_index, 4, chunk_size=4)
     assert len(calls) == 3  # chunks of atoms {0, 1}, {2}, {3}
     plain = torch.zeros(4, 3, dtype=torch.float64).index_add(0, centre, values.sin())
     torch.testing.assert_close(chunked, plain, rtol=0, atol=0)
@@ -61,15 +61,16 @@ def test_chunked_sum_equals_plain_sum_and_is_not_chunked_while_traced():
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-14)
 
     calls.clear()
-    make_fx(lambda v: sum_over_edge_chunks(edge_sum, (v,), edge_index, 4, chunk_size=4))(values.detach())
+    make_fx(lambda v: sum_over_edge_chunks(edge_sum, (), (v,), edge_index, 4, chunk_size=4))(values.detach())
     assert calls == [centre.numel()]
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["checkpoint", "lean_double_backward"])
 @pytest.mark.parametrize("name", ["nequip", "mace"])
-def test_chunked_model_equals_plain_model_with_training_gradients(name, mixed_batch):
+def test_chunked_model_equals_plain_model_with_training_gradients(name, lean, mixed_batch):
     """Energy, forces, stress, per-atom virials and the gradients of a force loss (double backward)."""
     plain = build_test_model(name).set_edge_chunk_size(0)
-    chunked = build_test_model(name).set_edge_chunk_size(7)
+    chunked = build_test_model(name).set_edge_chunk_size(7, lean_double_backward=lean)
     inputs = physics.model_inputs(mixed_batch)
     outputs = []
     for model in (plain, chunked):

@@ -96,19 +96,23 @@ class Potential(torch.nn.Module):
                 return tensor.dtype
         return self.e0.dtype
 
-    def set_edge_chunk_size(self, chunk_size: int | None) -> "Potential":
+    def set_edge_chunk_size(self, chunk_size: int | None, lean_double_backward: bool = False) -> "Potential":
         """Edges per chunk of every convolution's recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`).
 
         Bounds the per-edge memory of energy, forces and training to one chunk's; graphs with
         at most ``chunk_size`` edges are not chunked; 0 switches chunking off (most memory for
         large graphs); None restores each convolution's automatic size (~128 MiB of float32
-        intermediates per chunk). A run-time setting: not stored in checkpoints.
+        intermediates per chunk). ``lean_double_backward=True`` recomputes each chunk's backward
+        too when training differentiates the forces again (the force loss), so that a training step
+        also keeps one chunk at a time, at the cost of two more recomputations per chunk and step
+        (:class:`~mpnn_ip.nn.edge_chunks.RecomputedEdgeSum`). A run-time setting: not stored in checkpoints.
         """
         if chunk_size is not None and int(chunk_size) < 0:
             raise ValueError(f"edge_chunk_size must be >= 0 (0 = no chunking) or None (automatic), got {chunk_size}")
         for module in self.modules():
             if hasattr(module, "automatic_edge_chunk_size"):
                 module.edge_chunk_size = module.automatic_edge_chunk_size if chunk_size is None else int(chunk_size)
+                module.lean_double_backward = bool(lean_double_backward)
         return self
 
     def species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:

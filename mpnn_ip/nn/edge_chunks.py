@@ -83,31 +83,117 @@ def _last_fitting(offsets: Sequence[int], atom_start: int, limit: int) -> int:
 
 def sum_over_edge_chunks(
     edge_sum: EdgeSum,
+    node_tensors: Sequence[torch.Tensor],
     edge_tensors: Sequence[torch.Tensor],
     edge_index: torch.Tensor,
     n_atoms: int,
     chunk_size: int | None,
+    lean_double_backward: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``edge_sum`` over all edges, chunk by chunk with recomputation when the graph is large.
 
-    ``edge_sum(*edge_tensors_chunk, centre_local, neighbour_chunk, n_local_atoms)`` returns the
-    messages of the given edges summed at their centres, ``[n_local_atoms, ...]``, where
-    ``centre_local`` counts from the chunk's first atom; node-level tensors it needs are
-    captured by the closure. ``edge_tensors`` are ``[n_edges, ...]`` (e.g. edge harmonics and
-    the radial embedding). Returns ``[n_atoms, ...]``, equal to the unchunked call.
+    ``edge_sum(*node_tensors, *edge_tensors_chunk, centre_local, neighbour_chunk, n_local_atoms)``
+    returns the messages of the given edges summed at their centres, ``[n_local_atoms, ...]``, where
+    ``centre_local`` counts from the chunk's first atom. ``node_tensors`` are ``[n_atoms, ...]``
+    (e.g. the node features), ``edge_tensors`` ``[n_edges, ...]`` (e.g. edge harmonics and the
+    radial embedding). Returns ``[n_atoms, ...]``, equal to the unchunked call.
+
+    ``lean_double_backward``: None, or the parameters ``edge_sum`` uses (e.g. its radial MLP's).
+    With them each chunk is a :class:`RecomputedEdgeSum`, whose backward is itself recomputed in
+    a double backward, so that the force loss of training keeps one chunk's intermediates at a
+    time as well (at the cost of two more recomputations of the chunk per training step);
+    without, :func:`torch.utils.checkpoint.checkpoint`, which keeps the recomputed graphs of all
+    chunks for a double backward.
     """
     centre, neighbour = edge_index[0], edge_index[1]
     bounds = None
     if chunk_size and not is_tracing():
         bounds = edge_chunk_bounds(centre, n_atoms, chunk_size)
     if bounds is None:
-        return edge_sum(*edge_tensors, centre, neighbour, n_atoms)
+        return edge_sum(*node_tensors, *edge_tensors, centre, neighbour, n_atoms)
     needs_grad = torch.is_grad_enabled()
     pieces = []
     for e0, e1, a0, a1 in bounds:
-        args = (*(t[e0:e1] for t in edge_tensors), centre[e0:e1] - a0, neighbour[e0:e1], a1 - a0)
-        if needs_grad:
-            pieces.append(checkpoint(edge_sum, *args, use_reentrant=False))
+        index = (centre[e0:e1] - a0, neighbour[e0:e1], a1 - a0)
+        inputs = (*node_tensors, *(t[e0:e1] for t in edge_tensors))
+        if not needs_grad:
+            pieces.append(edge_sum(*inputs, *index))
+        elif lean_double_backward is not None:
+            chunk_sum = _ChunkSum(edge_sum, index)
+            params = tuple(lean_double_backward)
+            pieces.append(RecomputedEdgeSum.apply(chunk_sum, len(inputs), params, *inputs, *params))
         else:
-            pieces.append(edge_sum(*args))
+            pieces.append(checkpoint(edge_sum, *inputs, *index, use_reentrant=False))
     return torch.cat(pieces, dim=0)
+
+
+class _ChunkSum:
+    """``edge_sum`` of one chunk as a function of its float inputs only."""
+
+    def __init__(self, edge_sum: EdgeSum, index: tuple):
+        self.edge_sum, self.index = edge_sum, index
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.edge_sum(*inputs, *self.index)
+
+
+def _vjp(fn, inputs, params, grad_out, create_graph: bool):
+    """Recompute ``fn(*inputs)`` and its vector-Jacobian product with ``grad_out``.
+
+    Returns (the recomputation's inputs, gradients for ``(*inputs, *params)`` with None for
+    tensors that do not require grad)."""
+    with torch.enable_grad():
+        detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+        out = fn(*detached)
+        everything = (*detached, *params)
+        wrt = [t for t in everything if t.requires_grad]
+        got = iter(torch.autograd.grad(out, wrt, grad_out, create_graph=create_graph, allow_unused=True) if wrt else ())
+        return detached, [next(got) if t.requires_grad else None for t in everything]
+
+
+class RecomputedEdgeSum(torch.autograd.Function):
+    """One chunk's edge sum that keeps only its inputs; its backward (:class:`RecomputedVJP`)
+    recomputes the chunk, and so does that backward's own backward.
+
+    ``apply(fn, n_inputs, params, *inputs, *params)``: ``fn(*inputs)`` uses ``params`` (module
+    parameters, passed again as tensors so that autograd routes their gradients here).
+    """
+
+    @staticmethod
+    def forward(ctx, fn, n_inputs, params, *tensors):
+        ctx.fn, ctx.n_inputs, ctx.params = fn, n_inputs, params
+        ctx.save_for_backward(*tensors[:n_inputs])
+        return fn(*tensors[:n_inputs])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads = RecomputedVJP.apply(ctx.fn, ctx.n_inputs, ctx.params, grad_out, *ctx.saved_tensors, *ctx.params)
+        return (None, None, None, *grads)
+
+
+class RecomputedVJP(torch.autograd.Function):
+    """The vector-Jacobian product of a chunk, recomputed; differentiable by recomputing again.
+
+    ``apply(fn, n_inputs, params, grad_out, *inputs, *params)`` -> gradients for ``(*inputs, *params)``.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, n_inputs, params, grad_out, *tensors):
+        ctx.fn, ctx.n_inputs, ctx.params = fn, n_inputs, params
+        ctx.save_for_backward(grad_out, *tensors[:n_inputs])
+        _, grads = _vjp(fn, tensors[:n_inputs], params, grad_out, create_graph=False)
+        return tuple(grads)
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        grad_out, *inputs = ctx.saved_tensors
+        with torch.enable_grad():
+            g = grad_out.detach().requires_grad_(True)
+            detached, grads = _vjp(ctx.fn, inputs, ctx.params, g, create_graph=True)
+            pairs = [(gr, gg) for gr, gg in zip(grads, grad_grads) if gr is not None and gg is not None and gr.requires_grad]
+            everything = (g, *detached, *ctx.params)
+            wrt = [t for t in everything if t.requires_grad]
+            got = torch.autograd.grad([p for p, _ in pairs], wrt, [q for _, q in pairs], allow_unused=True) if pairs else [None] * len(wrt)
+        got = iter(got)
+        result = [next(got) if t.requires_grad else None for t in everything]
+        return (None, None, None, *result)

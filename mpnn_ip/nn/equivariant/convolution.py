@@ -79,6 +79,8 @@ class TensorProductConvolution(torch.nn.Module):
         self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
         #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.edge_chunk_size = self.automatic_edge_chunk_size
+        #: recompute the chunks' backward too in a double backward (training memory; slower)
+        self.lean_double_backward = False
 
     def floats_per_edge(self) -> int:
         """Estimated floats per edge that autograd keeps for the backward pass: the gathered
@@ -97,12 +99,13 @@ class TensorProductConvolution(torch.nn.Module):
     ) -> torch.Tensor:
         features = self.linear_in(node_features)
 
-        def edge_sum(sh, radial, centre, neighbour, n_centres: int):
+        def edge_sum(features, sh, radial, centre, neighbour, n_centres: int):
             weights = self.radial_mlp(radial)
             return self.tensor_product.sum_messages(features, sh, weights, torch.stack([centre, neighbour]), n_centres)
 
         summed = sum_over_edge_chunks(
-            edge_sum, (edge_sh, radial_embedding), edge_index, node_features.shape[0], self.edge_chunk_size
+            edge_sum, (features,), (edge_sh, radial_embedding), edge_index, node_features.shape[0], self.edge_chunk_size,
+            lean_double_backward=list(self.radial_mlp.parameters()) if self.lean_double_backward else None,
         )
         return self.linear_out(summed * self.message_scale)
 

@@ -92,6 +92,8 @@ class MACEInteraction(torch.nn.Module):
         self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
         #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.edge_chunk_size = self.automatic_edge_chunk_size
+        #: recompute the chunks' backward too in a double backward (training memory; slower)
+        self.lean_double_backward = False
 
     def floats_per_edge(self) -> int:
         """Estimated floats per edge that autograd keeps for the backward pass: the coupling
@@ -148,12 +150,15 @@ class MACEInteraction(torch.nn.Module):
         skip = None if self.skip is None else self.skip(node_features, species)
         features = self.linear_up(node_features).reshape(n_atoms, self.dim_node, C)
 
-        def edge_sum(sh, radial, centre, neighbour, n_centres: int):
+        def edge_sum(features, sh, radial, centre, neighbour, n_centres: int):
             path_weights = self.radial_mlp(radial).reshape(sh.shape[0], self.num_paths, C)
             messages = self.edge_messages(features, sh, path_weights, neighbour)
             return messages.new_zeros(n_centres, self.num_rows, C).index_add_(0, centre, messages)
 
-        summed = sum_over_edge_chunks(edge_sum, (edge_sh, radial_embedding), edge_index, n_atoms, self.edge_chunk_size)
+        summed = sum_over_edge_chunks(
+            edge_sum, (features,), (edge_sh, radial_embedding), edge_index, n_atoms, self.edge_chunk_size,
+            lean_double_backward=list(self.radial_mlp.parameters()) if self.lean_double_backward else None,
+        )
         atomic_basis = self.linear(summed.reshape(n_atoms, self.num_rows * C)) * (1.0 / self.avg_num_neighbors)
         return atomic_basis, skip
 
