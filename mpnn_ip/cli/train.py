@@ -102,7 +102,8 @@ def fit(cfg) -> float | None:
         frozen = f" (frozen: {', '.join(finetune['freeze'])})" if finetune["freeze"] else ""
         if writes_files:
             print(f"Fine-tuning {finetune_from}: {trainable:,} of {total:,} parameters trainable{frozen}", flush=True)
-    model.set_edge_chunk_size(cfg.get("edge_chunk_size"), lean_double_backward=bool(cfg.get("lean_training_memory", False)))
+    if hasattr(model, "set_edge_chunk_size"):  # every Potential; a registered model of another base may lack it
+        model.set_edge_chunk_size(cfg.get("edge_chunk_size"), lean_double_backward=bool(cfg.get("lean_training_memory", False)))
     if cfg.compile:
         model.compile(dynamic=True)
 
