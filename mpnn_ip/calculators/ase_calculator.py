@@ -15,9 +15,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mpnn_ip.calculators.results import check_stress_possible, energy_forces_stress
+from mpnn_ip.calculators.results import to_numpy as _numpy
 from mpnn_ip.checkpoint import load_model, resolve_dtype
 from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS, AtomicGraph, to_inputs
 from mpnn_ip.errors import DataError
@@ -112,25 +114,14 @@ class MPNNCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         want_stresses = "stresses" in properties
         want_stress = "stress" in properties or want_stresses
-        if want_stress and not _has_volume(self.atoms):
-            raise PropertyNotImplementedError(
-                "stress needs a periodic structure with a cell of non-zero volume; this one has "
-                f"pbc={self.atoms.pbc.tolist()} and cell rank {self.atoms.cell.rank}"
-            )
+        if want_stress:
+            check_stress_possible(self.atoms)
         inputs = self._model_inputs(system_changes)
         with torch.enable_grad():
             extra = {"compute_atomic_virial": True} if want_stresses else {}
             out = self.model(inputs, compute_forces=True, compute_stress=want_stress, **extra)
 
-        energy = float(out["energy"].detach().sum())
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "energies": _numpy(out["node_energy"]),
-            "forces": _numpy(out["forces"]),
-        }
-        if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"])[0])
+        self.results = energy_forces_stress(out, want_stress)
         if want_stresses:
             self.results["stresses"] = full_3x3_to_voigt_6_stress(-_numpy(out["atomic_virial"]) / self.atoms.get_volume())
         for key, (per, _) in self.extra_outputs.items():
@@ -176,11 +167,3 @@ def _check_closest_pair(inputs: dict[str, torch.Tensor]) -> None:
             "the structure has collapsed (unstable dynamics: smaller time step, or a potential outside its training data)",
             path="the ASE Atoms given to MPNNCalculator",
         )
-
-
-def _has_volume(atoms) -> bool:
-    return bool(np.any(atoms.pbc)) and atoms.cell.rank == 3
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float64).numpy()

@@ -20,10 +20,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
-from ase.stress import full_3x3_to_voigt_6_stress
 
+from mpnn_ip.calculators.results import check_stress_possible, energy_forces_stress
 from mpnn_ip.errors import ConfigError, DataError
 
 #: Inputs of an exported model, in order (shapes: N atoms, B frames, E edges).
@@ -163,24 +163,9 @@ class ExportedCalculator(Calculator):
         properties = list(properties or ["energy"])
         super().calculate(atoms, properties, system_changes)
         want_stress = "stress" in properties
-        if want_stress and not (self.atoms.pbc.any() and self.atoms.cell.rank == 3):
-            raise PropertyNotImplementedError(
-                "stress needs a periodic structure with a cell of non-zero volume; this one has "
-                f"pbc={self.atoms.pbc.tolist()} and cell rank {self.atoms.cell.rank}"
-            )
+        if want_stress:
+            check_stress_possible(self.atoms)
         if not np.isfinite(self.atoms.positions).all():
             raise DataError("positions contain NaN or inf", path="the ASE Atoms given to ExportedCalculator")
         out = self.model(self.model.inputs([self.atoms]))
-        energy = float(out["energy"].sum())
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "energies": _numpy(out["node_energy"]),
-            "forces": _numpy(out["forces"]),
-        }
-        if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"])[0])
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float64).numpy()
+        self.results = energy_forces_stress(out, want_stress)
