@@ -128,7 +128,6 @@ class MPNNCalculator(Calculator):
             value = _numpy(out[key])
             self.results[key] = (float(value[0]) if value.ndim == 1 else value[0]) if per == "frame" else value
 
-
     def _model_inputs(self, system_changes) -> dict[str, torch.Tensor]:
         """Model inputs on the model's device, with edges when the calculator keeps a neighbour list.
 
@@ -153,6 +152,7 @@ class MPNNCalculator(Calculator):
             if positions_only:
                 _check_closest_pair(inputs)
         return inputs
+
 
 def _check_closest_pair(inputs: dict[str, torch.Tensor]) -> None:
     """DataError naming the pair when two atoms are closer than the data's minimum distance (0.1 Å)."""
