@@ -30,6 +30,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from mpnn_ip.checkpoint import load_model, resolve_dtype
+from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 
 
 class MPNNTorchSimModel(ModelInterface):
@@ -58,6 +59,7 @@ class MPNNTorchSimModel(ModelInterface):
         compute_stress: bool = True,
     ):
         super().__init__()
+        keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
         target = resolve_dtype(dtype) if isinstance(dtype, (str, type(None))) else dtype
         if device is not None:
             model = model.to(torch.device(device))

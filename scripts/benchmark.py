@@ -9,6 +9,11 @@ Each (model, workload) runs in its own subprocess so that peak memory (max RSS) 
     python scripts/benchmark.py --models nequip --workloads mol27x16 --quick
     python scripts/benchmark.py --out ours.jsonl      # then: python ../shared/bench/bench_common.py table ours.jsonl
     python scripts/benchmark.py --device cuda         # same workloads on a GPU (peak GPU memory reported too)
+    python scripts/benchmark.py --system-malloc       # glibc's default malloc settings (see mpnn_ip.cpu_allocator)
+
+Our processes keep large tensor buffers in glibc's heap (:mod:`mpnn_ip.cpu_allocator`), as our
+command-line tools and calculators do; the peers run with glibc's defaults unless
+``../shared/bench/run_peers.sh`` is given ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647``.
 """
 
 from __future__ import annotations
@@ -108,10 +113,15 @@ def make_adapter(model_name: str, device: str = "cpu"):
     return Ours()
 
 
-def harness_setup(model_name: str, workload_name: str, bench_dir: Path = DEFAULT_BENCH_DIR, threads: int = 2):
+def harness_setup(model_name: str, workload_name: str, bench_dir: Path = DEFAULT_BENCH_DIR, threads: int = 2, system_malloc: bool = False):
     """``(bench_common, workload, adapter, model, batch)``: one of our small models on one harness
     workload, as the harness builds them (for scripts/profile_model.py and scripts/benchmark_flops.py)."""
     import torch
+
+    from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
+
+    if not system_malloc:
+        keep_tensor_buffers_in_heap()
 
     sys.path.insert(0, str(bench_dir))
     import bench_common
@@ -128,6 +138,10 @@ def run_one(args) -> int:
     sys.path.insert(0, str(args.bench_dir))
     import bench_common
 
+    from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
+
+    if not args.system_malloc:
+        keep_tensor_buffers_in_heap()
     harness_args = ["--workloads", args.workloads, "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     rc = bench_common.main(make_adapter(args.models, args.device), harness_args)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -179,6 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 warm-up, 2 repeats (smoke test)")
     parser.add_argument("--bench-dir", type=Path, default=Path(os.environ.get("MPNN_IP_BENCH_DIR", DEFAULT_BENCH_DIR)))
     parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
+    parser.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not (args.bench_dir / "bench_common.py").is_file():
@@ -190,7 +205,7 @@ def main(argv=None) -> int:
     for model in args.models.split(","):
         for wl in args.workloads.split(","):
             cmd = [sys.executable, __file__, "--child", "--models", model, "--workloads", wl,
-                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir), "--device", args.device] + (["--quick"] if args.quick else [])
+                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir), "--device", args.device] + (["--quick"] if args.quick else []) + (["--system-malloc"] if args.system_malloc else [])
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             rc |= proc.returncode
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--shapes", action="store_true", help="group the operators by their input shapes")
     parser.add_argument("--trace", default=None, help="also write a Chrome trace to this file")
     parser.add_argument("--bench-dir", type=Path, default=DEFAULT_BENCH_DIR)
     args = parser.parse_args(argv)
@@ -62,11 +63,12 @@ def main(argv=None) -> int:
             optimizer.step()
 
     step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         for _ in range(args.repeats):
             step()
     print(f"# {args.model}-s {args.workload} {args.measurement}: {args.repeats} calls, {args.threads} threads")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    averages = prof.key_averages(group_by_input_shape=args.shapes)
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40, max_shapes_column_width=60))
     if args.trace:
         prof.export_chrome_trace(args.trace)
     return 0

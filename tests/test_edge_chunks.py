@@ -110,3 +110,39 @@ def test_automatic_chunk_holds_a_fixed_budget_of_intermediates_and_can_be_restor
         assert all(conv.edge_chunk_size == 5 for conv in convolutions)
         model.set_edge_chunk_size(None)
         assert all(conv.edge_chunk_size == conv.automatic_edge_chunk_size for conv in convolutions)
+
+
+def test_automatic_setting_leaves_small_graphs_whole_unless_training_is_lean():
+    from mpnn_ip.nn.edge_chunks import UNCHUNKED_EDGE_FLOATS
+
+    model = build_test_model("mace")
+    convolutions = [m for m in model.modules() if hasattr(m, "automatic_edge_chunk_size")]
+    for conv in convolutions:
+        assert conv.unchunked_edge_limit == max(conv.edge_chunk_size, UNCHUNKED_EDGE_FLOATS // conv.floats_per_edge())
+        assert conv.unchunked_edge_limit > conv.edge_chunk_size
+    model.set_edge_chunk_size(None, lean_double_backward=True)
+    assert all(conv.unchunked_edge_limit == conv.edge_chunk_size == conv.automatic_edge_chunk_size for conv in convolutions)
+    model.set_edge_chunk_size(7)
+    assert all(conv.unchunked_edge_limit == conv.edge_chunk_size == 7 for conv in convolutions)
+    model.set_edge_chunk_size(None)
+    assert all(conv.unchunked_edge_limit == conv.automatic_unchunked_edge_limit for conv in convolutions)
+
+
+def test_graphs_up_to_the_unchunked_limit_are_summed_in_one_piece(monkeypatch):
+    import mpnn_ip.nn.edge_chunks as edge_chunks
+
+    calls = []
+    real = edge_chunks.edge_chunk_bounds
+    monkeypatch.setattr(edge_chunks, "edge_chunk_bounds", lambda *a: calls.append(a) or real(*a))
+    centre = torch.repeat_interleave(torch.arange(4), 3)
+    edge_index = torch.stack([centre, (centre + 1) % 4])
+    values = torch.arange(12.0).unsqueeze(-1)
+
+    def edge_sum(v, centre, neighbour, n):
+        return v.new_zeros(n, 1).index_add_(0, centre, v)
+
+    whole = edge_chunks.sum_over_edge_chunks(edge_sum, (), (values,), edge_index, 4, 3, unchunked_edge_limit=12)
+    assert calls == []
+    chunked = edge_chunks.sum_over_edge_chunks(edge_sum, (), (values,), edge_index, 4, 3, unchunked_edge_limit=11)
+    assert len(calls) == 1
+    assert torch.equal(whole, chunked)

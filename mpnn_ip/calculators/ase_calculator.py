@@ -21,6 +21,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mpnn_ip.calculators.results import check_stress_possible, energy_forces_stress
 from mpnn_ip.calculators.results import to_numpy as _numpy
 from mpnn_ip.checkpoint import load_model, resolve_dtype
+from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS, AtomicGraph, to_inputs
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors
@@ -64,6 +65,7 @@ class MPNNCalculator(Calculator):
 
     def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], device: str | torch.device | None = None, dtype=None, skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
         if isinstance(model, (list, tuple)):
             model = Committee(model)
         self.extra_outputs = dict(getattr(model, "extra_outputs", {}))

@@ -24,6 +24,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
 
 from mpnn_ip.calculators.results import check_stress_possible, energy_forces_stress
+from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 from mpnn_ip.errors import ConfigError, DataError
 
 #: Inputs of an exported model, in order (shapes: N atoms, B frames, E edges).
@@ -88,6 +89,7 @@ class ExportedModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such exported model (write one with mpnn-export)")
+        keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
         if is_aoti_package(self.path):
             self.runner = torch._inductor.aoti_load_package(str(self.path))
             self.metadata = json.loads(self.runner.get_metadata()[METADATA_NAME])

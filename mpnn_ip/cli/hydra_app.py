@@ -237,8 +237,10 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str, prog: s
             sys.argv.append(_searchpath_override(extra))
         _check_overrides(config_name, args)
 
+    from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
     from mpnn_ip.train.builders import register_statistics_resolver
 
+    keep_tensor_buffers_in_heap()  # large per-edge tensors reused, not page-faulted anew at every call
     register_statistics_resolver()  # ${training_data_stats:...} in the model configs (see mpnn_ip.train.builders)
     main = hydra.main(version_base="1.3", config_path=str(packaged), config_name=config_name)(task_function)
     main()

@@ -102,7 +102,9 @@ class Potential(torch.nn.Module):
         Bounds the per-edge memory of energy, forces and training to one chunk's; graphs with
         at most ``chunk_size`` edges are not chunked; 0 switches chunking off (most memory for
         large graphs); None restores each convolution's automatic size (~128 MiB of float32
-        intermediates per chunk). ``lean_double_backward=True`` recomputes each chunk's backward
+        intermediates per chunk), applied only to graphs whose intermediates exceed ~512 MiB per
+        convolution (smaller ones are faster unchunked), or to every graph above one chunk
+        with ``lean_double_backward``. ``lean_double_backward=True`` recomputes each chunk's backward
         too when training differentiates the forces again (the force loss), so that a training step
         also keeps one chunk at a time, at the cost of two more recomputations per chunk and step
         (:class:`~mpnn_ip.nn.edge_chunks.RecomputedEdgeSum`). A run-time setting: not stored in checkpoints.
@@ -112,6 +114,8 @@ class Potential(torch.nn.Module):
         for module in self.modules():
             if hasattr(module, "automatic_edge_chunk_size"):
                 module.edge_chunk_size = module.automatic_edge_chunk_size if chunk_size is None else int(chunk_size)
+                chunk_above_one_chunk = chunk_size is not None or lean_double_backward
+                module.unchunked_edge_limit = module.edge_chunk_size if chunk_above_one_chunk else module.automatic_unchunked_edge_limit
                 module.lean_double_backward = bool(lean_double_backward)
         return self
 

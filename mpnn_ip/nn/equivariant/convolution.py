@@ -13,7 +13,7 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.nn.couplings import check_reachable
-from mpnn_ip.nn.edge_chunks import automatic_chunk_size, sum_over_edge_chunks
+from mpnn_ip.nn.edge_chunks import automatic_chunk_size, automatic_unchunked_edge_limit, sum_over_edge_chunks
 from mpnn_ip.nn.equivariant.tensor_product import ChannelwiseTensorProduct, convolution_paths
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -79,6 +79,9 @@ class TensorProductConvolution(torch.nn.Module):
         self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
         #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.edge_chunk_size = self.automatic_edge_chunk_size
+        self.automatic_unchunked_edge_limit = automatic_unchunked_edge_limit(self.floats_per_edge())
+        #: graphs with at most this many edges are summed in one piece
+        self.unchunked_edge_limit = self.automatic_unchunked_edge_limit
         #: recompute the chunks' backward too in a double backward (training memory; slower)
         self.lean_double_backward = False
 
@@ -106,6 +109,7 @@ class TensorProductConvolution(torch.nn.Module):
         summed = sum_over_edge_chunks(
             edge_sum, (features,), (edge_sh, radial_embedding), edge_index, node_features.shape[0], self.edge_chunk_size,
             lean_double_backward=list(self.radial_mlp.parameters()) if self.lean_double_backward else None,
+            unchunked_edge_limit=self.unchunked_edge_limit,
         )
         return self.linear_out(summed * self.message_scale)
 

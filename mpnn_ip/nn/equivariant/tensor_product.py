@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
-from torch_geometric.utils import scatter
 
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.couplings import CouplingBlock, coupling_tensor, tensor_product_paths
@@ -149,8 +148,10 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         """
         centre, neighbour = edge_index[0], edge_index[1]
         n_atoms = node_features.shape[0] if n_centres is None else n_centres
+        # index_add_ with the 1-D centre index: its backward is one index_select, where a scatter
+        # broadcasts the index to every column and differentiates to a gather over all of them
         sums = [
-            scatter(m, centre, dim=0, dim_size=n_atoms, reduce="sum")
+            m.new_zeros(n_atoms, m.shape[1]).index_add_(0, centre, m)
             for m in self._group_messages(node_features, edge_sh, weights, neighbour)
         ]
         return self.to_irreps_layout(sums[0] if len(sums) == 1 else torch.cat(sums, dim=1))

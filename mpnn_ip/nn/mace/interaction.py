@@ -27,7 +27,7 @@ from e3nn import o3
 
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.couplings import CouplingBlock, check_reachable, coupling_tensor, tensor_product_paths
-from mpnn_ip.nn.edge_chunks import automatic_chunk_size, sum_over_edge_chunks
+from mpnn_ip.nn.edge_chunks import automatic_chunk_size, automatic_unchunked_edge_limit, sum_over_edge_chunks
 from mpnn_ip.nn.mace.linear import ChannelsLastLinear, SpeciesChannelsLastLinear
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -92,6 +92,9 @@ class MACEInteraction(torch.nn.Module):
         self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
         #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
         self.edge_chunk_size = self.automatic_edge_chunk_size
+        self.automatic_unchunked_edge_limit = automatic_unchunked_edge_limit(self.floats_per_edge())
+        #: graphs with at most this many edges are summed in one piece
+        self.unchunked_edge_limit = self.automatic_unchunked_edge_limit
         #: recompute the chunks' backward too in a double backward (training memory; slower)
         self.lean_double_backward = False
 
@@ -158,6 +161,7 @@ class MACEInteraction(torch.nn.Module):
         summed = sum_over_edge_chunks(
             edge_sum, (features,), (edge_sh, radial_embedding), edge_index, n_atoms, self.edge_chunk_size,
             lean_double_backward=list(self.radial_mlp.parameters()) if self.lean_double_backward else None,
+            unchunked_edge_limit=self.unchunked_edge_limit,
         )
         atomic_basis = self.linear(summed.reshape(n_atoms, self.num_rows * C)) * (1.0 / self.avg_num_neighbors)
         return atomic_basis, skip
