@@ -27,7 +27,9 @@ class RadialMLP(torch.nn.Module):
         hidden: widths of the hidden layers, e.g. ``[64, 64]``.
         num_out: number of outputs (``TensorProduct.weight_numel``).
         nonlinearity: name of the activation ("silu", "tanh", "ssp", ...).
-    Input ``radial_embedding: [n_edges, num_basis]`` -> ``[n_edges, num_out]``.
+    Input ``radial_embedding: [n_edges, num_basis]`` (and optionally ``columns [k]``, long) ->
+    ``[n_edges, num_out]``, or ``[n_edges, k]``: those output columns in that order, selected
+    from the last layer's weights rather than gathered from the per-edge output.
     """
 
     def __init__(self, num_basis: int, hidden: Sequence[int], num_out: int, nonlinearity: str = "silu"):
@@ -38,5 +40,12 @@ class RadialMLP(torch.nn.Module):
         self.irreps_out = o3.Irreps(f"{self.num_out}x0e")
         self.net = FullyConnectedNet([self.num_basis, *[int(h) for h in hidden], self.num_out], activation(nonlinearity))
 
-    def forward(self, radial_embedding: torch.Tensor) -> torch.Tensor:
-        return self.net(radial_embedding)
+    def forward(self, radial_embedding: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        if columns is None:
+            return self.net(radial_embedding)
+        *hidden_layers, last = list(self.net)
+        hidden = radial_embedding
+        for layer in hidden_layers:
+            hidden = layer(hidden)
+        # e3nn's output layer (no activation): weight / sqrt(fan-in * var_in / var_out)
+        return hidden @ (last.weight.index_select(1, columns) / (last.h_in * last.var_in / last.var_out) ** 0.5)

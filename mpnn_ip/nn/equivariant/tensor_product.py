@@ -8,12 +8,15 @@ tensor operations:
 
 * input irreps with the same l and the same paths (e.g. ``1o`` and ``1e``) form one group;
 * per group, all Clebsch-Gordan coefficients are folded with the spherical harmonics into one
-  per-edge matrix ``T[e] = sh[e] · C`` (one matrix product for all paths of the group);
-* the neighbours' features are gathered per group at node level and multiplied with ``T``
-  in one batched product, then by the per-edge weights (one gather and one multiply);
-* messages stay in this grouped column order; :meth:`ChannelwiseTensorProduct.sum_messages`
-  sums each group over edges and only then concatenates and reorders the columns into
-  ``irreps_mid`` order, on the (fewer) atoms.
+  per-edge matrix ``T[e] = sh[e] · C`` ``[width, 2l+1]`` (one matrix product for all paths of
+  the group), rows ordered by output width, then path, then component;
+* the neighbours' features are gathered per group channels-last ``[2l+1, mul]`` and multiplied
+  with ``T`` in one batched product; each path's weights ``[1, mul]`` then multiply its rows by
+  broadcasting over the components (the radial MLP emits its weights in this path order,
+  :meth:`ChannelwiseTensorProduct.weight_columns`), so no per-edge copy of the weights is made;
+* messages stay in this grouped order; :meth:`ChannelwiseTensorProduct.sum_messages` sums each
+  piece over edges and only then concatenates and reorders the columns into ``irreps_mid``
+  order, on the (fewer) atoms.
 
 e3nn's generic code instead slices and pads once per path, which dominates the cost of
 forces and of the force loss's double backward on CPU. Paths and coefficients come from
@@ -51,7 +54,8 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         irreps_sh: edge spherical-harmonics irreps.
         irreps_mid: output irreps (one entry per instruction, sorted) and
         instructions: ``(i_in, i_sh, i_out, "uvu", True)`` as from :func:`convolution_paths`.
-    ``weight_numel`` weights per edge, laid out instruction by instruction (``mul_in`` each), as e3nn.
+    ``weight_numel`` weights per edge, laid out instruction by instruction (``mul_in`` each), as e3nn;
+    :meth:`sum_messages` takes them reordered by :meth:`weight_columns` (the order of its groups and paths).
     """
 
     def __init__(self, irreps_in, irreps_sh, irreps_mid, instructions):
@@ -75,37 +79,38 @@ class ChannelwiseTensorProduct(torch.nn.Module):
             groups.setdefault(key, []).append(i_in)
 
         in_slices, sh_slices, mid_slices = self.irreps_in.slices(), self.irreps_sh.slices(), self.irreps_out.slices()
-        self._groups = []  # (input slices with their mul and l, mul_total, d_in, width D)
-        constants = {}
+        #: per group: (input slices with their mul, mul_total, d_in, width, [(paths, 2l+1) per width class])
+        self._groups = []
+        constants, weight_columns = {}, []
         permutation = torch.empty(self.irreps_out.dim, dtype=torch.long)
-        column = 0
+        column = 0  # start of the group's piece in the concatenated node sums
         for group_index, ((l_in, path_keys), inputs) in enumerate(groups.items()):
             d_in = 2 * l_in + 1
             widths = [2 * l_out + 1 for _, l_out in path_keys]
-            path_offsets = [sum(widths[:p]) for p in range(len(widths))]
+            classes = sorted(set(widths))
+            path_sequence = [p for w in classes for p in range(len(widths)) if widths[p] == w]
+            row_start = {p: sum(widths[q] for q in path_sequence[: path_sequence.index(p)]) for p in path_sequence}
             width = sum(widths)
             blocks = [
-                CouplingBlock(l_in, self.irreps_sh[i_sh].ir.l, l_out, 0, sh_slices[i_sh].start, range(path_offsets[p], path_offsets[p] + widths[p]))
+                CouplingBlock(l_in, self.irreps_sh[i_sh].ir.l, l_out, 0, sh_slices[i_sh].start, range(row_start[p], row_start[p] + widths[p]))
                 for p, (i_sh, l_out) in enumerate(path_keys)
             ]
-            coupling = coupling_tensor(blocks, self.irreps_sh.dim, d_in, width)
-            constants[f"coupling_{group_index}"] = coupling.reshape(self.irreps_sh.dim, d_in * width)
-            weight_index, row = [], 0
-            for i_in in inputs:
-                mul = self.irreps_in[i_in].mul
-                for p, k in enumerate(paths_of_input[i_in]):
-                    mid_start = mid_slices[instructions[k][2]].start
-                    for u in range(mul):
-                        grouped = column + (row + u) * width + path_offsets[p] + torch.arange(widths[p])
-                        permutation[mid_start + u * widths[p] : mid_start + (u + 1) * widths[p]] = grouped
-                for u in range(mul):
-                    path_of_column = [p for p in range(len(widths)) for _ in range(widths[p])]
-                    weight_index += [weight_offsets[paths_of_input[i_in][p]] + u for p in path_of_column]
-                row += mul
-            constants[f"weight_index_{group_index}"] = torch.tensor(weight_index, dtype=torch.long)
-            self._groups.append(([(in_slices[i], self.irreps_in[i].mul) for i in inputs], row, d_in, width))
-            column += row * width
+            coupling = coupling_tensor(blocks, self.irreps_sh.dim, d_in, width).transpose(1, 2)  # [sh, width, d_in]
+            constants[f"coupling_{group_index}"] = coupling.reshape(self.irreps_sh.dim, width * d_in)
+            channels = [(i_in, u) for i_in in inputs for u in range(self.irreps_in[i_in].mul)]
+            mul_total = len(channels)
+            weight_columns += [weight_offsets[paths_of_input[i_in][p]] + u for p in path_sequence for i_in, u in channels]
+            for p in path_sequence:
+                for m in range(widths[p]):
+                    for u_total, (i_in, u) in enumerate(channels):
+                        k = paths_of_input[i_in][p]
+                        position = column + (row_start[p] + m) * mul_total + u_total
+                        permutation[mid_slices[instructions[k][2]].start + u * widths[p] + m] = position
+            pieces = [(sum(1 for q in path_sequence if widths[q] == w), w) for w in classes]
+            self._groups.append(([(in_slices[i], self.irreps_in[i].mul) for i in inputs], mul_total, d_in, width, pieces))
+            column += width * mul_total
         constants["permutation"] = permutation
+        constants["weight_columns"] = torch.tensor(weight_columns, dtype=torch.long)
         self.constants = DtypeConstants(constants)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -115,45 +120,57 @@ class ChannelwiseTensorProduct(torch.nn.Module):
             del state_dict[key]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _group_messages(self, node_features, edge_sh, weights, neighbour):
-        """Yield each group's messages ``[n_edges, mul_group * width_group]`` (grouped column order)."""
+    def weight_columns(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[weight_numel]`` long: the e3nn-layout weight index of every weight :meth:`sum_messages` takes."""
+        return self.constants.get(torch.float64, torch.device(device))["weight_columns"]
+
+    def _pieces(self, node_features, edge_sh, path_weights, neighbour):
+        """Yield the messages ``[n_edges, paths * (2l+1) * mul]`` of every (group, output width) piece."""
         n_edges = edge_sh.shape[0]
         c = self.constants.get(edge_sh.dtype, edge_sh.device)
-        for index, (inputs, mul_total, d_in, width) in enumerate(self._groups):
+        group_weights = path_weights.split([mul_total * sum(n for n, _ in pieces) for _, mul_total, _, _, pieces in self._groups], dim=1)
+        for index, ((inputs, mul_total, d_in, width, pieces), weights) in enumerate(zip(self._groups, group_weights)):
             rows = [node_features[:, s].reshape(-1, mul, d_in) for s, mul in inputs]
-            x = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
+            x = (rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)).transpose(1, 2)  # [n, d_in, mul_total]
             if neighbour is not None:  # index_select: its backward is an index_add, not an accumulating index_put
-                x = x.index_select(0, neighbour)
-            coupling = (edge_sh @ c[f"coupling_{index}"]).reshape(n_edges, d_in, width)
-            y = x * coupling if d_in == 1 else torch.bmm(x, coupling)
-            w = weights.index_select(1, c[f"weight_index_{index}"]).reshape(n_edges, mul_total, width)
-            yield (y * w).reshape(n_edges, mul_total * width)
+                x = x.contiguous().index_select(0, neighbour)
+            coupling = (edge_sh @ c[f"coupling_{index}"]).reshape(n_edges, width, d_in)
+            path_counts = [n for n, _ in pieces]
+            weights = weights.reshape(n_edges, sum(path_counts), mul_total)
+            if d_in == 1:
+                # scalar inputs: weight the paths first, then one pass over the components
+                weighted = (weights * x).split(path_counts, dim=1)
+                parts = coupling.split([n * w for n, w in pieces], dim=1)
+                for part, w_part, (n, w) in zip(parts, weighted, pieces):
+                    yield (part.reshape(n_edges, n, w, 1) * w_part.unsqueeze(2)).reshape(n_edges, n * w * mul_total)
+                continue
+            products = torch.bmm(coupling, x).split([n * w for n, w in pieces], dim=1)  # [n_edges, rows, mul_total]
+            for product, w_part, (n, w) in zip(products, weights.split(path_counts, dim=1), pieces):
+                yield (product.reshape(n_edges, n, w, mul_total) * w_part.unsqueeze(2)).reshape(n_edges, n * w * mul_total)
 
     def sum_messages(
         self,
         node_features: torch.Tensor,
         edge_sh: torch.Tensor,
-        weights: torch.Tensor,
+        path_weights: torch.Tensor,
         edge_index: torch.Tensor,
         n_centres: int | None = None,
     ) -> torch.Tensor:
         """``sum_j x_j ⊗ Y(r_ij)`` at every centre i: ``[n_centres, irreps_out.dim]`` in ``irreps_out`` order.
 
         ``node_features [n_atoms, irreps_in.dim]``, ``edge_sh [n_edges, irreps_sh.dim]``,
-        ``weights [n_edges, weight_numel]``, ``edge_index [2, n_edges]`` (centre i, neighbour j);
+        ``path_weights [n_edges, weight_numel]``: the e3nn-layout weights' columns
+        :meth:`weight_columns`, ``edge_index [2, n_edges]`` (centre i, neighbour j);
         ``n_centres`` (default ``n_atoms``): number of output rows, for a chunk of edges whose
         centres count from the chunk's first atom.
-        Each group is summed over edges separately, so the concatenation and the column
+        Each piece is summed over edges separately, so the concatenation and the column
         reordering act on atoms rather than on the (many more) edges.
         """
         centre, neighbour = edge_index[0], edge_index[1]
         n_atoms = node_features.shape[0] if n_centres is None else n_centres
         # index_add_ with the 1-D centre index: its backward is one index_select, where a scatter
         # broadcasts the index to every column and differentiates to a gather over all of them
-        sums = [
-            m.new_zeros(n_atoms, m.shape[1]).index_add_(0, centre, m)
-            for m in self._group_messages(node_features, edge_sh, weights, neighbour)
-        ]
+        sums = [m.new_zeros(n_atoms, m.shape[1]).index_add_(0, centre, m) for m in self._pieces(node_features, edge_sh, path_weights, neighbour)]
         return self.to_irreps_layout(sums[0] if len(sums) == 1 else torch.cat(sums, dim=1))
 
     def to_irreps_layout(self, grouped: torch.Tensor) -> torch.Tensor:
@@ -161,8 +178,9 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         return grouped.index_select(-1, self.constants.get(grouped.dtype, grouped.device)["permutation"])
 
     def forward(self, edge_features: torch.Tensor, edge_sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Same call and result as the e3nn TensorProduct: ``[n_edges, irreps_out.dim]``."""
-        messages = list(self._group_messages(edge_features, edge_sh, weights, None))
+        """Same call and result as the e3nn TensorProduct (e3nn-layout ``weights``): ``[n_edges, irreps_out.dim]``."""
+        path_weights = weights.index_select(1, self.weight_columns(weights.device))
+        messages = list(self._pieces(edge_features, edge_sh, path_weights, None))
         return self.to_irreps_layout(messages[0] if len(messages) == 1 else torch.cat(messages, dim=1))
 
     def extra_repr(self) -> str:
