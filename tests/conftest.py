@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# as our command-line tools and calculators do (mpnn_ip.cpu_allocator): faster model calls on CPU
+from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap  # noqa: E402
+
+keep_tensor_buffers_in_heap()
 # The test helper modules (physics.py, reference_potentials.py) import as top-level modules.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -67,6 +67,15 @@ def test_radial_mlp_output_vanishes_at_cutoff():
     assert torch.all(weights[:2].abs().sum(-1) > 0)
 
 
+
+def test_radial_mlp_columns_are_those_of_the_full_output_in_the_order_asked():
+    torch.manual_seed(0)
+    mlp = RadialMLP(num_basis=8, hidden=[16, 16], num_out=7).double()
+    embedding = torch.randn(5, 8, dtype=torch.float64)
+    columns = torch.tensor([6, 0, 3, 3, 1])
+    torch.testing.assert_close(mlp(embedding, columns), mlp(embedding)[:, columns], rtol=1e-13, atol=1e-14)
+
+
 def _convolution(irreps_in="4x0e+4x0o+4x1o+4x2e", irreps_out=IRREPS_HIDDEN, **kwargs):
     torch.manual_seed(0)
     return TensorProductConvolution(irreps_in, IRREPS_SH, irreps_out, num_basis=8, radial_mlp=[16], **kwargs).double()
