@@ -16,19 +16,18 @@ glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
 )
 
-# Fills a fresh 64 MiB tensor fifteen times and counts the minor page faults of the last nine
-# (glibc's heap settles after a few rounds; with its defaults every round maps fresh pages).
+# Fills a fresh 64 MiB tensor in 30 rounds and prints the minor page faults of each round.
 FAULTS_OF_REPEATED_ALLOCATIONS = """
 import json, resource, sys
 import torch
 from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 applied = keep_tensor_buffers_in_heap() if sys.argv[1] == "tuned" else False
-for _ in range(6):
+faults = []
+for _ in range(30):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(2**24).sum()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(9):
-    torch.ones(2**24).sum()
-print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
@@ -51,9 +50,10 @@ def test_users_own_malloc_settings_are_recognised():
 def test_repeated_large_allocations_reuse_heap_pages_once_tuned():
     default, tuned = _faults("default"), _faults("tuned")
     assert tuned["applied"] is True
-    # 9 x 64 MiB of fresh pages is ~147k faults of 4 KiB with glibc's defaults (fewer with huge pages)
-    assert default["faults"] > 1000
-    assert tuned["faults"] < default["faults"] / 10
+    # a fresh 64 MiB is ~16k faults of 4 KiB: every round with glibc's defaults; once the heap
+    # has grown (a few rounds, depending on the threads' allocations), none or nearly none when tuned
+    assert sum(f > 1000 for f in default["faults"][15:]) >= 13
+    assert sum(f > 1000 for f in tuned["faults"][15:]) <= 3
 
 
 @glibc_only
