@@ -37,20 +37,21 @@ SMALL_PRESETS = {
 }
 
 #: Peers' medians (s) on this project's 2-core CPU machine (nequip 0.19.1 / mace-torch 0.3.16 through
-#: ../shared/bench/run_peers.sh, 2026-11-30, the run just before the issue-10 numbers of README.md).
-#: ../shared/bench/README.md lists faster medians from another machine; compare within one machine only.
+#: ../shared/bench/run_peers.sh with glibc's default malloc settings, 2026-11-30, the run just before
+#: the issue-10 numbers of README.md). ../shared/bench/README.md lists faster medians from another
+#: machine; compare within one machine only.
 PEER_SECONDS = {
-    ("mol27x16", "nl"): (0.002775, 0.004055),
-    ("mol27x16", "infer_ef"): (1.66, 0.9523),
-    ("mol27x16", "infer_efs_end2end"): (3.684, 1.071),
-    ("mol27x16", "train_step"): (5.194, 3.721),
-    ("cu256", "nl"): (0.005402, 0.008837),
-    ("cu256", "infer_ef"): (1.731, 1.514),
-    ("cu256", "infer_efs_end2end"): (1.968, 1.566),
-    ("cu256", "train_step"): (9.524, 4.722),
-    ("cu2048", "nl"): (0.03397, 0.04012),
-    ("cu2048", "infer_ef"): (36.62, 19.43),
-    ("cu2048", "infer_efs_end2end"): (36.94, 19.38),
+    ("mol27x16", "nl"): (0.004245, 0.002634),
+    ("mol27x16", "infer_ef"): (1.552, 1.07),
+    ("mol27x16", "infer_efs_end2end"): (1.691, 1.209),
+    ("mol27x16", "train_step"): (5.98, 3.027),
+    ("cu256", "nl"): (0.005954, 0.009487),
+    ("cu256", "infer_ef"): (1.925, 1.339),
+    ("cu256", "infer_efs_end2end"): (1.939, 1.256),
+    ("cu256", "train_step"): (9.11, 3.555),
+    ("cu2048", "nl"): (0.02663, 0.04039),
+    ("cu2048", "infer_ef"): (33.59, 18.16),
+    ("cu2048", "infer_efs_end2end"): (32.16, 19.11),
 }
 
 
@@ -205,7 +206,8 @@ def main(argv=None) -> int:
     for model in args.models.split(","):
         for wl in args.workloads.split(","):
             cmd = [sys.executable, __file__, "--child", "--models", model, "--workloads", wl,
-                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir), "--device", args.device] + (["--quick"] if args.quick else []) + (["--system-malloc"] if args.system_malloc else [])
+                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir), "--device", args.device]
+            cmd += (["--quick"] if args.quick else []) + (["--system-malloc"] if args.system_malloc else [])
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             rc |= proc.returncode
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -152,20 +152,26 @@ class MPNNCalculator(Calculator):
             edges = self.neighbor_list.edges(inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"])
             inputs["edge_index"], inputs["cell_shifts"] = edges
             if positions_only:
-                _check_closest_pair(inputs)
+                _check_closest_pair(inputs, self.neighbor_list.last_squared_lengths)
         return inputs
 
 
-def _check_closest_pair(inputs: dict[str, torch.Tensor]) -> None:
-    """DataError naming the pair when two atoms are closer than the data's minimum distance (0.1 Å)."""
+def _check_closest_pair(inputs: dict[str, torch.Tensor], squared_lengths: torch.Tensor | None = None) -> None:
+    """DataError naming the pair when two atoms are closer than the data's minimum distance (0.1 Å).
+
+    ``squared_lengths [n_edges]`` (Å²): those of the edges when the neighbour list has them already.
+    """
     if inputs["edge_index"].shape[1] == 0:
         return
-    lengths = edge_vectors(inputs["pos"], inputs["cell"], inputs["edge_index"], inputs["cell_shifts"], inputs["batch"]).norm(dim=1)
-    k = int(torch.argmin(lengths))
-    if float(lengths[k]) < MIN_INTERATOMIC_DISTANCE:
+    if squared_lengths is None:
+        vectors = edge_vectors(inputs["pos"], inputs["cell"], inputs["edge_index"], inputs["cell_shifts"], inputs["batch"])
+        squared_lengths = (vectors * vectors).sum(dim=1)
+    k = int(torch.argmin(squared_lengths))
+    closest = float(squared_lengths[k]) ** 0.5
+    if closest < MIN_INTERATOMIC_DISTANCE:
         i, j = inputs["edge_index"][:, k].tolist()
         raise DataError(
-            f"atoms {i} and {j} are {float(lengths[k]):.4f} Å apart (closer than {MIN_INTERATOMIC_DISTANCE} Å): "
+            f"atoms {i} and {j} are {closest:.4f} Å apart (closer than {MIN_INTERATOMIC_DISTANCE} Å): "
             "the structure has collapsed (unstable dynamics: smaller time step, or a potential outside its training data)",
             path="the ASE Atoms given to MPNNCalculator",
         )

@@ -28,6 +28,8 @@ class VerletList:
         self.calls = self.builds = 0
         self._reference = None  # (pos, cell, pbc, batch) at the last build, float64
         self._pairs = None  # (edge_index, cell_shifts) within r_max + skin of the reference
+        #: squared lengths (Å², float64) of the edges the last call returned; None after a search
+        self.last_squared_lengths: torch.Tensor | None = None
 
     def edges(self, pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(edge_index [2, E], cell_shifts [E, 3])`` of the pairs closer than ``r_max`` (same
@@ -35,6 +37,7 @@ class VerletList:
         self.calls += 1
         with torch.no_grad():
             pos64, cell64 = pos.detach().to(torch.float64), cell.detach().to(device=pos.device, dtype=torch.float64)
+            self.last_squared_lengths = None
             if self.skin == 0.0:
                 self.builds += 1
                 return radius_graph_pbc(pos64, cell64, pbc, batch, self.r_max)
@@ -44,7 +47,9 @@ class VerletList:
                 self._reference = (pos64.clone(), cell64.clone(), pbc.clone(), batch.clone())
             edge_index, cell_shifts = self._pairs
             vectors = edge_vectors(pos64, cell64, edge_index, cell_shifts, batch)
-            keep = (vectors * vectors).sum(dim=1) < self.r_max**2
+            squared = (vectors * vectors).sum(dim=1)
+            keep = squared < self.r_max**2
+            self.last_squared_lengths = squared[keep]
             return edge_index[:, keep], cell_shifts[keep]
 
     @property
