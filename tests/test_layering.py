@@ -1,6 +1,6 @@
 """Data flows one way (see the architecture notes): a module imports only from its own layer or above.
 
-Layers, bottom to top: leaf modules (errors, elements, outputs) -> graph (pure tensor ops: radius
+Layers, bottom to top: leaf modules (errors, elements, outputs, cpu_allocator) -> graph (pure tensor ops: radius
 graph, edge vectors, Verlet list) -> data (reading, checks, batching; may count neighbours with the
 graph layer) -> nn -> models -> checkpoint -> train, calculators, evaluation, export, torchsim -> cli.
 Imports inside functions count too.
@@ -15,7 +15,7 @@ import mpnn_ip
 
 PACKAGE = Path(mpnn_ip.__file__).parent
 LAYERS = {
-    "errors": 0, "elements": 0, "outputs": 0,
+    "errors": 0, "elements": 0, "outputs": 0, "cpu_allocator": 0,
     "graph": 1, "data": 2, "nn": 3, "models": 4, "checkpoint": 5,
     "train": 6, "calculators": 6, "evaluation": 6, "export": 6, "torchsim": 6, "cli": 7,
 }
