@@ -103,7 +103,7 @@ class TensorProductConvolution(torch.nn.Module):
         features = self.linear_in(node_features)
 
         def edge_sum(features, sh, radial, centre, neighbour, n_centres: int):
-            weights = self.radial_mlp(radial, self.tensor_product.weight_columns(radial.device))
+            weights = self.radial_mlp(radial, self.tensor_product.weight_columns(radial))
             return self.tensor_product.sum_messages(features, sh, weights, torch.stack([centre, neighbour]), n_centres)
 
         summed = sum_over_edge_chunks(

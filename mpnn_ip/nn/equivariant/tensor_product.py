@@ -120,9 +120,11 @@ class ChannelwiseTensorProduct(torch.nn.Module):
             del state_dict[key]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def weight_columns(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``[weight_numel]`` long: the e3nn-layout weight index of every weight :meth:`sum_messages` takes."""
-        return self.constants.get(torch.float64, torch.device(device))["weight_columns"]
+    def weight_columns(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """``[weight_numel]`` long: the e3nn-layout weight index of every weight :meth:`sum_messages`
+        takes, on the device of ``like`` (the tensor the weights are computed from; default CPU)."""
+        dtype, device = (torch.float64, torch.device("cpu")) if like is None else (like.dtype, like.device)
+        return self.constants.get(dtype, device)["weight_columns"]
 
     def _pieces(self, node_features, edge_sh, path_weights, neighbour):
         """Yield the messages ``[n_edges, paths * (2l+1) * mul]`` of every (group, output width) piece."""
@@ -179,7 +181,7 @@ class ChannelwiseTensorProduct(torch.nn.Module):
 
     def forward(self, edge_features: torch.Tensor, edge_sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Same call and result as the e3nn TensorProduct (e3nn-layout ``weights``): ``[n_edges, irreps_out.dim]``."""
-        path_weights = weights.index_select(1, self.weight_columns(weights.device))
+        path_weights = weights.index_select(1, self.weight_columns(weights))
         messages = list(self._pieces(edge_features, edge_sh, path_weights, None))
         return self.to_irreps_layout(messages[0] if len(messages) == 1 else torch.cat(messages, dim=1))
 
