@@ -101,31 +101,38 @@ def test_automatic_chunk_holds_a_fixed_budget_of_intermediates_and_can_be_restor
 
     for name in ("nequip", "mace"):
         model = build_test_model(name)
-        convolutions = [m for m in model.modules() if hasattr(m, "automatic_edge_chunk_size")]
+        convolutions = [m for m in model.modules() if hasattr(m, "edge_chunking")]
         assert len(convolutions) == 2
         for conv in convolutions:
             assert conv.floats_per_edge() > 0
-            assert conv.edge_chunk_size == max(MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // conv.floats_per_edge())
+            assert conv.edge_chunking.chunk_size == max(MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // conv.floats_per_edge())
         model.set_edge_chunk_size(5)
-        assert all(conv.edge_chunk_size == 5 for conv in convolutions)
+        assert all(conv.edge_chunking.chunk_size == 5 for conv in convolutions)
         model.set_edge_chunk_size(None)
-        assert all(conv.edge_chunk_size == conv.automatic_edge_chunk_size for conv in convolutions)
+        assert all(conv.edge_chunking.chunk_size == conv.edge_chunking.automatic_chunk_size for conv in convolutions)
 
 
 def test_automatic_setting_leaves_small_graphs_whole_unless_training_is_lean():
-    from mpnn_ip.nn.edge_chunks import UNCHUNKED_EDGE_FLOATS
+    """Automatic: graphs up to UNCHUNKED_EDGE_FLOATS of intermediates stay whole. Lean training:
+    chunks of a third of the forward's budget (a double backward holds ~3 forwards per chunk),
+    applied to every graph above one chunk. An explicit size applies to every graph above it."""
+    from mpnn_ip.nn.edge_chunks import EDGE_CHUNK_FLOATS, LEAN_CHUNK_FLOATS_FACTOR, MIN_EDGE_CHUNK_SIZE, UNCHUNKED_EDGE_FLOATS
 
     model = build_test_model("mace")
-    convolutions = [m for m in model.modules() if hasattr(m, "automatic_edge_chunk_size")]
-    for conv in convolutions:
-        assert conv.unchunked_edge_limit == max(conv.edge_chunk_size, UNCHUNKED_EDGE_FLOATS // conv.floats_per_edge())
-        assert conv.unchunked_edge_limit > conv.edge_chunk_size
+    chunkings = [m.edge_chunking for m in model.modules() if hasattr(m, "edge_chunking")]
+    for chunking in chunkings:
+        assert chunking.unchunked_edge_limit == max(chunking.chunk_size, UNCHUNKED_EDGE_FLOATS // chunking.floats_per_edge)
+        assert chunking.unchunked_edge_limit > chunking.chunk_size
+        assert not chunking.lean_double_backward
     model.set_edge_chunk_size(None, lean_double_backward=True)
-    assert all(conv.unchunked_edge_limit == conv.edge_chunk_size == conv.automatic_edge_chunk_size for conv in convolutions)
+    for chunking in chunkings:
+        lean = max(MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // (LEAN_CHUNK_FLOATS_FACTOR * chunking.floats_per_edge))
+        assert chunking.unchunked_edge_limit == chunking.chunk_size == lean <= chunking.automatic_chunk_size
+        assert chunking.lean_double_backward
     model.set_edge_chunk_size(7)
-    assert all(conv.unchunked_edge_limit == conv.edge_chunk_size == 7 for conv in convolutions)
+    assert all(c.unchunked_edge_limit == c.chunk_size == 7 and not c.lean_double_backward for c in chunkings)
     model.set_edge_chunk_size(None)
-    assert all(conv.unchunked_edge_limit == conv.automatic_unchunked_edge_limit for conv in convolutions)
+    assert all(c.unchunked_edge_limit == c.automatic_unchunked_edge_limit for c in chunkings)
 
 
 def test_graphs_up_to_the_unchunked_limit_are_summed_in_one_piece(monkeypatch):
@@ -146,3 +153,56 @@ def test_graphs_up_to_the_unchunked_limit_are_summed_in_one_piece(monkeypatch):
     chunked = edge_chunks.sum_over_edge_chunks(edge_sum, (), (values,), edge_index, 4, 3, unchunked_edge_limit=11)
     assert len(calls) == 1
     assert torch.equal(whole, chunked)
+
+
+def test_atom_chunks_equal_one_piece_to_second_order_and_are_skipped_when_off_traced_or_without_grad():
+    from mpnn_ip.nn.edge_chunks import AtomChunking
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(10, 1, dtype=torch.float64)
+    calls = []
+
+    def per_atom(x, scale, nothing):
+        assert nothing is None
+        calls.append(int(x.shape[0]))
+        return (x.sin() * scale).square()
+
+    chunking = AtomChunking(floats_per_atom=4)
+    chunking.configure(3)
+    chunked = chunking.map(per_atom, x, scale, None)
+    assert calls == [3, 3, 3, 1]
+    plain = per_atom(x, scale, None)
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=0)
+    # first and second derivatives (a force loss differentiates the forces again)
+    (grad_chunked,) = torch.autograd.grad(chunked.sum(), x, create_graph=True)
+    (grad_plain,) = torch.autograd.grad(plain.sum(), x, create_graph=True)
+    torch.testing.assert_close(grad_chunked, grad_plain, rtol=1e-12, atol=1e-14)
+    (second_chunked,) = torch.autograd.grad(grad_chunked.square().sum(), x)
+    (second_plain,) = torch.autograd.grad(grad_plain.square().sum(), x)
+    torch.testing.assert_close(second_chunked, second_plain, rtol=1e-12, atol=1e-14)
+
+    calls.clear()
+    with torch.no_grad():
+        chunking.map(per_atom, x, scale, None)
+    make_fx(lambda v: chunking.map(per_atom, v, scale, None))(x.detach())
+    chunking.configure(0)
+    chunking.map(per_atom, x, scale, None)
+    assert calls == [10, 10, 10]
+
+
+def test_mace_product_basis_chunks_atoms_with_the_models_chunk_setting():
+    """Automatic: only graphs whose product-basis intermediates exceed UNCHUNKED_ATOM_FLOATS; an
+    explicit chunk size (the physics suite's chunked MACE, the model test above) chunks atoms too."""
+    from mpnn_ip.nn.edge_chunks import ATOM_CHUNK_FLOATS, UNCHUNKED_ATOM_FLOATS
+
+    model = build_test_model("mace")
+    chunkings = [m.atom_chunking for m in model.modules() if hasattr(m, "atom_chunking")]
+    assert len(chunkings) == 2
+    for chunking in chunkings:
+        assert chunking.chunk_size == max(1, ATOM_CHUNK_FLOATS // chunking.floats_per_atom)
+        assert chunking.unchunked_atom_limit == UNCHUNKED_ATOM_FLOATS // chunking.floats_per_atom
+    model.set_edge_chunk_size(7)
+    assert all(c.chunk_size == c.unchunked_atom_limit == 7 for c in chunkings)
+    model.set_edge_chunk_size(0)
+    assert all(c.chunk_size == 0 for c in chunkings)

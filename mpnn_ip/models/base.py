@@ -19,6 +19,7 @@ from mpnn_ip.elements import atomic_numbers, energies_by_atomic_number, symbols
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors, radius_graph_pbc
 from mpnn_ip.models.arguments import record_constructor_arguments
+from mpnn_ip.nn.edge_chunks import AtomChunking, EdgeChunking
 from mpnn_ip.nn.tracing import is_tracing
 
 
@@ -103,8 +104,8 @@ class Potential(torch.nn.Module):
         at most ``chunk_size`` edges are not chunked; 0 switches chunking off (most memory for
         large graphs); None restores each convolution's automatic size (~128 MiB of float32
         intermediates per chunk), applied only to graphs whose intermediates exceed ~512 MiB per
-        convolution (smaller ones are faster unchunked), or to every graph above one chunk
-        with ``lean_double_backward``. ``lean_double_backward=True`` recomputes each chunk's backward
+        convolution (smaller ones are faster unchunked), or, with ``lean_double_backward``, a third
+        of that size applied to every graph above it (:data:`~mpnn_ip.nn.edge_chunks.LEAN_CHUNK_FLOATS_FACTOR`). ``lean_double_backward=True`` recomputes each chunk's backward
         too when training differentiates the forces again (the force loss), so that a training step
         also keeps one chunk at a time, at the cost of two more recomputations per chunk and step
         (:class:`~mpnn_ip.nn.edge_chunks.RecomputedEdgeSum`). A run-time setting: not stored in checkpoints.
@@ -112,11 +113,9 @@ class Potential(torch.nn.Module):
         if chunk_size is not None and int(chunk_size) < 0:
             raise ValueError(f"edge_chunk_size must be >= 0 (0 = no chunking) or None (automatic), got {chunk_size}")
         for module in self.modules():
-            if hasattr(module, "automatic_edge_chunk_size"):
-                module.edge_chunk_size = module.automatic_edge_chunk_size if chunk_size is None else int(chunk_size)
-                chunk_above_one_chunk = chunk_size is not None or lean_double_backward
-                module.unchunked_edge_limit = module.edge_chunk_size if chunk_above_one_chunk else module.automatic_unchunked_edge_limit
-                module.lean_double_backward = bool(lean_double_backward)
+            for chunking in (getattr(module, "edge_chunking", None), getattr(module, "atom_chunking", None)):
+                if isinstance(chunking, (EdgeChunking, AtomChunking)):
+                    chunking.configure(chunk_size, lean_double_backward)
         return self
 
     def species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.nn.couplings import check_reachable
-from mpnn_ip.nn.edge_chunks import automatic_chunk_size, automatic_unchunked_edge_limit, sum_over_edge_chunks
+from mpnn_ip.nn.edge_chunks import EdgeChunking
 from mpnn_ip.nn.equivariant.tensor_product import ChannelwiseTensorProduct, convolution_paths
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -76,14 +76,8 @@ class TensorProductConvolution(torch.nn.Module):
         self.tensor_product = ChannelwiseTensorProduct(self.irreps_in, self.irreps_sh, self.irreps_mid, instructions)
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.tensor_product.weight_numel, radial_nonlinearity)
         self.linear_out = o3.Linear(self.irreps_mid.simplify(), self.irreps_out)
-        self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
-        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
-        self.edge_chunk_size = self.automatic_edge_chunk_size
-        self.automatic_unchunked_edge_limit = automatic_unchunked_edge_limit(self.floats_per_edge())
-        #: graphs with at most this many edges are summed in one piece
-        self.unchunked_edge_limit = self.automatic_unchunked_edge_limit
-        #: recompute the chunks' backward too in a double backward (training memory; slower)
-        self.lean_double_backward = False
+        #: how the edge sum is split into recomputed chunks (:mod:`mpnn_ip.nn.edge_chunks`)
+        self.edge_chunking = EdgeChunking(self.floats_per_edge())
 
     def floats_per_edge(self) -> int:
         """Estimated floats per edge that autograd keeps for the backward pass: the gathered
@@ -106,10 +100,8 @@ class TensorProductConvolution(torch.nn.Module):
             weights = self.radial_mlp(radial, self.tensor_product.weight_columns(radial))
             return self.tensor_product.sum_messages(features, sh, weights, torch.stack([centre, neighbour]), n_centres)
 
-        summed = sum_over_edge_chunks(
-            edge_sum, (features,), (edge_sh, radial_embedding), edge_index, node_features.shape[0], self.edge_chunk_size,
-            lean_double_backward=list(self.radial_mlp.parameters()) if self.lean_double_backward else None,
-            unchunked_edge_limit=self.unchunked_edge_limit,
+        summed = self.edge_chunking.sum(
+            edge_sum, (features,), (edge_sh, radial_embedding), edge_index, node_features.shape[0], self.radial_mlp.parameters
         )
         return self.linear_out(summed * self.message_scale)
 

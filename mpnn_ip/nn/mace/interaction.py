@@ -27,7 +27,7 @@ from e3nn import o3
 
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.couplings import CouplingBlock, check_reachable, coupling_tensor, tensor_product_paths
-from mpnn_ip.nn.edge_chunks import automatic_chunk_size, automatic_unchunked_edge_limit, sum_over_edge_chunks
+from mpnn_ip.nn.edge_chunks import EdgeChunking
 from mpnn_ip.nn.mace.linear import ChannelsLastLinear, SpeciesChannelsLastLinear
 from mpnn_ip.nn.radial_mlp import RadialMLP
 
@@ -89,14 +89,8 @@ class MACEInteraction(torch.nn.Module):
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.num_paths * self.num_channels)
         self.linear = ChannelsLastLinear(self.irreps_mid, self.irreps_target)
         self.skip = None if irreps_skip is None else SpeciesChannelsLastLinear(self.irreps_node, self.irreps_skip, num_species)
-        self.automatic_edge_chunk_size = automatic_chunk_size(self.floats_per_edge())
-        #: edges per chunk of the recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`); 0 = never chunk
-        self.edge_chunk_size = self.automatic_edge_chunk_size
-        self.automatic_unchunked_edge_limit = automatic_unchunked_edge_limit(self.floats_per_edge())
-        #: graphs with at most this many edges are summed in one piece
-        self.unchunked_edge_limit = self.automatic_unchunked_edge_limit
-        #: recompute the chunks' backward too in a double backward (training memory; slower)
-        self.lean_double_backward = False
+        #: how the edge sum is split into recomputed chunks (:mod:`mpnn_ip.nn.edge_chunks`)
+        self.edge_chunking = EdgeChunking(self.floats_per_edge())
 
     def floats_per_edge(self) -> int:
         """Estimated floats per edge that autograd keeps for the backward pass: the coupling
@@ -158,10 +152,8 @@ class MACEInteraction(torch.nn.Module):
             messages = self.edge_messages(features, sh, path_weights, neighbour)
             return messages.new_zeros(n_centres, self.num_rows, C).index_add_(0, centre, messages)
 
-        summed = sum_over_edge_chunks(
-            edge_sum, (features,), (edge_sh, radial_embedding), edge_index, n_atoms, self.edge_chunk_size,
-            lean_double_backward=list(self.radial_mlp.parameters()) if self.lean_double_backward else None,
-            unchunked_edge_limit=self.unchunked_edge_limit,
+        summed = self.edge_chunking.sum(
+            edge_sum, (features,), (edge_sh, radial_embedding), edge_index, n_atoms, self.radial_mlp.parameters
         )
         atomic_basis = self.linear(summed.reshape(n_atoms, self.num_rows * C)) * (1.0 / self.avg_num_neighbors)
         return atomic_basis, skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from e3nn import o3
 
+from mpnn_ip.nn.edge_chunks import AtomChunking
 from mpnn_ip.nn.mace.linear import ChannelsLastLinear
 from mpnn_ip.nn.mace.symmetric_contraction import SymmetricContraction
 
@@ -30,7 +31,17 @@ class ProductBasis(torch.nn.Module):
         self.irreps_out = o3.Irreps(irreps_out)
         self.symmetric_contraction = SymmetricContraction(self.irreps_in, self.irreps_out, correlation, num_species)
         self.linear = ChannelsLastLinear(self.irreps_out, self.irreps_out)
+        #: large graphs are evaluated in recomputed atom chunks (:class:`~mpnn_ip.nn.edge_chunks.AtomChunking`)
+        self.atom_chunking = AtomChunking(self.floats_per_atom())
+
+    def floats_per_atom(self) -> int:
+        """Estimated floats per atom autograd keeps: the symmetric contraction's
+        (:meth:`SymmetricContraction.floats_per_atom`), the linear's output and the sum with the skip."""
+        return self.symmetric_contraction.floats_per_atom() + 2 * self.irreps_out.dim
 
     def forward(self, atomic_basis: torch.Tensor, species: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        return self.atom_chunking.map(self._forward, atomic_basis, species, skip)
+
+    def _forward(self, atomic_basis: torch.Tensor, species: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         features = self.linear(self.symmetric_contraction(atomic_basis, species))
         return features if skip is None else features + skip

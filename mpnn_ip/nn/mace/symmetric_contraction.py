@@ -205,6 +205,16 @@ class SymmetricContraction(torch.nn.Module):
         cubic = torch.cat(cubic, dim=-1)
         return linear, torch.cat([cubic.reshape(C, S, J, D * self.dim_out), quadratic], dim=-1)
 
+    def floats_per_atom(self) -> int:
+        """Estimated floats per atom autograd keeps: the sorted basis, the gathered linear
+        coefficients and their product with it (C·D·M each), and for ν >= 2 the monomials (C·J)
+        and their contraction (C·(D·M + M))."""
+        C, D, M = self.num_channels, self.coupling_irreps.dim, self.dim_out
+        floats = C * D + 2 * C * D * M + C * M
+        if self.correlation >= 2:
+            floats += C * (D * (D + 1) // 2) + C * (D * M + M)
+        return floats
+
     def forward(self, atomic_basis: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         n_atoms = atomic_basis.shape[0]
         C, D, M = self.num_channels, self.coupling_irreps.dim, self.dim_out
