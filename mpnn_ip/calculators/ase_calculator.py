@@ -10,6 +10,8 @@ Example::
 from __future__ import annotations
 
 import itertools
+import logging
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +28,11 @@ from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors
 from mpnn_ip.graph.verlet import VerletList
+from mpnn_ip.models.base import Potential
 from mpnn_ip.models.committee import Committee
+from mpnn_ip.models.compiled import CompileDecision, compile_potential, normalize_mode
+
+logger = logging.getLogger(__name__)
 
 
 class MPNNCalculator(Calculator):
@@ -57,14 +63,29 @@ class MPNNCalculator(Calculator):
             atom has moved more than ``skin / 2`` since the search or the cell changed. ``0`` (default)
             searches at every call. Results do not depend on it; MD runs faster with ``skin=1.0``.
             ``neighbor_list.builds`` / ``neighbor_list.calls`` count the searches.
+        compile: ``"auto"`` (default), ``True`` or ``False``: ``torch.compile`` of the model, checked
+            on the first structure (equal to eager and faster, else eager with the reason; see
+            :mod:`mpnn_ip.models.compiled`). ``auto`` tries on CUDA only; ``compile_decision`` holds
+            the outcome after the first call, and a ``compile=True`` that falls back warns.
 
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
 
-    def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], device: str | torch.device | None = None, dtype=None, skin: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        model: torch.nn.Module | Sequence[torch.nn.Module],
+        device: str | torch.device | None = None,
+        dtype=None,
+        skin: float = 0.0,
+        compile: bool | str = "auto",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.compile_mode = normalize_mode(compile)
+        #: the :class:`~mpnn_ip.models.compiled.CompileDecision` of the first call (None before it)
+        self.compile_decision: CompileDecision | None = None
         keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
         if isinstance(model, (list, tuple)):
             model = Committee(model)
@@ -119,6 +140,8 @@ class MPNNCalculator(Calculator):
         if want_stress:
             check_stress_possible(self.atoms)
         inputs = self._model_inputs(system_changes)
+        if self.compile_decision is None:
+            self.compile_decision = self._decide_compile(inputs, want_stress)
         with torch.enable_grad():
             extra = {"compute_atomic_virial": True} if want_stresses else {}
             out = self.model(inputs, compute_forces=True, compute_stress=want_stress, **extra)
@@ -129,6 +152,19 @@ class MPNNCalculator(Calculator):
         for key, (per, _) in self.extra_outputs.items():
             value = _numpy(out[key])
             self.results[key] = (float(value[0]) if value.ndim == 1 else value[0]) if per == "frame" else value
+
+    def _decide_compile(self, inputs: dict[str, torch.Tensor], want_stress: bool) -> CompileDecision:
+        """Compile the model if it pays on these inputs (:func:`~mpnn_ip.models.compiled.compile_potential`)."""
+        if self.compile_mode != "false" and not isinstance(self.model, Potential):
+            decision = CompileDecision(False, f"{type(self.model).__name__} is not one Potential (a committee runs eager)")
+        else:
+            with torch.enable_grad():
+                decision = compile_potential(self.model, inputs, self.compile_mode, compute_stress=want_stress)
+        if self.compile_mode == "true" and not decision.compiled:
+            warnings.warn(f"MPNNCalculator(compile=True): {decision}", RuntimeWarning, stacklevel=3)
+        else:
+            logger.info("MPNNCalculator: %s", decision)
+        return decision
 
     def _model_inputs(self, system_changes) -> dict[str, torch.Tensor]:
         """Model inputs on the model's device, with edges when the calculator keeps a neighbour list.

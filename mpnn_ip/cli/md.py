@@ -171,6 +171,9 @@ def run_md(
     if neighbor_list is not None:
         summary["graph_skin_A"] = neighbor_list.skin
         summary["graph_rebuild_fraction"] = neighbor_list.rebuild_fraction
+    compile_decision = getattr(calculator, "compile_decision", None)  # MPNNCalculator's torch.compile outcome
+    if compile_decision is not None:
+        summary["compile"] = str(compile_decision)
     (out_dir / "md_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if stopped is not None:
         raise MDStopped(stopped["message"], summary)
@@ -349,7 +352,7 @@ def _run(cfg) -> dict:
     check_model_species(model, atoms.get_atomic_numbers(), f"structure {structure}")
     summary = run_md(
         atoms,
-        MPNNCalculator(model, skin=float(cfg.skin)),
+        MPNNCalculator(model, skin=float(cfg.skin), compile=cfg.get("compile", "auto")),
         ensemble=cfg.ensemble,
         temperature=float(cfg.temperature),
         timestep=float(cfg.timestep),

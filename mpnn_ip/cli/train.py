@@ -104,8 +104,6 @@ def fit(cfg) -> float | None:
             print(f"Fine-tuning {finetune_from}: {trainable:,} of {total:,} parameters trainable{frozen}", flush=True)
     if hasattr(model, "set_edge_chunk_size"):  # every Potential; a registered model of another base may lack it
         model.set_edge_chunk_size(cfg.get("edge_chunk_size"), lean_double_backward=bool(cfg.get("lean_training_memory", False)))
-    if cfg.compile:
-        model.compile(dynamic=True)
 
     task = PotentialModule(
         model,
@@ -115,6 +113,7 @@ def fit(cfg) -> float | None:
         scheduler_monitor=str(cfg.scheduler_monitor),
         statistics=statistics,
         max_bad_steps=int(cfg.get("max_bad_steps", 5)),
+        compile=cfg.get("compile", "auto"),
     )
     callbacks = builders.build_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer = builders.build_trainer(cfg.trainer, callbacks, loggers)

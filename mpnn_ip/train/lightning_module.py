@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from mpnn_ip.checkpoint import checkpoint_metadata, plain
 from mpnn_ip.errors import ConfigError, DataError, TrainingDiverged
+from mpnn_ip.models.compiled import CompileDecision, compile_potential, normalize_mode
 from mpnn_ip.train.losses import EpochLoss, WeightedPropertyLoss
 from mpnn_ip.train.metrics import PropertyMetrics
 from mpnn_ip.train.stage_two import StageTwo
@@ -74,6 +75,11 @@ class PotentialModule(L.LightningModule):
         statistics: training-split statistics (stored in the checkpoint metadata).
         max_bad_steps: stop after this many consecutive optimizer steps with a non-finite loss or
             gradient (0 = never stop; such steps are still skipped).
+        compile: ``"auto"``, ``True`` or ``False`` (default): ``torch.compile`` of the model, decided
+            on the first training batch by :func:`~mpnn_ip.models.compiled.compile_potential`
+            (kept only if the training step, double backward included, equals eager and is faster;
+            otherwise eager, with the reason printed; ``auto`` tries on CUDA only). The outcome is
+            ``compile_decision``.
 
     Diverging training: a training step whose loss or any gradient is NaN/inf does not change the
     weights (no optimizer step, the optimizer's moments are untouched, EMA skips it); a WARNING
@@ -108,8 +114,12 @@ class PotentialModule(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         statistics: Mapping | None = None,
         max_bad_steps: int = 5,
+        compile: bool | str = False,
     ):
         super().__init__()
+        self.compile_mode = normalize_mode(compile)
+        #: the :class:`~mpnn_ip.models.compiled.CompileDecision` taken at the first training step
+        self.compile_decision: CompileDecision | None = None
         if int(max_bad_steps) < 0:
             raise ValueError(f"max_bad_steps must be >= 0 (0 = never stop), got {max_bad_steps}")
         self.model = model
@@ -182,6 +192,8 @@ class PotentialModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         if self.model.fitted_in_closed_form:
             return None
+        if self.compile_decision is None:
+            self._decide_compile(batch)
         source = (batch_idx, getattr(batch, "source_path", None), getattr(batch, "source_frame", None), int(batch.num_graphs))
         self._pending_sources.append(source)
         loss = self._step(batch, "train")
@@ -190,6 +202,14 @@ class PotentialModule(L.LightningModule):
             # is skipped on all processes in on_before_optimizer_step
             loss = sum(0.0 * p.sum() for p in self.model.parameters() if p.requires_grad)
         return loss  # None: Lightning skips backward; the optimizer sees no gradient (skipped below)
+
+    def _decide_compile(self, batch) -> None:
+        """Compile the model if its training step pays on this batch (see ``compile`` above); say the outcome."""
+        self.compile_decision = compile_potential(
+            self.model, batch, self.compile_mode, training=True, compute_stress=self._needs_stress(batch, "train")
+        )
+        if self.compile_mode != "false" and (self._trainer is None or self.trainer.is_global_zero):
+            print(self.compile_decision, flush=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Skip the step (no gradient reaches the optimizer) when a loss or gradient since the last step was
