@@ -52,6 +52,16 @@ def _stand_in_compiler(monkeypatch, make):
     return compiled
 
 
+def _failing(message: str):
+    """A stand-in compiler whose compiled function raises ``RuntimeError(message)``."""
+    def make(fn):
+        def broken(*args, **kwargs):
+            raise RuntimeError(message)
+        return broken
+
+    return make
+
+
 def test_modes_are_normalized_and_unknown_ones_refused():
     assert [normalize_mode(m) for m in (None, True, False, "AUTO", " true ", "false")] == ["auto", "true", "false", "auto", "true", "false"]
     with pytest.raises(ValueError, match="compile must be one of auto, true, false"):
@@ -67,15 +77,10 @@ def test_auto_on_cpu_and_false_stay_eager_without_compiling(mode, no_compiler):
 
 
 def test_a_failing_compiler_leaves_the_model_eager_with_the_reason(monkeypatch):
-    def make(fn):
-        def broken(*args, **kwargs):
-            raise RuntimeError("double backward is not supported\nsecond line")
-        return broken
-
     model = build_test_model("nequip")
     inputs = _inputs()
     expected = _forces(model, inputs)
-    calls = _stand_in_compiler(monkeypatch, make)
+    calls = _stand_in_compiler(monkeypatch, _failing("double backward is not supported\nsecond line"))
     decision = compile_potential(model, inputs, True, training=True)
     assert calls == [{"dynamic": True, "backend": "inductor"}]
     assert not decision.compiled and not is_compiled(model)
@@ -113,16 +118,11 @@ def test_an_equal_compiled_model_is_kept_only_when_fast_enough(monkeypatch):
 
 
 def test_calculator_warns_when_compile_true_falls_back_and_gives_eager_results(monkeypatch):
-    def make(fn):
-        def broken(*args, **kwargs):
-            raise RuntimeError("no compiler here")
-        return broken
-
     model = build_test_model("nequip")
     atoms = _copper()
     atoms.calc = MPNNCalculator(model, compile=False)
     expected = atoms.get_forces().copy()
-    _stand_in_compiler(monkeypatch, make)
+    _stand_in_compiler(monkeypatch, _failing("no compiler here"))
     atoms = _copper()
     atoms.calc = MPNNCalculator(model, compile=True)
     with pytest.warns(RuntimeWarning, match=r"compile=True\): torch.compile: off \(eager\): the compiled step failed"):
@@ -132,12 +132,7 @@ def test_calculator_warns_when_compile_true_falls_back_and_gives_eager_results(m
 
 
 def test_training_module_decides_on_its_first_batch_and_prints_the_outcome(monkeypatch, capsys):
-    def make(fn):
-        def broken(*args, **kwargs):
-            raise RuntimeError("backward of a compiled graph cannot be differentiated")
-        return broken
-
-    _stand_in_compiler(monkeypatch, make)
+    _stand_in_compiler(monkeypatch, _failing("backward of a compiled graph cannot be differentiated"))
     task = PotentialModule(build_test_model("nequip"), compile=True)
     batch = collate([AtomicGraph.from_atoms(_copper())])
     task._decide_compile(batch)
