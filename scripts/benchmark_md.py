@@ -99,7 +99,7 @@ def ours_calculator(args, atoms):
         export_model(model, path, compile=True)
         print(f"# exported and compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         return MPNNCalculator.from_exported(path)
-    return MPNNCalculator(model, skin=args.skin)
+    return MPNNCalculator(model, skin=args.skin, compile=args.compile)
 
 
 def nequip_calculator(args, atoms):
@@ -157,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skin", type=float, default=1.0, help="ours: Verlet skin (Å); 0 = search the graph every step")
     parser.add_argument("--edge-chunk-size", type=int, default=None, help="ours: edges per recomputed chunk (0 = off)")
     parser.add_argument("--exported", action="store_true", help="ours: AOTInductor-compiled model (mpnn-export) instead of eager")
+    parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                        help="ours: torch.compile decided on the first step (mpnn_ip.models.compiled; auto = eager on CPU)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.model = args.model or ("nequip" if args.code == "ours" else args.code)
@@ -181,6 +183,8 @@ def main(argv=None) -> int:
     neighbor_list = getattr(atoms.calc, "neighbor_list", None)
     if args.code == "ours":
         record.update(skin=args.skin, graph_rebuild_fraction=getattr(neighbor_list, "rebuild_fraction", None), exported=args.exported)
+        decision = getattr(atoms.calc, "compile_decision", None)
+        record["compile"] = None if decision is None else str(decision)
     print(json.dumps(record), flush=True)
     return 0
 

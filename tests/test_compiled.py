@@ -1,7 +1,8 @@
 """torch.compile kept only where it works, equals eager and is faster (mpnn_ip.models.compiled).
 
-The decisions are tested with stand-in compilers (fast); one ``slow`` test compiles a small NequIP
-for real (``aot_eager``: dynamo and AOTAutograd, no code generation) and checks float64 equality.
+The decisions are tested with stand-in compilers (fast); a ``slow`` test compiles small NequIP and
+MACE models for real (``aot_eager``: dynamo and AOTAutograd, no code generation) and checks float64
+equality.
 """
 
 from __future__ import annotations
@@ -142,16 +143,18 @@ def test_training_module_decides_on_its_first_batch_and_prints_the_outcome(monke
 
 
 @pytest.mark.slow
-def test_real_compile_of_nequip_equals_eager_in_float64():
-    """dynamo + AOTAutograd (backend aot_eager): energy, forces and stress equal eager's to 1e-10."""
-    model = build_test_model("nequip")
+@pytest.mark.parametrize("name", ["nequip", "mace"])
+def test_real_compile_equals_eager_in_float64(name):
+    """dynamo + AOTAutograd (backend aot_eager): energy, forces and stress equal eager's to 1e-10,
+    on another structure than the one the decision was taken on (dynamic shapes, no recompilation needed)."""
+    model = build_test_model(name)
     inputs = _inputs()
     expected = model(inputs, compute_forces=True, compute_stress=True)
     decision = compile_potential(model, inputs, True, compute_stress=True, backend="aot_eager", repeats=1, min_speedup=0.0)
     try:
         assert decision.compiled, decision.reason
-        moved = _copper()
-        moved.rattle(0.02, seed=7)  # another structure of the same size
+        moved = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))  # another size: 16 atoms, not 8
+        moved.rattle(0.03, seed=7)
         other = _inputs(moved)
         out = model(other, compute_forces=True, compute_stress=True)
         uncompile(model)

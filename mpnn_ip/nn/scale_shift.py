@@ -96,7 +96,11 @@ class PerSpeciesScaleShift(torch.nn.Module):
             self.register_buffer("shift", shift_t)
 
     def forward(self, node_energy: torch.Tensor, species: torch.Tensor, shift_gate: torch.Tensor) -> torch.Tensor:
-        return self.scale[species] * node_energy + self.shift[species] * shift_gate
+        # a one-hot matmul picks each atom's values exactly (one product by 1, the rest by 0); its
+        # backward is a matmul, where scale[species]'s is a scatter into S entries that inductor
+        # (torch.compile on the CPU, dynamic shapes) fails to generate code for
+        one_hot = torch.nn.functional.one_hot(species, self.num_species).to(self.scale.dtype)  # [n_atoms, S]
+        return (one_hot @ self.scale) * node_energy + (one_hot @ self.shift) * shift_gate
 
     def extra_repr(self) -> str:
         return f"num_species={self.num_species}, trainable={isinstance(self.scale, torch.nn.Parameter)}"

@@ -143,7 +143,9 @@ class SymmetricContraction(torch.nn.Module):
             )
         self.num_channels = channels
         self.coupling_irreps = o3.Irreps([(1, ir) for _, ir in self.irreps_in])
-        dim = self.coupling_irreps.dim
+        # D as an int: forward must not touch e3nn Irrep objects (dynamo's guards call len() on them,
+        # which e3nn's Irrep refuses, and torch.compile then fails)
+        self.dim_coupling = dim = self.coupling_irreps.dim
         self.dim_out = sum(ir.dim for _, ir in self.irreps_out)
         pair_j, pair_k = torch.triu_indices(dim, dim)
         multiplicity = torch.where(pair_j == pair_k, 1.0, 2.0).to(torch.float64)
@@ -182,7 +184,7 @@ class SymmetricContraction(torch.nn.Module):
         ``cols`` = D*M (cubic, ν = 3) + M (quadratic); J = D(D+1)/2 monomials A_j A_k, j <= k.
         """
         c = self.constants.get(dtype, device)
-        S, C, D = self.num_species, self.num_channels, self.coupling_irreps.dim
+        S, C, D = self.num_species, self.num_channels, self.dim_coupling
         J = c["pair_j"].shape[0]
         linear, quadratic, cubic = [], [], []
         for width, keys in self._outputs:
@@ -209,7 +211,7 @@ class SymmetricContraction(torch.nn.Module):
         """Estimated floats per atom autograd keeps: the sorted basis, the gathered linear
         coefficients and their product with it (C·D·M each), and for ν >= 2 the monomials (C·J)
         and their contraction (C·(D·M + M))."""
-        C, D, M = self.num_channels, self.coupling_irreps.dim, self.dim_out
+        C, D, M = self.num_channels, self.dim_coupling, self.dim_out
         floats = C * D + 2 * C * D * M + C * M
         if self.correlation >= 2:
             floats += C * (D * (D + 1) // 2) + C * (D * M + M)
@@ -217,7 +219,7 @@ class SymmetricContraction(torch.nn.Module):
 
     def forward(self, atomic_basis: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         n_atoms = atomic_basis.shape[0]
-        C, D, M = self.num_channels, self.coupling_irreps.dim, self.dim_out
+        C, D, M = self.num_channels, self.dim_coupling, self.dim_out
         linear, pair = self._contracted_weights(atomic_basis.dtype, atomic_basis.device)
         groups = SpeciesGroups(species, self.num_species)
         x = groups.sort(atomic_basis.reshape(n_atoms, D, C)).permute(2, 0, 1)  # [C, N, D], atoms by species
