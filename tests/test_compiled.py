@@ -69,12 +69,24 @@ def test_modes_are_normalized_and_unknown_ones_refused():
         normalize_mode("maybe")
 
 
-@pytest.mark.parametrize("mode", ["auto", False])
-def test_auto_on_cpu_and_false_stay_eager_without_compiling(mode, no_compiler):
+@pytest.mark.parametrize(
+    "mode, training, reason",
+    [("auto", False, "stays eager on cpu below 1000 atoms (8:"), ("auto", True, "trains eager on cpu"), (False, False, "compile=false")],
+)
+def test_auto_on_cpu_for_small_structures_or_training_and_false_stay_eager_without_compiling(mode, training, reason, no_compiler):
     model = build_test_model("nequip")
-    decision = compile_potential(model, _inputs(), mode)
+    decision = compile_potential(model, _inputs(), mode, training=training)
     assert not decision.compiled and not is_compiled(model)
-    assert ("stays eager on cpu" if mode == "auto" else "compile=false") in decision.reason
+    assert reason in decision.reason
+
+
+def test_auto_on_cpu_tries_inference_on_large_structures(monkeypatch):
+    import mpnn_ip.models.compiled as compiled
+
+    monkeypatch.setattr(compiled, "AUTO_CPU_MIN_ATOMS", 8)
+    calls = _stand_in_compiler(monkeypatch, lambda fn: fn)
+    decision = compile_potential(build_test_model("nequip"), _inputs(), "auto", min_speedup=0.0)
+    assert decision.compiled and len(calls) == 1
 
 
 def test_a_failing_compiler_leaves_the_model_eager_with_the_reason(monkeypatch):

@@ -65,7 +65,8 @@ class MPNNCalculator(Calculator):
             ``neighbor_list.builds`` / ``neighbor_list.calls`` count the searches.
         compile: ``"auto"`` (default), ``True`` or ``False``: ``torch.compile`` of the model, checked
             on the first structure (equal to eager and faster, else eager with the reason; see
-            :mod:`mpnn_ip.models.compiled`). ``auto`` tries on CUDA only; ``compile_decision`` holds
+            :mod:`mpnn_ip.models.compiled`). ``auto`` tries on CUDA, and on the CPU for structures of at
+            least 1,000 atoms (compiling takes 30-100 s there); ``compile_decision`` holds
             the outcome after the first call, and a ``compile=True`` that falls back warns.
 
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.

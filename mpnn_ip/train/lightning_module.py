@@ -78,7 +78,8 @@ class PotentialModule(L.LightningModule):
         compile: ``"auto"``, ``True`` or ``False`` (default): ``torch.compile`` of the model, decided
             on the first training batch by :func:`~mpnn_ip.models.compiled.compile_potential`
             (kept only if the training step, double backward included, equals eager and is faster;
-            otherwise eager, with the reason printed; ``auto`` tries on CUDA only). The outcome is
+            otherwise eager, with the reason printed; ``auto`` tries on CUDA only: on the CPU AOTAutograd
+            refuses the double backward). The outcome is
             ``compile_decision``.
 
     Diverging training: a training step whose loss or any gradient is NaN/inf does not change the
