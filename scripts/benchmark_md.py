@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--edge-chunk-size", type=int, default=None, help="ours: edges per recomputed chunk (0 = off)")
     parser.add_argument("--exported", action="store_true", help="ours: AOTInductor-compiled model (mpnn-export) instead of eager")
     parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
-                        help="ours: torch.compile decided on the first step (mpnn_ip.models.compiled; auto = eager on CPU)")
+                        help="ours: torch.compile decided on the first step (mpnn_ip.models.compiled; auto: CPU from 1,000 atoms)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     args.model = args.model or ("nequip" if args.code == "ours" else args.code)

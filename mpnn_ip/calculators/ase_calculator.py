@@ -28,7 +28,6 @@ from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors
 from mpnn_ip.graph.verlet import VerletList
-from mpnn_ip.models.base import Potential
 from mpnn_ip.models.committee import Committee
 from mpnn_ip.models.compiled import CompileDecision, compile_potential, normalize_mode
 
@@ -156,11 +155,8 @@ class MPNNCalculator(Calculator):
 
     def _decide_compile(self, inputs: dict[str, torch.Tensor], want_stress: bool) -> CompileDecision:
         """Compile the model if it pays on these inputs (:func:`~mpnn_ip.models.compiled.compile_potential`)."""
-        if self.compile_mode != "false" and not isinstance(self.model, Potential):
-            decision = CompileDecision(False, f"{type(self.model).__name__} is not one Potential (a committee runs eager)")
-        else:
-            with torch.enable_grad():
-                decision = compile_potential(self.model, inputs, self.compile_mode, compute_stress=want_stress)
+        with torch.enable_grad():  # a committee has no atomic_outputs: compile_potential leaves it eager
+            decision = compile_potential(self.model, inputs, self.compile_mode, compute_stress=want_stress)
         if self.compile_mode == "true" and not decision.compiled:
             warnings.warn(f"MPNNCalculator(compile=True): {decision}", RuntimeWarning, stacklevel=3)
         else:

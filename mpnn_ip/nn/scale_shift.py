@@ -100,7 +100,8 @@ class PerSpeciesScaleShift(torch.nn.Module):
         # backward is a matmul, where scale[species]'s is a scatter into S entries that inductor
         # (torch.compile on the CPU, dynamic shapes) fails to generate code for
         one_hot = torch.nn.functional.one_hot(species, self.num_species).to(self.scale.dtype)  # [n_atoms, S]
-        return (one_hot @ self.scale) * node_energy + (one_hot @ self.shift) * shift_gate
+        scale, shift = (one_hot @ torch.stack([self.scale, self.shift], dim=1)).unbind(1)  # one matmul for both
+        return scale * node_energy + shift * shift_gate
 
     def extra_repr(self) -> str:
         return f"num_species={self.num_species}, trainable={isinstance(self.scale, torch.nn.Parameter)}"
