@@ -55,8 +55,9 @@ PEER_SECONDS = {
 }
 
 
-def make_adapter(model_name: str, device: str = "cpu"):
-    """An ``Adapter`` of the shared harness that drives one of our models."""
+def make_adapter(model_name: str, device: str = "cpu", model_file: str | None = None):
+    """An ``Adapter`` of the shared harness that drives one of our models (``model_file``: a peer's model
+    file imported with :func:`mpnn_ip.interop.import_model`, instead of our small preset with random weights)."""
     import torch
     from bench_common import R_MAX, Adapter
 
@@ -67,16 +68,23 @@ def make_adapter(model_name: str, device: str = "cpu"):
     class Ours(Adapter):
         code = "mpnn_ip"
         def __init__(self):
-            self.model_name = f"{model_name}-s"
+            self.model_name = f"{model_name}-s" if model_file is None else f"{model_name}-imported"
             self.model = None
 
         def version(self):
             return mpnn_ip.__version__
 
         def hyperparameters(self, wl):
+            if model_file is not None:
+                return {"model_file": Path(model_file).name}
             return dict(SMALL_PRESETS[model_name], r_max=R_MAX, avg_num_neighbors=wl.avg_num_neighbors)
 
         def build_model(self, wl):
+            if model_file is not None:
+                from mpnn_ip.interop import import_model
+
+                self.model = import_model(model_file).to(device=device, dtype=torch.float32)
+                return self.model
             torch.manual_seed(0)
             self.model = build_model(model_name, species=wl.atomic_numbers, **self.hyperparameters(wl))
             self.model = self.model.to(device=device, dtype=torch.float32)
@@ -144,7 +152,7 @@ def run_one(args) -> int:
     if not args.system_malloc:
         keep_tensor_buffers_in_heap()
     harness_args = ["--workloads", args.workloads, "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-    rc = bench_common.main(make_adapter(args.models, args.device), harness_args)
+    rc = bench_common.main(make_adapter(args.models, args.device, args.model_file), harness_args)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"code": "mpnn_ip", "model": f"{args.models}-s", "workload": args.workloads,
                       "measurement": "peak_rss_mib", "value": peak_mib}), flush=True)
@@ -195,6 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-dir", type=Path, default=Path(os.environ.get("MPNN_IP_BENCH_DIR", DEFAULT_BENCH_DIR)))
     parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
     parser.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc settings as they are")
+    parser.add_argument("--model-file", default=None, help="one peer model file, imported (scripts/benchmark_import.py)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not (args.bench_dir / "bench_common.py").is_file():
@@ -208,6 +217,7 @@ def main(argv=None) -> int:
             cmd = [sys.executable, __file__, "--child", "--models", model, "--workloads", wl,
                    "--threads", str(args.threads), "--bench-dir", str(args.bench_dir), "--device", args.device]
             cmd += (["--quick"] if args.quick else []) + (["--system-malloc"] if args.system_malloc else [])
+            cmd += ["--model-file", args.model_file] if args.model_file else []
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
             rc |= proc.returncode
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -15,6 +15,8 @@ Runs with the python of the code it times (the peers live in their own venvs):
     python scripts/benchmark_md.py --code ours --model nequip --size tiny --exported    # AOTInductor .pt2 (mpnn-export)
     ../peers/mace/bin/python scripts/benchmark_md.py --code mace --size tiny           # mace.calculators.MACECalculator
     ../peers/nequip/bin/python scripts/benchmark_md.py --code nequip --size tiny       # nequip.integrations.ase.NequIPCalculator
+    python scripts/benchmark_md.py --code ours --model-file mace.model                 # a peer's file, imported (mpnn-import)
+    ../peers/mace/bin/python scripts/benchmark_md.py --code mace --model-file mace.model  # the same weights in mace-torch
 
 Prints one JSON line: steps/s, seconds per step, atoms·steps/s and (ours) the share of steps
 that searched the radius graph. No asserts; compare codes within one run of this machine.
@@ -88,9 +90,16 @@ def ours_model(family: str, size: str, species=(29,), edge_chunk_size: int | Non
 
 
 def ours_calculator(args, atoms):
+    import torch
+
     from mpnn_ip.calculators import MPNNCalculator
 
-    model = ours_model(args.model, args.size, edge_chunk_size=args.edge_chunk_size)
+    if args.model_file:  # a peer's model file, imported: the same weights as --code mace/nequip --model-file
+        from mpnn_ip.interop import import_model
+
+        model = import_model(args.model_file).to(torch.float32)
+    else:
+        model = ours_model(args.model, args.size, edge_chunk_size=args.edge_chunk_size)
     if args.exported:  # AOTInductor-compiled energy+forces (mpnn-export), ASE's neighbour list
         from mpnn_ip.export import export_model
 
@@ -108,6 +117,8 @@ def nequip_calculator(args, atoms):
     from nequip.model import NequIPGNNModel
     from nequip.utils.global_state import set_global_state
 
+    if args.model_file:
+        return NequIPCalculator._from_saved_model(args.model_file, device="cpu")
     set_global_state()
     model = NequIPGNNModel(type_names=["Cu"], avg_num_neighbors=40.0, r_max=R_MAX[args.size], bessel_trainable=False,
                            model_dtype="float32", seed=0, per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
@@ -140,6 +151,8 @@ def mace_calculator(args, atoms):
     import torch
     from mace.calculators import MACECalculator
 
+    if args.model_file:
+        return MACECalculator(model_paths=args.model_file, device="cpu", default_dtype="float32")
     model = mace_model(args.size)
     path = Path(tempfile.mkdtemp()) / "mace.model"
     torch.save(model, path)
@@ -160,6 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
                         help="ours: torch.compile decided on the first step (mpnn_ip.models.compiled; auto: CPU from 1,000 atoms)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model-file", default=None,
+                        help="a mace-torch .model or NequIP .ckpt/.nequip.zip: its weights (ours: imported) instead of random ones")
     args = parser.parse_args(argv)
     args.model = args.model or ("nequip" if args.code == "ours" else args.code)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -177,7 +192,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     dynamics.run(args.steps)
     seconds = time.perf_counter() - start
-    record = dict(code=args.code, model=f"{args.model}-{args.size}", atoms=len(atoms), steps=args.steps,
+    record = dict(code=args.code, model=Path(args.model_file).name if args.model_file else f"{args.model}-{args.size}", atoms=len(atoms), steps=args.steps,
                   threads=args.threads, steps_per_s=args.steps / seconds, s_per_step=seconds / args.steps,
                   atom_steps_per_s=len(atoms) * args.steps / seconds, energy_eV=float(atoms.get_potential_energy()))
     neighbor_list = getattr(atoms.calc, "neighbor_list", None)
