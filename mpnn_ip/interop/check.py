@@ -57,8 +57,10 @@ def peer_results(python: str, source: Path, package: str, structures: list[Atoms
     """What the original package computes for ``structures``, run by ``python`` (the user's environment)."""
     import ase.io
 
-    script = Path(__file__).with_name("peer_eval.py")
     with tempfile.TemporaryDirectory() as tmp:
+        # a copy away from this package: run from here, its folder would shadow the peers' own `mace`/`nequip`
+        script = Path(tmp) / "peer_eval.py"
+        script.write_text(Path(__file__).with_name("peer_eval.py").read_text())
         xyz, out = Path(tmp) / "structures.extxyz", Path(tmp) / "peer.json"
         ase.io.write(xyz, structures, format="extxyz")
         command = [python, str(script), str(source), str(xyz), str(out), package, head or ""]
@@ -81,7 +83,7 @@ def our_results(model: Potential, structures: list[Atoms]) -> list[dict]:
         periodic = bool(atoms.pbc.all())
         result = model(to_inputs(collate([AtomicGraph.from_atoms(atoms)])), compute_forces=True, compute_stress=periodic)
         out.append({
-            "energy": float(result["energy"][0]),
+            "energy": float(result["energy"][0].detach()),
             "forces": result["forces"].detach().double().numpy(),
             "stress": result["stress"][0].detach().double().numpy() if periodic else None,
         })

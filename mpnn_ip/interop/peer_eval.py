@@ -13,6 +13,11 @@ import sys
 
 
 def mace_calculator(path, head):
+    import os
+
+    # mace-torch's own loader unpickles the whole module (its e3nn 0.4.4 also needs the old torch.load default):
+    # the user asked for the original to run here, in its own environment
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     import mace
     from mace.calculators import MACECalculator
 
