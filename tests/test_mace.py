@@ -66,6 +66,27 @@ def test_energy_is_rotation_invariant_and_forces_match_finite_differences():
     physics.check_forces_finite_differences(model, make_molecule())
 
 
+MACE_TORCH_OPTIONS = [
+    dict(first_interaction_skip="residual", shift_every_atom=True, energy_shift=0.3),
+    dict(first_interaction_skip="species_linear", radial_type="gaussian", distance_transform="agnesi", pair_repulsion=True),
+    dict(distance_transform="soft", pair_repulsion=True, shift_every_atom=True),
+]
+
+
+@pytest.mark.parametrize("options", MACE_TORCH_OPTIONS, ids=["residual_first", "gaussian_agnesi_zbl", "soft_zbl"])
+def test_mace_torch_options_are_invariant_with_exact_forces_and_rebuild(options):
+    """The options that reproduce mace-torch models (for mpnn-import) keep the physics: rotation
+    invariance, forces = -dE/dx, and a rebuild from the config (stress: the parity tests of tests/test_interop_mace.py)."""
+    torch.manual_seed(0)
+    model = build_model("mace", species=["C", "O", "H", "Cu", "Au"], r_max=4.0, **TINY, **options).to(torch.float64).eval()
+    physics.check_rotation_equivariance(model, make_triclinic_crystal())
+    physics.check_forces_finite_differences(model, make_molecule())
+    rebuilt = type(model)(**model.config).to(torch.float64)
+    rebuilt.load_state_dict(model.state_dict())
+    inputs = physics.model_inputs(make_molecule())
+    torch.testing.assert_close(rebuilt(inputs)["energy"], model(inputs)["energy"])
+
+
 @pytest.mark.parametrize("node_irreps", ["0e", "0e+1o"])
 def test_edge_tensor_product_matches_e3nn(node_irreps):
     """Per-edge messages equal ``o3.TensorProduct`` with MACE's "uvu" instructions and radial weights."""

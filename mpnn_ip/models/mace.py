@@ -17,10 +17,17 @@ Differences from mace-torch, on purpose:
   the same functions of A with fewer weights (with the first point below: 185,168 parameters vs mace-s's 219,984 on 3BPA);
 - features are stored channels-last and the edge tensor product is a batched matmul
   (:mod:`mpnn_ip.nn.mace.linear`, :mod:`mpnn_ip.nn.mace.interaction`), for CPU speed;
-- the first interaction has no skip connection (mace-torch's ``RealAgnosticInteractionBlock``
-  first, as ``NequIP`` here): a lone atom then has exactly the energy E0 (its shift is gated off), which the
-  benchmark's mace-s (residual first layer) does not;
+- by default the first interaction has no skip connection and no species-dependent map: a lone
+  atom then has exactly the energy E0 (its shift is gated off), which the benchmark's mace-s
+  (residual first layer) does not;
 - the ZBL repulsion (``zbl=True``) is added after the scale and shift (mace-torch scales it).
+
+Options that compute mace-torch's function exactly (used by ``mpnn-import``,
+:mod:`mpnn_ip.interop.mace`): ``first_interaction_skip="residual"`` or ``"species_linear"``,
+``shift_every_atom=True``, ``radial_type="gaussian"``, ``distance_transform="agnesi"``/``"soft"``,
+``pair_repulsion=True`` (mace's own ZBL, scaled with the atomic energies), ``mlp_readout_irreps=None``
+(linear last readout of single-interaction models). The symmetric-contraction weights of a mace
+model are projected onto our symmetric basis without loss.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ from mpnn_ip.nn import (
     embed_edges,
     neighbour_gate,
 )
+from mpnn_ip.nn.mace.radial import MACERadialEmbedding
+from mpnn_ip.nn.mace.zbl import MACEZBLRepulsion
+
+#: What the first interaction does with the species (see :class:`MACE`).
+FIRST_INTERACTION_SKIPS = ("none", "residual", "species_linear")
 
 #: Presets for ``MACE(**PRESETS[name], species=..., ...)``; "small" is the size of the speed benchmark.
 PRESETS = {
@@ -93,7 +105,19 @@ class MACE(Potential):
         energy_shift: per-species shift of the atomic energies (eV, on top of E0), fixed: one number,
             one per species, or ``{Z or symbol: eV}``; applied to atoms with neighbours.
         zbl: add the ZBL screened nuclear repulsion (:class:`~mpnn_ip.nn.ZBLRepulsion`, eV).
-        mlp_readout_irreps: hidden scalars of the last readout's MLP.
+        mlp_readout_irreps: hidden scalars of the last readout's MLP; None: the last readout is linear
+            too (mace-torch's single-interaction models).
+        first_interaction_skip: what the first layer does with the species: ``"none"`` (no skip, so a
+            lone atom has exactly E0), ``"residual"`` (a species-dependent linear skip of the
+            embedding into the first product, mace-torch's ``RealAgnosticResidualInteractionBlock``)
+            or ``"species_linear"`` (a species-dependent linear map of the first atomic basis,
+            mace-torch's ``RealAgnosticInteractionBlock``).
+        shift_every_atom: add ``energy_shift`` to every atom, also to atoms without neighbours
+            (mace-torch's ``ScaleShiftBlock``); default: only to atoms with neighbours.
+        radial_type: ``"bessel"`` or ``"gaussian"`` radial basis (:class:`~mpnn_ip.nn.mace.radial.MACERadialEmbedding`).
+        distance_transform: None, ``"agnesi"`` or ``"soft"``: transform of the length the radial basis sees.
+        pair_repulsion: add mace-torch's ZBL repulsion (:class:`~mpnn_ip.nn.mace.zbl.MACEZBLRepulsion`)
+            to the atomic energies before the scale and shift, as mace-torch does.
     """
 
     def __init__(
@@ -114,11 +138,18 @@ class MACE(Potential):
         energy_scale: float | Sequence[float] = 1.0,
         energy_shift: float | Sequence[float] | Mapping = 0.0,
         zbl: bool = False,
-        mlp_readout_irreps: str = "16x0e",
+        mlp_readout_irreps: str | None = "16x0e",
+        first_interaction_skip: str = "none",
+        shift_every_atom: bool = False,
+        radial_type: str = "bessel",
+        distance_transform: str | None = None,
+        pair_repulsion: bool = False,
     ):
         super().__init__(species, r_max, e0s)
         if num_interactions < 1:
             raise ValueError(f"MACE needs at least one interaction, got num_interactions={num_interactions}")
+        if first_interaction_skip not in FIRST_INTERACTION_SKIPS:
+            raise ValueError(f"MACE: first_interaction_skip must be one of {FIRST_INTERACTION_SKIPS}, got {first_interaction_skip!r}")
         hidden = _hidden_irreps(hidden_irreps)
         correlations = _correlations(correlation, num_interactions)
         channels = hidden[0].mul
@@ -126,7 +157,10 @@ class MACE(Potential):
         irreps_basis = o3.Irreps(interaction_irreps) if interaction_irreps is not None else o3.Irreps([(channels, ir) for _, ir in self.irreps_sh])
         self.num_channels = channels
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
-        self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
+        if radial_type == "bessel" and distance_transform is None:
+            self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
+        else:
+            self.radial_embedding = MACERadialEmbedding(r_max, num_bessel, cutoff_p, self.species, radial_type, distance_transform)
         self.species_embedding = SpeciesEmbedding(self.num_species, channels)
 
         self.interactions = torch.nn.ModuleList()
@@ -141,22 +175,30 @@ class MACE(Potential):
                     irreps_node,
                     self.irreps_sh,
                     irreps_basis,
-                    irreps_out if index > 0 else None,
+                    irreps_out if index > 0 or first_interaction_skip == "residual" else None,
                     self.num_species,
                     num_bessel,
                     radial_mlp,
                     avg_num_neighbors,
+                    species_linear_basis=index == 0 and first_interaction_skip == "species_linear",
                 )
             )
             self.products.append(ProductBasis(irreps_basis, irreps_out, correlations[index], self.num_species))
             scalars = f"{channels}x0e"
-            self.readouts.append(MLPReadout(scalars, mlp_readout_irreps) if last else LinearReadout(scalars))
+            mlp = last and mlp_readout_irreps is not None
+            self.readouts.append(MLPReadout(scalars, mlp_readout_irreps) if mlp else LinearReadout(scalars))
             irreps_node = irreps_out
         self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=False)
         self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
+        self.shift_every_atom = bool(shift_every_atom)
+        self.pair_repulsion = MACEZBLRepulsion(self.species, p=int(cutoff_p)) if pair_repulsion else None
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
-        lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
+        if isinstance(self.radial_embedding, MACERadialEmbedding):
+            lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
+            edge_sh, radial = self.spherical_harmonics(edge_vectors), self.radial_embedding(lengths, species, edge_index)
+        else:
+            lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
         node_features = self.species_embedding(species)
         node_energy = 0
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
@@ -164,7 +206,13 @@ class MACE(Potential):
             node_features = product(atomic_basis, species, skip)
             # scalars come first and are stored alike in e3nn's and the channels-last layout
             node_energy = node_energy + readout(node_features[:, : self.num_channels]).squeeze(-1)
-        node_energy = self.scale_shift(node_energy, species, neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max))
+        if self.pair_repulsion is not None:
+            node_energy = node_energy + self.pair_repulsion(species, edge_index, lengths)
+        if self.shift_every_atom:
+            shift_gate = torch.ones_like(node_energy)
+        else:
+            shift_gate = neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max)
+        node_energy = self.scale_shift(node_energy, species, shift_gate)
         if self.zbl is not None:
             node_energy = node_energy + self.zbl(species, edge_index, lengths)
         return node_energy

@@ -45,6 +45,8 @@ class MACEInteraction(torch.nn.Module):
         num_basis: size of the radial embedding.
         radial_mlp: hidden widths of the radial MLP, e.g. ``[64, 64, 64]``.
         avg_num_neighbors: divides the sum over neighbours.
+        species_linear_basis: follow A by a species-dependent linear map ``A -> A`` (mace-torch's
+            ``RealAgnosticInteractionBlock``, whose ``skip_tp`` acts on the message; for imported models).
     Forward (channels-last features, see :mod:`mpnn_ip.nn.mace.linear`):
     ``node_features [n_atoms, irreps_node.dim]``, ``species [n_atoms]``, ``edge_sh [n_edges, irreps_sh.dim]``,
     ``radial_embedding [n_edges, num_basis]``, ``edge_index [2, n_edges]`` (row 0 centre i, row 1
@@ -61,6 +63,7 @@ class MACEInteraction(torch.nn.Module):
         num_basis: int,
         radial_mlp: Sequence[int] = (64, 64, 64),
         avg_num_neighbors: float = 1.0,
+        species_linear_basis: bool = False,
     ):
         super().__init__()
         self.irreps_node = o3.Irreps(irreps_node)
@@ -89,6 +92,7 @@ class MACEInteraction(torch.nn.Module):
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.num_paths * self.num_channels)
         self.linear = ChannelsLastLinear(self.irreps_mid, self.irreps_target)
         self.skip = None if irreps_skip is None else SpeciesChannelsLastLinear(self.irreps_node, self.irreps_skip, num_species)
+        self.species_linear = SpeciesChannelsLastLinear(self.irreps_target, self.irreps_target, num_species) if species_linear_basis else None
         #: how the edge sum is split into recomputed chunks (:mod:`mpnn_ip.nn.edge_chunks`)
         self.edge_chunking = EdgeChunking(self.floats_per_edge())
 
@@ -156,6 +160,8 @@ class MACEInteraction(torch.nn.Module):
             edge_sum, (features,), (edge_sh, radial_embedding), edge_index, n_atoms, self.radial_mlp.parameters
         )
         atomic_basis = self.linear(summed.reshape(n_atoms, self.num_rows * C)) * (1.0 / self.avg_num_neighbors)
+        if self.species_linear is not None:
+            atomic_basis = self.species_linear(atomic_basis, species)
         return atomic_basis, skip
 
     def extra_repr(self) -> str:
