@@ -174,3 +174,24 @@ def test_protocol_0_instantiation_of_an_unknown_class_is_refused(tmp_path):
     with pytest.raises(UnsafeFileError, match="system"):
         load_torch_file(tmp_path / "old.pt")
     assert pickle.loads(pickle.dumps(1)) == 1  # the real pickle module is untouched
+
+
+def _pickle_in_zip(path, payload: bytes):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+    return path
+
+
+def test_a_torch_function_named_through_getattr_is_an_inert_record(tmp_path):
+    payload = b"cbuiltins\ngetattr\n(ctorch._C\n_VariableFunctionsClass\nS'tanh'\ntR."
+    record = load_torch_file(_pickle_in_zip(tmp_path / "tanh.pt", payload))
+    assert isinstance(record, type) and issubclass(record, Record) and record.qualname == "torch.tanh"
+
+
+@pytest.mark.parametrize("payload", [
+    b"cbuiltins\ngetattr\n(cposix\nsystem\nS'__call__'\ntR.",
+    b"cbuiltins\ngetattr\n(ctorch._C\n_VariableFunctionsClass\nS'__class__.__init__'\ntR.",
+])
+def test_getattr_on_anything_but_a_torch_function_namespace_is_refused(tmp_path, payload):
+    with pytest.raises(UnsafeFileError, match="getattr"):
+        load_torch_file(_pickle_in_zip(tmp_path / "evil.pt", payload))

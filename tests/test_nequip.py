@@ -136,3 +136,57 @@ def test_energy_rotation_invariant_and_forces_are_gradients_in_float64():
         energies.append(float(model(_inputs(moved), compute_forces=False)["energy"][0].detach()))
     finite_difference_force = -(energies[0] - energies[1]) / (2 * delta)
     np.testing.assert_allclose(float(out["forces"][atom, axis]), finite_difference_force, rtol=1e-6, atol=1e-8)
+
+
+NEQUIP_019_OPTIONS = dict(
+    num_layers=3,
+    l_max=1,
+    num_features=[6, 4],
+    type_embed_num_features=5,
+    readout_mlp=[7],
+    self_connection=False,
+    resnet=True,
+    zbl="nequip",
+)
+
+
+def test_nequip_019_options_rebuild_from_config():
+    model = NequIP(["H", "C", "O"], **NEQUIP_019_OPTIONS)
+    assert str(model.layers[1].irreps_in) == "6x0e+4x1o" and str(model.layers[2].irreps_in) == "6x0e+4x1e+4x1o"
+    rebuilt = type(model)(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.config == model.config
+
+
+def test_nequip_019_options_keep_energy_rotation_invariant_and_forces_gradients():
+    torch.manual_seed(0)
+    model = NequIP(["H", "C", "O"], **NEQUIP_019_OPTIONS).double().eval()
+    atoms = _molecule()
+    out = model(_inputs(atoms))
+    rotated = atoms.copy()
+    rotated.rotate(41.0, (0.6, 0.2, -0.7), center=(0.0, 0.0, 0.0))
+    torch.testing.assert_close(model(_inputs(rotated))["energy"], out["energy"], rtol=1e-10, atol=1e-10)
+    delta, atom, axis = 1e-5, 1, 0
+    energies = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[atom, axis] += sign * delta
+        energies.append(float(model(_inputs(moved), compute_forces=False)["energy"][0].detach()))
+    np.testing.assert_allclose(float(out["forces"][atom, axis]), -(energies[0] - energies[1]) / (2 * delta), rtol=1e-6, atol=1e-8)
+
+
+def test_zbl_must_be_a_known_variant():
+    with pytest.raises(ValueError, match="zbl"):
+        NequIP(["H"], num_layers=1, num_features=4, zbl="lammps")
+
+
+def test_per_species_avg_num_neighbors_equal_to_global_gives_the_same_model():
+    torch.manual_seed(3)
+    shared = NequIP(["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors=4.0).double().eval()
+    per_species = NequIP(["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors={"H": 4.0, "C": 4.0, "O": 4.0}).double()
+    per_species.load_state_dict(shared.state_dict())
+    atoms = _molecule()
+    torch.testing.assert_close(per_species.eval()(_inputs(atoms))["energy"], shared(_inputs(atoms))["energy"], rtol=1e-12, atol=1e-12)
+    different = NequIP(["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors=[1.0, 4.0, 9.0]).double()
+    different.load_state_dict(shared.state_dict())
+    assert not torch.allclose(different.eval()(_inputs(atoms))["energy"], shared(_inputs(atoms))["energy"])

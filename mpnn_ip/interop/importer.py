@@ -74,7 +74,7 @@ def read_source(path: str | Path, head: str | None = None) -> ImportedModel:
 
         if nequip.looks_like_nequip_checkpoint(obj):
             _no_heads("NequIP", head, path)
-            return nequip.convert_nequip_checkpoint(obj)
+            return nequip.convert_nequip_checkpoint(obj, where=str(path))
         if "mpnn_ip" in obj:
             raise UnsupportedModelError(f"{path} is already an mpnn_ip checkpoint; use it directly")
     found = obj.qualname if isinstance(obj, Record) else type(obj).__name__

@@ -194,6 +194,21 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     return tensor if new_type is type(tensor) else tensor.as_subclass(new_type)
 
 
+#: Namespaces of torch functions a pickle may name as ``getattr(namespace, "name")`` (e.g. ``torch.tanh``, an
+#: activation stored in a module); the result is an inert record of ``torch.<name>``, never the function.
+_FUNCTION_NAMESPACES = {"torch._C._VariableFunctionsClass": "torch", "torch._C._nn": "torch._C._nn", "torch": "torch"}
+
+
+def _getattr(namespace, name):
+    """``builtins.getattr`` as pickles of torch functions use it: only a torch function namespace and an
+    identifier; returns an inert :class:`Record` naming the function."""
+    qualname = getattr(namespace, "qualname", None) if isinstance(namespace, type) and issubclass(namespace, Record) else None
+    if qualname not in _FUNCTION_NAMESPACES or not isinstance(name, str) or not name.isidentifier():
+        raise UnsafeFileError(f"refused getattr({namespace!r}, {name!r}): only torch functions may be named this way; nothing was run")
+    function = f"{_FUNCTION_NAMESPACES[qualname]}.{name}"
+    return _RecordType(name, (Record,), {"qualname": function, "source": "", "__module__": __name__})
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     import numpy
 
@@ -227,6 +242,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
     }
     for builtins in ("builtins", "__builtin__"):
+        allowed[(builtins, "getattr")] = _getattr
         for name, value in {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "bytearray": bytearray}.items():
             allowed[(builtins, name)] = value
     for name in dir(torch):

@@ -12,6 +12,11 @@ gets exactly the E0 of its species (the per-species shift is gated off for atoms
 without neighbours, :func:`~mpnn_ip.nn.neighbour_gate`); and the last layer produces only the
 ``num_features x 0e`` scalars the readout reads, so no work is spent on l > 0 outputs
 that nothing uses.
+
+The options ``num_features`` per l, ``type_embed_num_features``, ``self_connection``,
+``readout_mlp``, per-species ``avg_num_neighbors`` and ``zbl="nequip"`` make it compute exactly
+what NequIP 0.19's ``NequIPGNNModel`` computes; :mod:`mpnn_ip.interop.nequip` imports such models
+(NequIP's per-type energy shifts become ``e0s``, added to every atom as NequIP adds them).
 """
 
 from __future__ import annotations
@@ -37,15 +42,30 @@ from mpnn_ip.nn import (
     neighbour_gate,
     tp_path_exists,
 )
+from mpnn_ip.nn.constants import DtypeConstants
+from mpnn_ip.nn.scale_shift import per_species_values
+from mpnn_ip.nn.nequip import NequIPZBL, ScalarMLP
 
 
-def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
-    """NequIP's ``feature_irreps_hidden``: ``F x l`` for every l <= l_max, both parities when
-    ``parity`` (``Fx0e+Fx0o+Fx1e+Fx1o+...``), else only the spherical-harmonic parity (-1)^l."""
+def features_per_l(num_features: int | Sequence[int], l_max: int) -> list[int]:
+    """``num_features`` as one multiplicity per l (0..l_max): one number for all, or a list of l_max + 1."""
+    if isinstance(num_features, int):
+        return [num_features] * (l_max + 1)
+    features = [int(f) for f in num_features]
+    if len(features) != l_max + 1:
+        raise ValueError(f"num_features must be one number or one per l = 0..{l_max} ({l_max + 1} numbers), got {features}")
+    return features
+
+
+def hidden_irreps(num_features: int | Sequence[int], l_max: int, parity: bool) -> o3.Irreps:
+    """NequIP's ``feature_irreps_hidden``: ``F_l x l`` for every l <= l_max, both parities when
+    ``parity`` (``F0x0e+F0x0o+F1x1e+F1x1o+...``), else only the spherical-harmonic parity (-1)^l.
+    ``num_features``: F for every l, or one F_l per l."""
+    features = features_per_l(num_features, l_max)
     irreps = []
     for l in range(l_max + 1):
         parities = (1, -1) if parity else ((-1) ** l,)
-        irreps += [(num_features, (l, p)) for p in parities]
+        irreps += [(features[l], (l, p)) for p in parities]
     return o3.Irreps(irreps)
 
 
@@ -68,7 +88,7 @@ class NequIPLayer(torch.nn.Module):
         num_species: int,
         num_basis: int,
         radial_mlp: Sequence[int],
-        avg_num_neighbors: float,
+        avg_num_neighbors: float | Sequence[float],
         self_connection: bool,
         resnet: bool,
         nonlinearity_scalars: Mapping[str, str],
@@ -81,13 +101,19 @@ class NequIPLayer(torch.nn.Module):
         irreps_gated = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l > 0])
         gate_parity = "0e" if tp_path_exists(self.irreps_in, irreps_sh, "0e") else "0o"
         self.gate = EquivariantGate(irreps_scalars, irreps_gated, gate_parity, nonlinearity_scalars, nonlinearity_gates)
+        per_species = not isinstance(avg_num_neighbors, (int, float))
+        # per species: each neighbour's features are divided by sqrt(avg_num_neighbors of its species)
+        # before the (linear) convolution, as NequIP's per-type normalisation does
+        self.neighbor_norm = (
+            DtypeConstants({"norm": torch.tensor([float(n) for n in avg_num_neighbors], dtype=torch.float64).rsqrt()}) if per_species else None
+        )
         self.convolution = TensorProductConvolution(
             self.irreps_in,
             irreps_sh,
             self.gate.irreps_in,
             num_basis,
             radial_mlp,
-            avg_num_neighbors,
+            1.0 if per_species else avg_num_neighbors,
             neighbor_normalization="sqrt",
         )
         check_same_irreps(self.convolution.irreps_out, self.gate.irreps_in, "convolution", "gate")
@@ -98,7 +124,10 @@ class NequIPLayer(torch.nn.Module):
         self.resnet = bool(resnet) and self.irreps_out == self.irreps_in
 
     def forward(self, node_features, species, edge_sh, radial_embedding, edge_index):
-        update = self.convolution(node_features, edge_sh, radial_embedding, edge_index)
+        neighbours = node_features
+        if self.neighbor_norm is not None:
+            neighbours = node_features * self.neighbor_norm.get(node_features.dtype, node_features.device)["norm"][species].unsqueeze(-1)
+        update = self.convolution(neighbours, edge_sh, radial_embedding, edge_index)
         if self.self_connection is not None:
             update = update + self.self_connection(node_features, species)
         update = self.gate(update)
@@ -115,18 +144,26 @@ class NequIP(Potential):
         l_max: highest rotation order of features and edge spherical harmonics.
         parity: features of both parities (``Fx0e+Fx0o+Fx1e+Fx1o+...``); False keeps only
             the spherical-harmonic parity (faster, often as accurate).
-        num_features: multiplicity F of every irrep of the hidden features.
+        num_features: multiplicity F of every irrep of the hidden features, or one F_l per l = 0..l_max.
+        type_embed_num_features: width of the species embedding (default: the l = 0 multiplicity).
         num_bessel: number of Bessel functions of the radial embedding.
         trainable_bessel: learn the Bessel frequencies.
         cutoff_p: exponent p of the polynomial cutoff envelope.
         radial_mlp: hidden widths of the radial MLP of every layer.
         avg_num_neighbors: mean neighbour count of the training data; messages are divided by its sqrt.
+            Per species (one number per species, or ``{Z or symbol: count}``): each neighbour's message is
+            divided by the sqrt of its own species' count (NequIP 0.19's per-type normalisation).
         e0s: per-species reference energies (eV), ``{Z or symbol: eV}``, added by the base class.
         energy_scale: initial per-species scale of the atomic energies (eV; e.g. the force RMS).
         energy_shift: initial per-species shift of the atomic energies (eV, on top of E0): one number, one
             per species, or ``{Z or symbol: eV}``; applied to atoms with neighbours (:func:`~mpnn_ip.nn.neighbour_gate`).
-        zbl: add the ZBL screened nuclear repulsion (:class:`~mpnn_ip.nn.ZBLRepulsion`).
+        zbl: add the ZBL screened nuclear repulsion: True for :class:`~mpnn_ip.nn.ZBLRepulsion`, "nequip" for
+            NequIP 0.19's variant (:class:`~mpnn_ip.nn.nequip.NequIPZBL`, cut off at r_max), False for none.
+        self_connection: species-dependent self-connection in every layer but the first.
         resnet: residual update in layers whose input and output irreps match (not the first).
+        readout_mlp: None: two linear maps ``F -> F/2 -> 1``; else the hidden widths of NequIP 0.19's
+            scalar MLP readout (:class:`~mpnn_ip.nn.nequip.ScalarMLP`; ``[]``: one linear map ``F -> 1``).
+        readout_nonlinearity: activation of ``readout_mlp`` (None: linear).
         nonlinearity_scalars: activation of even / odd scalars, ``{"e": "silu", "o": "tanh"}``.
         nonlinearity_gates: activation of the even / odd gates, ``{"e": "silu", "o": "tanh"}``.
     """
@@ -138,19 +175,23 @@ class NequIP(Potential):
         num_layers: int = 4,
         l_max: int = 2,
         parity: bool = True,
-        num_features: int = 32,
+        num_features: int | Sequence[int] = 32,
+        type_embed_num_features: int | None = None,
         num_bessel: int = 8,
         trainable_bessel: bool = False,
         cutoff_p: float = 6,
         radial_mlp: Sequence[int] = (64, 64),
-        avg_num_neighbors: float = 1.0,
+        avg_num_neighbors: float | Sequence[float] | Mapping = 1.0,
         e0s: Mapping | None = None,
         energy_scale: float = 1.0,
         energy_shift: float | Sequence[float] | Mapping = 0.0,
-        zbl: bool = False,
+        zbl: bool | str = False,
         resnet: bool = False,
         nonlinearity_scalars: Mapping[str, str] | None = None,
         nonlinearity_gates: Mapping[str, str] | None = None,
+        self_connection: bool = True,
+        readout_mlp: Sequence[int] | None = None,
+        readout_nonlinearity: str | None = "silu",
     ):
         super().__init__(species, r_max, e0s)
         if num_layers < 1:
@@ -160,10 +201,15 @@ class NequIP(Potential):
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
-        self.species_embedding = SpeciesEmbedding(self.num_species, num_features)
+        scalar_features = features_per_l(num_features, l_max)[0]
+        self.species_embedding = SpeciesEmbedding(self.num_species, type_embed_num_features or scalar_features)
 
+        if not isinstance(avg_num_neighbors, (int, float)):
+            avg_num_neighbors = per_species_values(avg_num_neighbors, self.species, "NequIP: avg_num_neighbors")
+            if min(avg_num_neighbors) <= 0:
+                raise ValueError(f"avg_num_neighbors must be positive for every species, got {avg_num_neighbors}")
         hidden = hidden_irreps(num_features, l_max, parity)
-        scalars_out = o3.Irreps(f"{num_features}x0e")
+        scalars_out = o3.Irreps(f"{scalar_features}x0e")
         irreps = self.species_embedding.irreps_out
         self.layers = torch.nn.ModuleList()
         for index in range(num_layers):
@@ -175,19 +221,25 @@ class NequIP(Potential):
                 num_bessel,
                 radial_mlp,
                 avg_num_neighbors,
-                self_connection=index > 0,
+                self_connection=self_connection and index > 0,
                 resnet=resnet and index > 0,
                 nonlinearity_scalars=nonlinearity_scalars,
                 nonlinearity_gates=nonlinearity_gates,
             )
             irreps = layer.irreps_out
             self.layers.append(layer)
-        self.readout = torch.nn.Sequential(
-            LinearReadout(irreps, f"{max(num_features // 2, 1)}x0e"),
-            LinearReadout(f"{max(num_features // 2, 1)}x0e", "1x0e"),
-        )
+        if readout_mlp is None:
+            half = f"{max(scalar_features // 2, 1)}x0e"
+            self.readout = torch.nn.Sequential(LinearReadout(irreps, half), LinearReadout(half, "1x0e"))
+        else:
+            self.readout = ScalarMLP([scalar_features, *readout_mlp, 1], readout_nonlinearity)
         self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=True)
-        self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
+        if zbl not in (False, True, "nequip"):
+            raise ValueError(f"zbl must be False, True or 'nequip', got {zbl!r}")
+        if zbl == "nequip":
+            self.zbl = NequIPZBL(self.species, r_max, cutoff_p)
+        else:
+            self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
         lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
