@@ -112,15 +112,9 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 0 (no errors), 1 (errors in the data) or 2 (usage error)."""
-    from mpnn_ip.cli.hydra_app import friendly_errors
+    from mpnn_ip.cli.hydra_app import plain_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        sys.exit(0 if argv else 2)
-    with friendly_errors(PROG):
-        paths, options = parse_arguments(argv)
-        report = run_check(paths, options)
+    report = plain_main(PROG, __doc__, argv, lambda args: run_check(*parse_arguments(args)))
     sys.exit(1 if report["num_errors"] else 0)
 
 

@@ -15,6 +15,10 @@ API (what an entry point needs):
     corrupted checkpoints wrapped in ``ConfigError``) are printed as one paragraph to
     stderr and the process exits with code 2. Programming errors keep their traceback.
 
+``plain_main(prog, usage, argv, body)``
+    The ``main()`` of the commands with plain ``key=value`` arguments (``mpnn-import``,
+    ``mpnn-preprocess``, ``mpnn-check-data``): help, then the body under ``friendly_errors``.
+
 ``compose_config(config_name, overrides)``
     The composed config without running anything (tests, notebooks).
 
@@ -162,6 +166,18 @@ def friendly_errors(prog: str) -> Iterator[None]:
         if message is None:
             raise
         user_error(prog, message)
+
+
+def plain_main(prog: str, usage: str, argv: Sequence[str] | None, body: Callable[[list[str]], Any]) -> Any:
+    """The ``main()`` of a command with plain ``key=value`` arguments (no Hydra run): ``usage`` for no
+    arguments (exit 2) or ``-h``/``--help`` (exit 0), else ``body(argv)`` under :func:`friendly_errors`.
+    ``argv`` None means ``sys.argv[1:]``; returns what ``body`` returns."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage.strip())
+        sys.exit(0 if argv else 2)
+    with friendly_errors(prog):
+        return body(argv)
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = (), *, extra_search_dir: Path | None = None):

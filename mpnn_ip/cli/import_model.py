@@ -19,8 +19,6 @@ Exit status 0, or 2 for a usage error, an unsafe file, an unsupported option or 
 
 from __future__ import annotations
 
-import sys
-
 PROG = "mpnn-import"
 OPTIONS = ("out", "head", "check_with")
 
@@ -72,15 +70,9 @@ def run_import(source: str, options: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 0, or 2 for a usage, safety, support or parity error."""
-    from mpnn_ip.cli.hydra_app import friendly_errors
+    from mpnn_ip.cli.hydra_app import plain_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        sys.exit(0 if argv else 2)
-    with friendly_errors(PROG):
-        source, options = parse_arguments(argv)
-        run_import(source, options)
+    plain_main(PROG, __doc__, argv, lambda args: run_import(*parse_arguments(args)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ file, setting or store format rebuilds it, saying why. Exit status 0, or 2 for a
 
 from __future__ import annotations
 
-import sys
 import time
 
 PROG = "mpnn-preprocess"
@@ -96,15 +95,9 @@ def format_summary(manifest: dict, happened: str, out, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 0, or 2 for a usage or data error."""
-    from mpnn_ip.cli.hydra_app import friendly_errors
+    from mpnn_ip.cli.hydra_app import plain_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        sys.exit(0 if argv else 2)
-    with friendly_errors(PROG):
-        data, own = parse_arguments(argv)
-        run_preprocess(data, own)
+    plain_main(PROG, __doc__, argv, lambda args: run_preprocess(*parse_arguments(args)))
 
 
 if __name__ == "__main__":
