@@ -152,3 +152,21 @@ def test_unreachable_output_irrep_is_rejected():
         SymmetricContraction("4x0e", "4x1o", 3, 2)
     with pytest.raises(ValueError, match="multiplicity"):
         SymmetricContraction("4x0e+4x1o", "8x0e", 2, 2)
+
+
+def test_atoms_give_the_same_product_whichever_other_species_share_the_batch():
+    """Only the species present are contracted with the basis: an atom's output and its weight gradients
+    do not depend on which other species are in the batch, and absent species get zero gradients."""
+    torch.manual_seed(3)
+    contraction = SymmetricContraction("4x0e+4x1o+4x2e", "4x0e+4x1o", 3, num_species=6).double()
+    basis = torch.randn(5, contraction.irreps_in.dim, dtype=torch.float64)
+    few = torch.tensor([4, 1, 4, 1, 1])
+    alone = contraction(basis, few)
+    everyone = torch.cat([basis, torch.randn(6, basis.shape[1], dtype=torch.float64)])
+    together = contraction(everyone, torch.cat([few, torch.arange(6)]))[:5]
+    torch.testing.assert_close(alone, together, rtol=1e-12, atol=1e-12)
+    alone.square().sum().backward()
+    for name, weight in contraction.weights.items():
+        absent = weight.grad[[0, 2, 3, 5]]
+        assert torch.equal(absent, torch.zeros_like(absent)), name
+        assert weight.grad[[1, 4]].abs().sum() > 0, name

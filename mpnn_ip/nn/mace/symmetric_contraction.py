@@ -30,6 +30,7 @@ from e3nn import o3
 
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.mace.species_groups import SpeciesGroups
+from mpnn_ip.nn.tracing import is_tracing
 
 
 def _irrep_slices(irreps: o3.Irreps) -> list[tuple[o3.Irrep, int, int]]:
@@ -178,19 +179,23 @@ class SymmetricContraction(torch.nn.Module):
         constants["pair_j"], constants["pair_k"] = pair_j, pair_k
         self.constants = DtypeConstants(constants)
 
-    def _contracted_weights(self, dtype, device):
+    def _contracted_weights(self, dtype, device, present: torch.Tensor | None = None):
         """Basis x species weights: linear ``[C, S, D, M]`` and pair ``[C, S, J, cols]`` (None for ν = 1).
 
         ``cols`` = D*M (cubic, ν = 3) + M (quadratic); J = D(D+1)/2 monomials A_j A_k, j <= k.
+        ``present``: the species to contract, sorted (S = their number); None: all species.
         """
         c = self.constants.get(dtype, device)
-        S, C, D = self.num_species, self.num_channels, self.dim_coupling
+        S = self.num_species if present is None else int(present.shape[0])
+        C, D = self.num_channels, self.dim_coupling
         J = c["pair_j"].shape[0]
         linear, quadratic, cubic = [], [], []
         for width, keys in self._outputs:
             def part(nu, equation, shape):
                 if nu in keys:
-                    return torch.einsum(equation, c[keys[nu]], self.weights[keys[nu]])
+                    weights = self.weights[keys[nu]]
+                    weights = weights if present is None else weights.index_select(0, present)
+                    return torch.einsum(equation, c[keys[nu]], weights)
                 return torch.zeros(shape + (width,), dtype=dtype, device=device)
 
             linear.append(part(1, "imp,spc->csim", (C, S, D)))
@@ -220,8 +225,17 @@ class SymmetricContraction(torch.nn.Module):
     def forward(self, atomic_basis: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         n_atoms = atomic_basis.shape[0]
         C, D, M = self.num_channels, self.dim_coupling, self.dim_out
-        linear, pair = self._contracted_weights(atomic_basis.dtype, atomic_basis.device)
-        groups = SpeciesGroups(species, self.num_species)
+        # contract the weights of the species present only: a model of 89 elements on a Cu cell would
+        # otherwise contract (and differentiate) 89 species' weights per call
+        present = None
+        if self.num_species > 1 and not is_tracing():
+            present = torch.unique(species)
+            if present.shape[0] == self.num_species:
+                present = None
+        if present is not None:
+            species = torch.searchsorted(present, species)
+        linear, pair = self._contracted_weights(atomic_basis.dtype, atomic_basis.device, present)
+        groups = SpeciesGroups(species, self.num_species if present is None else int(present.shape[0]))
         x = groups.sort(atomic_basis.reshape(n_atoms, D, C)).permute(2, 0, 1)  # [C, N, D], atoms by species
         coefficient = linear[:, groups.sorted_species]  # [C, N, D, M]
         quadratic = None
