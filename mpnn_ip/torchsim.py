@@ -30,6 +30,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from mpnn_ip.checkpoint import load_model, resolve_dtype
+from mpnn_ip.models.heads import select_head
 from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 
 
@@ -42,6 +43,8 @@ class MPNNTorchSimModel(ModelInterface):
         dtype: ``"float32"``/``"float64"`` or a torch dtype; ``None`` = the model's. TorchSim states
             should use the same dtype.
         compute_forces, compute_stress: what :meth:`forward` returns besides the energy.
+        head: the head of a model with several heads to compute with, by name (:mod:`mpnn_ip.models.heads`);
+            ``None`` = its default head. An unknown name is a ``ConfigError`` listing the heads.
 
     ``forward(state)`` returns ``energy [n_systems]`` (eV), ``forces [n_atoms, 3]`` (eV/Å) and
     ``stress [n_systems, 3, 3]`` (eV/Å³, zero for a system without volume), detached. Memory grows
@@ -57,9 +60,11 @@ class MPNNTorchSimModel(ModelInterface):
         dtype: str | torch.dtype | None = None,
         compute_forces: bool = True,
         compute_stress: bool = True,
+        head: str | None = None,
     ):
         super().__init__()
         keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
+        model = select_head(model, head)
         target = resolve_dtype(dtype) if isinstance(dtype, (str, type(None))) else dtype
         if device is not None:
             model = model.to(torch.device(device))
@@ -75,7 +80,8 @@ class MPNNTorchSimModel(ModelInterface):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNTorchSimModel":
-        """The model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`); ``kwargs`` go to the constructor."""
+        """The model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`); ``kwargs`` (e.g. ``head="pbe"``) go
+        to the constructor."""
         return cls(load_model(path, device=device, dtype=dtype), **kwargs)
 
     def forward(self, state, **kwargs) -> dict[str, torch.Tensor]:

@@ -82,7 +82,9 @@ def test_an_agreeing_original_is_recorded_in_the_checkpoint(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture, peer", [("mace/scaleshift_residual_l3_c3.model.xz", "mace"), ("nequip/nequip_s.ckpt.xz", "nequip")])
+@pytest.mark.parametrize("fixture, peer", [
+    ("mace/scaleshift_residual_l3_c3.model.xz", "mace"), ("mace/multihead.model.xz", "mace"), ("nequip/nequip_s.ckpt.xz", "nequip"),
+])
 def test_check_with_the_real_original_package_agrees(fixture, peer, tmp_path, capsys):
     python = PEERS / peer / "bin" / "python"
     if not python.exists():

@@ -85,9 +85,57 @@ def test_each_head_of_a_multihead_model_matches_mace(head, tmp_path):
     _assert_within_tolerances(_parity("multihead", tmp_path, head=head))
 
 
-def test_multihead_model_without_head_is_refused_listing_heads(tmp_path):
-    with pytest.raises(UnsupportedModelError, match=r"pbe.*r2scan"):
-        convert_mace(_record("multihead", tmp_path))
+def _head_results(model, structures: list[Atoms], head: int) -> list[dict]:
+    """``our_results`` with every frame evaluated by head ``head`` (the inputs' per-frame head index)."""
+    from mpnn_ip.data.atomic_graph import AtomicGraph, collate, to_inputs
+
+    out = []
+    for atoms in structures:
+        periodic = bool(atoms.pbc.all())
+        inputs = to_inputs(collate([AtomicGraph.from_atoms(atoms)]))
+        inputs["head"] = torch.tensor([head])
+        result = model(inputs, compute_forces=True, compute_stress=periodic)
+        out.append({
+            "energy": float(result["energy"][0].detach()),
+            "forces": result["forces"].detach().numpy(),
+            "stress": result["stress"][0].detach().numpy() if periodic else None,
+        })
+    return out
+
+
+def test_all_heads_import_into_one_model_whose_frames_use_their_own_head(tmp_path):
+    imported = convert_mace(_record("multihead", tmp_path))
+    model = imported.potential
+    assert model.heads == ["pbe", "r2scan"] and imported.heads == ["pbe", "r2scan"]
+    reference = np.load(FIXTURES / "multihead.npz")
+    structures = _structures()
+    for index, head in enumerate(model.heads):
+        theirs = [{key: reference[f"{head}.{name}.{key}"] for key in ("energy", "forces", "stress")} for name in structures]
+        for item in theirs:
+            item["energy"] = float(item["energy"])
+        errors = parity_errors(_head_results(model, list(structures.values()), index), theirs, list(structures.values()))
+        print(head, errors)
+        _assert_within_tolerances(errors)
+
+
+def test_multihead_checkpoint_keeps_its_heads_and_the_calculator_picks_one(tmp_path):
+    from mpnn_ip.calculators import MPNNCalculator
+    from mpnn_ip.checkpoint import load_model
+    from mpnn_ip.errors import ConfigError
+    from mpnn_ip.interop.importer import write_imported_checkpoint
+
+    source = tmp_path / "multihead.model"
+    source.write_bytes(lzma.decompress((FIXTURES / "multihead.model.xz").read_bytes()))
+    write_imported_checkpoint(source, tmp_path / "multihead.ckpt")
+    assert load_model(tmp_path / "multihead.ckpt").heads == ["pbe", "r2scan"]
+    reference = np.load(FIXTURES / "multihead.npz")
+    atoms = _structures()["bulk"]
+    for head, expected_head in ((None, "pbe"), ("pbe", "pbe"), ("r2scan", "r2scan")):
+        atoms.calc = MPNNCalculator.from_checkpoint(tmp_path / "multihead.ckpt", head=head, compile=False)
+        assert atoms.get_potential_energy() == pytest.approx(float(reference[f"{expected_head}.bulk.energy"]), abs=1e-6 * len(atoms))
+        np.testing.assert_allclose(atoms.get_forces(), reference[f"{expected_head}.bulk.forces"], atol=1e-5)
+    with pytest.raises(ConfigError, match=r"no head 'pw91'.*\['pbe', 'r2scan'\]"):
+        MPNNCalculator.from_checkpoint(tmp_path / "multihead.ckpt", head="pw91")
 
 
 def test_unknown_head_is_refused(tmp_path):

@@ -205,6 +205,17 @@ def assert_run_folder_is_sound(run: Path) -> None:
     assert (run / "metrics.json").is_file()
 
 
+def test_last_checkpoint_holds_the_last_epoch_even_when_it_is_not_the_best(workdir):
+    """Lightning's own ``save_last`` writes last.ckpt only together with a new best.ckpt; ours every epoch."""
+    run = workdir / "run_last_not_best"
+    # mode=max: the best checkpoint is the epoch of the highest validation loss, so later epochs are never "best"
+    mpnn_train(["trainer.max_epochs=3", "callbacks.model_checkpoint.mode=max", f"hydra.run.dir={run}", *COMMON], workdir)
+    last, best = load(run / "checkpoints" / "last.ckpt"), load(run / "checkpoints" / "best.ckpt")
+    assert last["epoch"] == 2 and last["global_step"] == 6  # 2 batches per epoch
+    assert best["epoch"] <= last["epoch"]
+    assert_run_folder_is_sound(run)
+
+
 def test_resume_continues_the_run_in_its_folder_with_more_epochs(workdir):
     run = workdir / "run_extend"
     mpnn_train(["trainer.max_epochs=1", f"hydra.run.dir={run}", *COMMON], workdir)

@@ -30,6 +30,7 @@ from mpnn_ip.graph import edge_vectors
 from mpnn_ip.graph.verlet import VerletList
 from mpnn_ip.models.committee import Committee
 from mpnn_ip.models.compiled import CompileDecision, compile_potential, normalize_mode
+from mpnn_ip.models.heads import select_head
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class MPNNCalculator(Calculator):
             :mod:`mpnn_ip.models.compiled`). ``auto`` tries on CUDA, and on the CPU for structures of at
             least 1,000 atoms (compiling takes 30-100 s there); ``compile_decision`` holds
             the outcome after the first call, and a ``compile=True`` that falls back warns.
+        head: the head of a model with several heads (:mod:`mpnn_ip.models.heads`) to compute with, by
+            name; ``None`` = its default head (the first; for a multi-head fine-tuned model, the new
+            head). An unknown name is a ``ConfigError`` listing the model's heads.
 
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.
     """
@@ -80,6 +84,7 @@ class MPNNCalculator(Calculator):
         dtype=None,
         skin: float = 0.0,
         compile: bool | str = "auto",
+        head: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -88,7 +93,9 @@ class MPNNCalculator(Calculator):
         self.compile_decision: CompileDecision | None = None
         keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
         if isinstance(model, (list, tuple)):
-            model = Committee(model)
+            model = Committee([select_head(member, head) for member in model])
+        else:
+            model = select_head(model, head)
         self.extra_outputs = dict(getattr(model, "extra_outputs", {}))
         self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
         target = resolve_dtype(dtype)
@@ -106,7 +113,7 @@ class MPNNCalculator(Calculator):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNCalculator":
         """Calculator for the model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`); ``kwargs``
-        (e.g. ``skin=1.0``) go to the constructor."""
+        (e.g. ``skin=1.0``, ``head="pbe"``) go to the constructor."""
         return cls(load_model(path, device=device, dtype=dtype), **kwargs)
 
     @classmethod

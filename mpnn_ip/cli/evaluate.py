@@ -3,6 +3,7 @@
     mpnn-eval ckpt_path=outputs/run/checkpoints/last.ckpt data.path=test.extxyz [batch_size=32 device=cuda]
     mpnn-eval ckpt_path=[s0/best.ckpt,s1/best.ckpt,s2/best.ckpt] data.path=test.extxyz   # a committee
     mpnn-eval "ckpt_path='outputs/sweep/*/checkpoints/best.ckpt'" data.path=test.extxyz  # the same, by pattern
+    mpnn-eval ckpt_path=finetuned.ckpt data.path=old.extxyz head=Default   # one head of a multi-head model
 
 Prints a table of MAE/RMSE (energy per atom, energy, forces, stress) and writes into ``out_dir``:
 ``metrics.json``, ``predictions.npz`` (predicted and reference arrays with their masks), the
@@ -25,6 +26,7 @@ PROG = "mpnn-eval"
 def run_evaluation(cfg) -> dict:
     """The body of ``mpnn-eval`` for a composed config; returns the results of :func:`evaluate`."""
     from mpnn_ip.checkpoint import check_model_species
+    from mpnn_ip.models.heads import select_head
     from mpnn_ip.data import read_dataset
     from mpnn_ip.evaluation import (
         error_vs_uncertainty_plot, evaluate, format_metrics_table, parity_plots, write_metrics, write_per_frame,
@@ -32,7 +34,7 @@ def run_evaluation(cfg) -> dict:
 
     out_dir = Path(str(cfg.out_dir))
     paths = checkpoint_paths(cfg.ckpt_path)
-    model = load_potential(paths, device=cfg.device, dtype=cfg.dtype)
+    model = select_head(load_potential(paths, device=cfg.device, dtype=cfg.dtype), cfg.get("head"))
     data = dict(cfg.data)
     path = data.pop("path")
     graphs = read_dataset(path, **data)

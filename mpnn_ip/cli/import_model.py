@@ -61,6 +61,8 @@ def run_import(source: str, options: dict) -> dict:
     ]
     if origin.get("head"):
         lines.append(f"  head {origin['head']} of {origin['heads']}")
+    elif len(origin.get("heads") or []) > 1:
+        lines.append(f"  heads {origin['heads']} (the first is the default; pick one with head= in mpnn-md, mpnn-eval, MPNNCalculator)")
     if "check" in origin:
         lines.append("  check_with: the original agrees: " + ", ".join(f"{k} {v:.1e}" for k, v in origin["check"].items()))
     lines.append(f"  use it: mpnn-md ckpt_path={options['out']} ... | MPNNCalculator.from_checkpoint('{options['out']}') | finetune_from={options['out']}")

@@ -352,7 +352,7 @@ def _run(cfg) -> dict:
     check_model_species(model, atoms.get_atomic_numbers(), f"structure {structure}")
     summary = run_md(
         atoms,
-        MPNNCalculator(model, skin=float(cfg.skin), compile=cfg.get("compile", "auto")),
+        MPNNCalculator(model, skin=float(cfg.skin), compile=cfg.get("compile", "auto"), head=cfg.get("head")),
         ensemble=cfg.ensemble,
         temperature=float(cfg.temperature),
         timestep=float(cfg.timestep),

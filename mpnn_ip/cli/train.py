@@ -8,6 +8,8 @@ Examples::
     mpnn-train resume=outputs/quickstart/<run>            # continue a (killed) run in its own folder
     mpnn-train resume=outputs/quickstart/<run> trainer.max_epochs=400                   # ... and train longer
     mpnn-train finetune_from=pretrained.ckpt data=extxyz data.train_path=new.xyz finetune.freeze=[species_embedding]
+    mpnn-train finetune_from=mace.ckpt data=extxyz data.train_path=new.xyz finetune.new_head=new \
+        finetune.replay_path=old.xyz finetune.replay_fraction=0.3        # multi-head replay fine-tuning
     mpnn-train -m experiment=quickstart optim.lr=1e-3,5e-3 model.num_layers=2,3           # one folder per job
     mpnn-train --cfg job                                  # print the composed config
 
@@ -70,10 +72,15 @@ def fit(cfg) -> float | None:
     pretrained = finetuning.read_pretrained(finetune_from) if finetune_from and meta is None else None
     if pretrained is not None:
         finetuning.use_checkpoint_architecture(cfg, pretrained, finetune_from, _model_on_command_line())
+    source_meta = meta if meta is not None else pretrained["mpnn_ip"] if pretrained is not None else None
+    heads = None  # (heads of the fine-tuned model, head of the replayed frames) of multi-head fine-tuning
+    if finetune_from and source_meta is not None:
+        checkpoint_heads = source_meta["model_config"].get("heads") or ["Default"]
+        heads = finetuning.multihead_layout(finetune, checkpoint_heads, resumed=meta is not None)
     # fine-tuning: the data may hold any subset of the pretrained species (checked below, with its own message)
     datamodule = builders.build_datamodule(cfg.data, None if finetune_from else cfg.model)
     if finetune_from and finetune["replay_path"]:
-        datamodule.add_replay(finetune["replay_path"], finetune["replay_fraction"])
+        datamodule.add_replay(finetune["replay_path"], finetune["replay_fraction"], head=None if heads is None else heads[1])
     statistics = datamodule.statistics()
     writes_files = builders.is_global_zero()  # under DDP every process runs this function; rank 0 writes the files
     if writes_files:
@@ -82,7 +89,7 @@ def fit(cfg) -> float | None:
         model = builders.model_from_checkpoint_metadata(meta, cfg.model, cfg.ckpt_path, statistics["species"])
         statistics = meta["statistics"]
     elif pretrained is not None:
-        model, statistics = _finetuned_model(cfg, pretrained, datamodule, statistics, finetune)
+        model, statistics = _finetuned_model(cfg, pretrained, datamodule, statistics, finetune, heads)
     else:
         model = builders.build_model(cfg.model, statistics, cfg.dtype)
     with builders.training_data_statistics(statistics):
@@ -123,9 +130,11 @@ def fit(cfg) -> float | None:
     return None if not metric else summary.get(metric)
 
 
-def _finetuned_model(cfg, pretrained: dict, datamodule, statistics: dict, finetune: dict):
-    """The pretrained model with E0 re-fitted on the training split (unless ``finetune.refit_e0=false``), and the
-    statistics to store (:func:`mpnn_ip.train.finetune.finetuned_statistics`); ``cfg.model`` records the E0."""
+def _finetuned_model(cfg, pretrained: dict, datamodule, statistics: dict, finetune: dict, heads=None):
+    """The pretrained model (with the new head in front, for ``heads`` from
+    :func:`~mpnn_ip.train.finetune.multihead_layout`) with E0 re-fitted on the training split (unless
+    ``finetune.refit_e0=false``; the new head's only), and the statistics to store
+    (:func:`mpnn_ip.train.finetune.finetuned_statistics`); ``cfg.model`` records the model's arguments."""
     import torch
     from omegaconf import OmegaConf
 
@@ -135,6 +144,8 @@ def _finetuned_model(cfg, pretrained: dict, datamodule, statistics: dict, finetu
 
     path = cfg.finetune_from
     model = finetuning.pretrained_model(pretrained, path, statistics["species"], cfg.dtype)
+    if heads is not None:
+        model = finetuning.with_new_head(model, *heads)
     source = "pretrained (finetune.refit_e0=false)"
     if finetune["refit_e0"]:
         isolated = statistics["e0s"] if statistics.get("e0s_source") == "isolated_atoms" else None
@@ -142,9 +153,12 @@ def _finetuned_model(cfg, pretrained: dict, datamodule, statistics: dict, finetu
         graphs = datamodule.train_dataset.graphs
         model, source = finetuning.refit_energy_references(model, graphs, isolated, device="cuda" if on_gpu else "cpu")
         cfg.model.e0s = OmegaConf.create(model.config["e0s"])
+    if heads is not None:  # config.yaml and resume= see the model with its heads
+        cfg.model = OmegaConf.create(finetuning.model_config_node(pretrained["mpnn_ip"]["model_name"], model.config))
     if builders.is_global_zero():
-        e0s = ", ".join(f"{symbol} {e:+.4f}" for symbol, e in zip(symbols(model.species), model.e0.tolist()))
-        print(f"Fine-tuning {path}: E0 (eV) {e0s} [{source}]", flush=True)
+        e0s = ", ".join(f"{symbol} {e:+.4f}" for symbol, e in zip(symbols(model.species), model.head_e0s(0).values()))
+        new = "" if heads is None else f" of the new head {heads[0][0]!r} (heads {heads[0]}; replayed frames: {heads[0][heads[1]]!r})"
+        print(f"Fine-tuning {path}: E0 (eV){new} {e0s} [{source}]", flush=True)
     return model, finetuning.finetuned_statistics(statistics, model, source, path)
 
 

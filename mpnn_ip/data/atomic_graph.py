@@ -34,6 +34,8 @@ class AtomicGraph(Data):
         forces: [N, 3] float64, eV/Å (0 where missing); has_forces: [1] bool.
         stress: [1, 3, 3] float64, eV/Å³, ASE sign (positive = tensile) (0 where missing); has_stress: [1] bool.
         weight: [1] float64, per-frame loss weight.
+        head: [1] long, optional: the head of a multi-head model that evaluates the frame (absent = 0,
+            the default head; set by :class:`~mpnn_ip.data.dataset.FramesOfHead`).
     """
 
     @classmethod

@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate
 from mpnn_ip.data.checks import DEFAULT_OUTLIER_SIGMA, dataset_problems
-from mpnn_ip.data.dataset import AtomicDataset
+from mpnn_ip.data.dataset import AtomicDataset, FramesOfHead
 from mpnn_ip.data.problems import Problem, errors_of, format_problems, problems_error
 from mpnn_ip.data.reading import check_on_error, expand_paths, read_dataset, read_isolated_atom_energies
 from mpnn_ip.data.statistics import compute_statistics
@@ -142,6 +142,8 @@ class AtomicDataModule(L.LightningDataModule):
         #: old frames mixed into training by :meth:`add_replay`, and their share of each epoch
         self.replay_dataset: AtomicDataset | None = None
         self.replay_fraction = 0.0
+        #: head index of the replayed frames (multi-head fine-tuning; the new frames get head 0), or None
+        self.replay_head: int | None = None
         self._statistics = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -185,11 +187,14 @@ class AtomicDataModule(L.LightningDataModule):
             self._statistics = compute_statistics(self.train_dataset.graphs, self.r_max, e0s, species=self.species)
         return self._statistics
 
-    def add_replay(self, path: str, fraction: float) -> None:
+    def add_replay(self, path: str, fraction: float, head: int | None = None) -> None:
         """Mix frames of ``path`` (a file or glob of earlier training data, read and checked with this
         module's options and ``on_error``) into every training epoch, so that about ``fraction`` of the
         epoch's frames are old ones: all training frames plus a fresh draw of old ones each epoch
         (:class:`ReplaySampler`). Validation, test and the statistics keep using the new frames only.
+
+        ``head``: multi-head fine-tuning: the old frames carry this head index and the new training frames
+        head 0 (the new head; validation and test frames carry none, i.e. 0); None: no frame carries a head.
         """
         if not 0.0 < float(fraction) < 1.0:
             raise ConfigError(
@@ -201,17 +206,26 @@ class AtomicDataModule(L.LightningDataModule):
         frames = self._read(str(path))
         self._validate(frames)
         self.replay_dataset, self.replay_fraction = AtomicDataset(frames), float(fraction)
+        self.replay_head = None if head is None else int(head)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
         if self.replay_dataset is None:
             return self._loader(self.train_dataset, self.batch_size, EpochOrder(len(self.train_dataset), True, self.seed))
         sampler = ReplaySampler(len(self.train_dataset), len(self.replay_dataset), self.replay_fraction, self.seed)
-        return self._loader(ConcatDataset([self.train_dataset, self.replay_dataset]), self.batch_size, sampler)
+        parts = [self.train_dataset, self.replay_dataset]
+        if self.replay_head is not None:
+            parts = [FramesOfHead(self.train_dataset, 0), FramesOfHead(self.replay_dataset, self.replay_head)]
+        return self._loader(ConcatDataset(parts), self.batch_size, sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation frames; with replayed frames of a head (multi-head fine-tuning) also those, second,
+        evaluated with their head (``val_replay/*`` metrics: what the pretrained head still knows)."""
         self.setup()
-        return self._loader(self.val_dataset, self.val_batch_size, training=False)
+        loader = self._loader(self.val_dataset, self.val_batch_size, training=False)
+        if self.replay_head is None:
+            return loader
+        return [loader, self._loader(FramesOfHead(self.replay_dataset, self.replay_head), self.val_batch_size, training=False)]
 
     def test_dataloader(self) -> DataLoader:
         self.setup()

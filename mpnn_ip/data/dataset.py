@@ -1,9 +1,11 @@
-"""A torch ``Dataset`` over labelled :class:`AtomicGraph` frames held in memory."""
+"""Torch ``Dataset``s over labelled :class:`AtomicGraph` frames: in memory, and the frames of one head."""
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
+import torch
 from torch.utils.data import Dataset
 
 from mpnn_ip.data.atomic_graph import AtomicGraph
@@ -34,3 +36,22 @@ class AtomicDataset(Dataset):
     def species(self) -> list[int]:
         """Sorted atomic numbers present."""
         return sorted({int(z) for g in self.graphs for z in g.atomic_numbers.unique().tolist()})
+
+
+class FramesOfHead(Dataset):
+    """The frames of ``dataset``, each carrying ``head = [index]`` (long): the head of a multi-head model
+    that evaluates them (:mod:`mpnn_ip.models.heads`). The frames themselves are not changed (shallow copies).
+
+    Frames batched together must all carry a head or none, so every dataset of a mixed epoch is wrapped.
+    """
+
+    def __init__(self, dataset: Dataset, head: int):
+        self.dataset, self.head = dataset, torch.tensor([int(head)])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> AtomicGraph:
+        graph = copy.copy(self.dataset[index])
+        graph.head = self.head
+        return graph

@@ -178,7 +178,7 @@ class OnDiskDataModule(AtomicDataModule):
             self._statistics = accumulator.result(e0s, species=self.species)
         return self._statistics
 
-    def add_replay(self, path: str, fraction: float) -> None:
+    def add_replay(self, path: str, fraction: float, head: int | None = None) -> None:
         raise ConfigError(
             "replaying old frames (finetune.replay_path) is not available with data=ondisk; "
             "fine-tune with data=extxyz, or write the old and new frames into one store"

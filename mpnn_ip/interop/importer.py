@@ -102,7 +102,7 @@ def imported_checkpoint(model: Potential, source: dict[str, Any]) -> dict[str, A
     """The checkpoint dict of an imported model: our metadata (with ``source``) and its weights."""
     statistics = {
         "species": list(model.species),
-        "e0s": dict(zip(model.species, model.e0.double().tolist())),
+        "e0s": model.head_e0s(0),
         "e0s_source": f"imported from {source['package']}",
     }
     meta = checkpoint_metadata(model, statistics) | {"source": source}

@@ -147,23 +147,20 @@ def _radial(model: Record) -> tuple[dict, dict]:
     return kwargs, buffers  # type: ignore[return-value]
 
 
-def _head_index(model: Record, head: str | None) -> tuple[list[str], int]:
+def _heads(model: Record, head: str | None) -> list[str]:
+    """The source's head names; ``UnsupportedModelError`` listing them when ``head`` is not one of them."""
     heads = [str(h) for h in (model.get("heads") or ["Default"])]
-    if head is None:
-        if len(heads) > 1:
-            raise UnsupportedModelError(
-                f"mace-torch model has {len(heads)} heads {heads}; importing all heads at once is not supported: "
-                "pass head=<name> to import one of them"
-            )
-        return heads, 0
-    if head not in heads:
+    if head is not None and head not in heads:
         raise UnsupportedModelError(f"mace-torch model has no head {head!r}; its heads are {heads}")
-    return heads, heads.index(head)
+    return heads
 
 
-def _per_head(values: torch.Tensor, index: int, num_heads: int) -> float:
-    flat = values.reshape(-1).to(torch.float64)
-    return float(flat[index] if flat.numel() == num_heads else flat[0])
+def _per_head(values: torch.Tensor, heads: list[str]) -> float | dict[str, float]:
+    """mace's scale or shift (one value, or one per head) as our MACE's argument: one number, or ``{head: value}``."""
+    flat = values.reshape(-1).to(torch.float64).tolist()
+    if len(heads) == 1 or len(flat) == 1 or len(set(flat)) == 1:
+        return float(flat[0])
+    return dict(zip(heads, map(float, flat)))
 
 
 def _architecture(children: dict, interactions: list, products: list, readouts: list, num_heads: int) -> dict:
@@ -225,7 +222,8 @@ def convert_mace(model: Record, head: str | None = None) -> ImportedModel:
 
     Args:
         model: the record of the whole pickled ``ScaleShiftMACE`` / ``MACE`` (:func:`~mpnn_ip.interop.safe_pickle.load_torch_file`).
-        head: the head to import from a multi-head model (required there); None for single-head models.
+        head: the head to import from a multi-head model: a one-head MACE of that head; None: all heads,
+            a MACE with the same heads (:mod:`mpnn_ip.models.heads`; the first is its default head).
     Raises:
         UnsupportedModelError: an option, block or module class we do not convert (named in the message).
     """
@@ -237,7 +235,7 @@ def convert_mace(model: Record, head: str | None = None) -> ImportedModel:
     children = module_children(model)
     interactions, products, readouts = (_children_list(model, n) for n in ("interactions", "products", "readouts"))
     _check_options(model, interactions)
-    heads, head_index = _head_index(model, head)
+    heads = _heads(model, head)
     num_heads = len(heads)
     tensors = module_tensors(model)
 
@@ -254,11 +252,12 @@ def convert_mace(model: Record, head: str | None = None) -> ImportedModel:
     first = interactions[0].qualname
     radial_kwargs, radial_buffers = _radial(model)
     e0_table = tensors["atomic_energies_fn.atomic_energies"].to(torch.float64)
-    e0_row = e0_table.reshape(-1, num_species)[head_index if e0_table.dim() == 2 else 0]
+    e0_rows = [{z: float(e) for z, e in zip(atomic_numbers, row)} for row in e0_table.reshape(-1, num_species)]
+    e0s = e0_rows[0] if len(e0_rows) == 1 or all(row == e0_rows[0] for row in e0_rows) else dict(zip(heads, e0_rows))
     scale = shift = None
     if "scale_shift" in children:
-        scale = _per_head(tensors["scale_shift.scale"], head_index, num_heads)
-        shift = _per_head(tensors["scale_shift.shift"], head_index, num_heads)
+        scale = _per_head(tensors["scale_shift.scale"], heads)
+        shift = _per_head(tensors["scale_shift.shift"], heads)
     kwargs = dict(
         species=atomic_numbers,
         r_max=float(tensors["r_max"]),
@@ -268,26 +267,29 @@ def convert_mace(model: Record, head: str | None = None) -> ImportedModel:
         correlation=correlations,
         radial_mlp=arch["radial_mlp"],
         avg_num_neighbors=arch["avg_num_neighbors"],
-        e0s={z: float(e) for z, e in zip(atomic_numbers, e0_row)},
+        e0s=e0s,
         energy_scale=1.0 if scale is None else scale,
         energy_shift=0.0 if shift is None else shift,
         mlp_readout_irreps=None if mlp_width is None else f"{mlp_width}x0e",
         first_interaction_skip="residual" if first == RESIDUAL else "species_linear",
         shift_every_atom=True,
         pair_repulsion="pair_repulsion_fn" in children,
+        heads=None if heads == ["Default"] else heads,
         **radial_kwargs,
     )
     try:
         ours = MACE(**kwargs).to(torch.float64)
     except ValueError as error:
         raise _refuse("this combination of hidden irreps, max_ell and correlation", str(error)) from error
-    state = converted_state(ours, tensors, interactions, products, readouts, radial_buffers, head_index, num_heads, mlp_width)
+    state = converted_state(ours, tensors, interactions, products, readouts, radial_buffers, mlp_width)
     missing, unexpected = ours.load_state_dict(state, strict=False)
     # buffers not listed here keep our constructor's values (element tables, Clebsch-Gordan constants)
     parameters = dict(ours.named_parameters())
     not_set = [k for k in missing if k in parameters]
     if not_set or unexpected:
         raise UnsupportedModelError(f"mace-torch import: weights not converted {not_set}, unexpected {unexpected}")
+    if head is not None:
+        ours = ours.with_heads([head])
     ours.eval()
     hyperparameters = {
         "class": model.class_name,
@@ -311,7 +313,7 @@ def convert_mace(model: Record, head: str | None = None) -> ImportedModel:
         "atomic_inter_scale": None if scale is None else plain(tensors["scale_shift.scale"]),
         "atomic_inter_shift": None if shift is None else plain(tensors["scale_shift.shift"]),
         "heads": heads,
-        "head": heads[head_index],
+        "head": head,
         "use_reduced_cg": plain(model.get("use_reduced_cg")),
     }
     version = model.get("__version__") or model.get("mace_version")

@@ -15,6 +15,7 @@ from mpnn_ip.interop.errors import UnsupportedModelError
 from mpnn_ip.interop.mace_weights import channels_last_linear, contraction_weights, edge_path_order, linear_blocks, species_skip
 from mpnn_ip.interop.records import irreps_of
 from mpnn_ip.interop.safe_pickle import Record, module_children
+from mpnn_ip.models.heads import per_head_values
 from mpnn_ip.nn.couplings import tensor_product_paths
 
 
@@ -38,20 +39,22 @@ def children_list(record: Record, name: str) -> list[Record]:
     return [] if container is None else [module_children(container)[k] for k in sorted(module_children(container), key=int)]
 
 
-def converted_state(ours, tensors, interactions, products, readouts, radial_buffers, head_index, num_heads, mlp_width) -> dict:
+def converted_state(ours, tensors, interactions, products, readouts, radial_buffers, mlp_width) -> dict:
     """Our MACE's state dict (float64) from mace's ``tensors`` (``module_tensors`` of the whole model).
 
     Args:
-        ours: the freshly built :class:`~mpnn_ip.models.MACE`; interactions, products, readouts: the
-            mace block records, in order; radial_buffers: the radial embedding's buffers by our name;
-            head_index / num_heads: the imported head; mlp_width: hidden width of one head's last readout (or None).
+        ours: the freshly built :class:`~mpnn_ip.models.MACE`, with the source's heads; interactions, products,
+            readouts: the mace block records, in order; radial_buffers: the radial embedding's buffers by our
+            name; mlp_width: hidden width of one head's last readout (or None).
     """
     state: dict[str, torch.Tensor] = {}
-    num_species = ours.num_species
+    num_species, num_heads = ours.num_species, ours.num_heads
     state["species_embedding.weight"] = f64(tensors["node_embedding.linear.weight"]).reshape(num_species, -1)
     # buffers our constructor made in the default dtype are set again in float64, from the file where it has them
-    state["scale_shift.scale"] = torch.full((num_species,), float(ours.config["energy_scale"]), dtype=torch.float64)
-    state["scale_shift.shift"] = torch.full((num_species,), float(ours.config["energy_shift"]), dtype=torch.float64)
+    for name, argument in (("scale", "energy_scale"), ("shift", "energy_shift")):
+        values = per_head_values(ours.config[argument], ours.heads)
+        rows = torch.tensor([[float(v)] * num_species for v in values], dtype=torch.float64)
+        state[f"scale_shift.{name}"] = rows[0] if num_heads == 1 else rows
     species = torch.tensor(ours.species)
     for module, key in (("radial_embedding.distance_transform.", "radial_embedding."), ("pair_repulsion_fn.", "pair_repulsion.")):
         if module + "covalent_radii" in tensors and key + "radii" in ours.state_dict():
@@ -77,7 +80,7 @@ def converted_state(ours, tensors, interactions, products, readouts, radial_buff
     for index, (block, product) in enumerate(zip(products, ours.products)):
         state.update(_product_state(block, product, index, tensors))
     for index, block in enumerate(readouts):
-        state.update(_readout_state(block, index, tensors, head_index, num_heads, mlp_width))
+        state.update(_readout_state(block, index, tensors, num_heads, mlp_width))
     return state
 
 
@@ -148,21 +151,23 @@ def _product_state(block: Record, product, index: int, tensors: dict) -> dict:
     return state
 
 
-def _readout_state(block: Record, index: int, tensors: dict, head_index: int, num_heads: int, mlp_width: int | None) -> dict:
-    """Our readout ``index`` (one head's column) from mace's linear or non-linear readout block."""
+def _readout_state(block: Record, index: int, tensors: dict, num_heads: int, mlp_width: int | None) -> dict:
+    """Our readout ``index`` (every head's column) from mace's linear or non-linear readout block."""
     state: dict[str, torch.Tensor] = {}
     parts = module_children(block)
     src = f"readouts.{index}."
     if block.class_name == "LinearReadoutBlock":
         (w,) = linear_blocks(parts["linear"], f64(tensors[src + "linear.weight"]), f"readout {index}").values()
-        state[f"readouts.{index}.linear.weight"] = w[:, head_index].reshape(-1)
+        state[f"readouts.{index}.linear.weight"] = w.reshape(-1)  # [C, heads], as ours
         return state
     (w1,) = linear_blocks(parts["linear_1"], f64(tensors[src + "linear_1.weight"]), f"readout {index} linear_1").values()
     (w2,) = linear_blocks(parts["linear_2"], f64(tensors[src + "linear_2.weight"]), f"readout {index} linear_2").values()
-    columns = slice(head_index * mlp_width, (head_index + 1) * mlp_width)
-    state[f"readouts.{index}.linear_in.weight"] = w1[:, columns].reshape(-1)
-    # e3nn normalises linear_2 by 1/sqrt(num_heads * width), ours by 1/sqrt(width)
-    state[f"readouts.{index}.linear_out.weight"] = (w2[columns, head_index] / math.sqrt(num_heads)).reshape(-1)
+    # mace's hidden unit h * width + k belongs to head h (the others' are masked), as ours [C, heads, width]
+    state[f"readouts.{index}.linear_in.weight"] = w1.reshape(-1)
+    # only head h's block of linear_2 reaches head h's output; e3nn normalises it by 1/sqrt(num_heads * width),
+    # ours by 1/sqrt(width)
+    own = torch.stack([w2[h * mlp_width : (h + 1) * mlp_width, h] for h in range(num_heads)])
+    state[f"readouts.{index}.linear_out.weight"] = (own / math.sqrt(num_heads)).reshape(-1)
     return state
 
 

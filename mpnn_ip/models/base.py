@@ -4,11 +4,14 @@ Subclasses implement :meth:`Potential.node_energies` (per-atom energies without 
 species and edge vectors). This class owns everything around it: the constructor arguments
 (recorded once, for checkpoints), dtype, the graph (:meth:`Potential.graph`: species, radius
 graph built on the device when the input has none, edge vectors), the strain for stress, E0,
-the per-frame sum and the one autograd call for forces, virial and stress.
+the per-frame sum and the one autograd call for forces, virial and stress; and the heads
+(:mod:`mpnn_ip.models.heads`): per-head E0, each atom's head index in the graph, and
+:meth:`Potential.with_heads`, which copies or selects heads of any model that takes ``heads``.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any, Mapping, Sequence
 
@@ -16,9 +19,10 @@ import torch
 from torch_geometric.utils import scatter
 
 from mpnn_ip.elements import atomic_numbers, energies_by_atomic_number, symbols
-from mpnn_ip.errors import DataError
+from mpnn_ip.errors import ConfigError, DataError
 from mpnn_ip.graph import edge_vectors, radius_graph_pbc
 from mpnn_ip.models.arguments import record_constructor_arguments
+from mpnn_ip.models.heads import head_index, map_per_head, normalize_heads, per_head_values, selected_per_head
 from mpnn_ip.nn.edge_chunks import AtomChunking, EdgeChunking
 from mpnn_ip.nn.tracing import is_tracing
 
@@ -38,7 +42,13 @@ class Potential(torch.nn.Module):
         species: chemical symbols or atomic numbers the model knows.
         r_max: cutoff radius (Å).
         e0s: per-species reference energy (eV) added to each atom, ``{Z or symbol: eV}``;
-            missing species get 0.
+            missing species get 0. A model with several heads may give one such mapping per head,
+            ``{head: {Z or symbol: eV}}``.
+        heads: names of the model's heads (:mod:`mpnn_ip.models.heads`); None = one head ``"Default"``.
+            Only models whose constructor takes ``heads`` (and that declare their per-head parts in
+            :meth:`per_head_tensors`) pass it on; the others have one head.
+
+    Inputs may carry ``head`` ([B] long): the index of each frame's head (absent = 0, the default head).
 
     Every subclass's constructor arguments are recorded once, from its bound signature
     (:attr:`config`), so that a checkpoint rebuilds the model with ``type(model)(**model.config)``.
@@ -59,31 +69,90 @@ class Potential(torch.nn.Module):
         if "__init__" in cls.__dict__:
             cls.__init__ = record_constructor_arguments(cls.__dict__["__init__"])
 
-    def __init__(self, species: Sequence[int | str], r_max: float, e0s: Mapping | None = None):
+    def __init__(
+        self, species: Sequence[int | str], r_max: float, e0s: Mapping | None = None, heads: Sequence[str] | None = None
+    ):
         super().__init__()
         self.species = normalize_species(species)
         self.r_max = float(r_max)
+        self.heads = normalize_heads(heads)
         table = torch.full((119,), -1, dtype=torch.long)
         table[torch.tensor(self.species)] = torch.arange(len(self.species))
         self.register_buffer("species_table", table, persistent=False)
         # float64 from the start: a float32 buffer cast to float64 later keeps float32 rounding
         # (~|E0| * 6e-8 eV per atom), which float64 models must not carry.
-        e0 = torch.zeros(len(self.species), dtype=torch.float64)
-        for z, value in (energies_by_atomic_number(e0s) or {}).items():
-            if z in self.species:
-                e0[self.species.index(z)] = value
-        self.register_buffer("e0", e0)
+        e0 = torch.zeros(len(self.heads), len(self.species), dtype=torch.float64)
+        for row, energies in enumerate(per_head_values(e0s, self.heads)):
+            for z, value in (energies_by_atomic_number(energies) or {}).items():
+                if z in self.species:
+                    e0[row, self.species.index(z)] = value
+        # one head: [S], the layout of every checkpoint written before heads existed
+        self.register_buffer("e0", e0[0] if len(self.heads) == 1 else e0)
 
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments (plain values; species as atomic numbers, e0s keyed by them)."""
         arguments = dict(self._constructor_arguments)
         arguments["species"] = list(self.species)
-        arguments["e0s"] = energies_by_atomic_number(arguments.get("e0s"))
+        arguments["e0s"] = map_per_head(arguments.get("e0s"), self.heads, energies_by_atomic_number)
         for name in ("energy_scale", "energy_shift"):
-            if isinstance(arguments.get(name), Mapping):
-                arguments[name] = energies_by_atomic_number(arguments[name])
+            arguments[name] = map_per_head(
+                arguments.get(name), self.heads, lambda v: energies_by_atomic_number(v) if isinstance(v, Mapping) else v
+            )
+            if name not in self._constructor_arguments:
+                del arguments[name]
         return arguments
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    def head_e0s(self, head: int = 0) -> dict[int, float]:
+        """``{Z: eV}``: E0 of head ``head`` (index; 0 = the default head)."""
+        row = self.e0 if self.e0.dim() == 1 else self.e0[head]
+        return dict(zip(self.species, row.double().tolist()))
+
+    def per_head_tensors(self) -> dict[str, tuple[tuple[int, ...], int]]:
+        """``{state name: (view shape, head axis)}`` of every per-head tensor: viewed with that shape, the
+        tensor holds one slice per head along the axis. The base class has E0; a model with per-head parts
+        adds its own (:meth:`with_heads` copies and selects heads through this declaration)."""
+        return {"e0": ((self.num_heads, self.num_species), 0)}
+
+    def with_heads(self, heads: Sequence[str], sources: Sequence[str] | None = None) -> "Potential":
+        """A model of the same class with heads ``heads``, head k a copy of this model's head ``sources[k]``
+        (default: the heads of the same names); shared weights, dtype, device and mode are kept.
+
+        ``model.with_heads(["pbe"])`` is the one-head model of head ``pbe``, with the parameters of a model
+        without heads; ``model.with_heads(["new", "pbe"], ["pbe", "pbe"])`` adds a head ``new`` that starts
+        as a copy of ``pbe`` and comes first (the default head).
+
+        Raises:
+            ConfigError: a source head the model does not have (the message lists its heads), or several
+                heads asked of a model whose constructor takes no ``heads``.
+        """
+        heads = normalize_heads(heads)
+        sources = heads if sources is None else [str(s) for s in sources]
+        if len(sources) != len(heads):
+            raise ValueError(f"with_heads: {len(heads)} heads {heads} but {len(sources)} source heads {sources}")
+        owner = f"this {type(self).__name__} model"
+        index = [head_index(self.heads, source, owner) for source in sources]
+        if heads == self.heads and index == list(range(self.num_heads)):
+            return self
+        if "heads" not in inspect.signature(type(self).__init__).parameters:
+            raise ConfigError(
+                f"{type(self).__name__} models have no heads (one output head, {self.heads[0]!r}); heads {heads} need a "
+                "model with per-head readouts, such as mace: fine-tune a mace checkpoint, or leave the heads unset"
+            )
+        config = self.config
+        for name in ("e0s", "energy_scale", "energy_shift"):
+            if name in config:
+                config[name] = selected_per_head(config[name], self.heads, index, heads)
+        config["heads"] = heads
+        rebuilt = type(self)(**config).to(device=self.e0.device, dtype=self.dtype)
+        rebuilt.load_state_dict(self._head_state(rebuilt, index), strict=True)
+        if hasattr(self, "checkpoint_metadata"):
+            rebuilt.checkpoint_metadata = dict(self.checkpoint_metadata)
+        return rebuilt.train(self.training)
 
     @property
     def num_species(self) -> int:
@@ -128,6 +197,45 @@ class Potential(torch.nn.Module):
             )
         return index
 
+    def _head_state(self, rebuilt: "Potential", index: list[int]) -> dict[str, torch.Tensor]:
+        """The state dict of ``rebuilt`` (heads ``index`` of this model): per-head tensors selected, shared ones
+        copied; constant buffers whose shape depends on the number of heads (e3nn's output masks) are rebuilt's."""
+        source, target = self.state_dict(), rebuilt.state_dict()
+        per_head = self.per_head_tensors()
+        parameters = {name for name, _ in rebuilt.named_parameters()}
+        selection = torch.tensor(index, device=self.e0.device)
+        state = {}
+        for name, value in target.items():
+            if name in per_head:
+                shape, axis = per_head[name]
+                state[name] = source[name].reshape(shape).index_select(axis, selection).reshape(value.shape).clone()
+            elif name in source and source[name].shape == value.shape:
+                state[name] = source[name]
+            elif name not in parameters:
+                state[name] = value
+            else:
+                raise ValueError(f"{type(self).__name__}.per_head_tensors does not declare {name}, whose shape depends on the heads")
+        return state
+
+    def frame_heads(self, inputs: Mapping[str, torch.Tensor], num_graphs: int, device) -> torch.Tensor | None:
+        """[B] head index of each frame (``inputs["head"]``, absent = 0); None for a model with one head, whose
+        frames must all be of head 0 (else DataError)."""
+        head = inputs.get("head")
+        if head is not None and not is_tracing():
+            head = head.reshape(-1)
+            outside = (head < 0) | (head >= self.num_heads)
+            if head.shape[0] != num_graphs or bool(outside.any()):
+                bad = sorted(set(head[outside].tolist())) if head.shape[0] == num_graphs else f"{head.shape[0]} for {num_graphs} frames"
+                raise DataError(
+                    f"frame head indices {bad} do not fit this model's {self.num_heads} head(s) {self.heads} "
+                    f"(one index per frame, 0..{self.num_heads - 1})"
+                )
+        if self.num_heads == 1:
+            return None
+        if head is None:
+            return torch.zeros(num_graphs, dtype=torch.long, device=device)
+        return head.reshape(-1).to(device=device, dtype=torch.long)
+
     def graph(
         self,
         inputs,
@@ -146,7 +254,8 @@ class Potential(torch.nn.Module):
         Returns: ``species [N]`` (index into ``self.species``), ``edge_index [2, E]``,
             ``cell_shifts [E, 3]``, ``edge_vectors [E, 3]`` (Å, differentiable w.r.t. positions and
             strain), ``pos [N, 3]``, ``cell [B, 3, 3]``, ``pbc [B, 3]``, ``batch [N]``, ``ptr``
-            (when the input has it) and ``num_graphs`` (int B).
+            (when the input has it), ``num_graphs`` (int B) and ``head [N]`` (each atom's head index
+            into :attr:`heads`; None for a model with one head).
         """
         from mpnn_ip.data.atomic_graph import to_inputs
 
@@ -166,6 +275,7 @@ class Potential(torch.nn.Module):
             symmetric = 0.5 * (strain + strain.transpose(1, 2))
             pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
             cell = cell + torch.bmm(cell, symmetric)
+        frame_heads = self.frame_heads(inputs, cell.shape[0], pos.device)
         return {
             "species": self.species_index(inputs["atomic_numbers"]),
             "edge_index": edge_index,
@@ -177,6 +287,7 @@ class Potential(torch.nn.Module):
             "batch": batch,
             "ptr": inputs.get("ptr"),
             "num_graphs": cell.shape[0],
+            "head": None if frame_heads is None else frame_heads[batch],
         }
 
     def node_energies(
@@ -254,7 +365,7 @@ class Potential(torch.nn.Module):
         graph = self.graph(inputs, positions=positions, strain=strain)
         out = self.atomic_outputs(graph)
         species, batch = graph["species"], graph["batch"]
-        e0 = self.e0[species]
+        e0 = self.e0[species] if graph["head"] is None else self.e0[graph["head"], species]
         # the frame's sum in float64, rounded once: a float32 sum of atoms carrying E0 (~1e3 eV each)
         # would add ~1e-4 eV of rounding per atom to an energy fitted to ~1e-3 eV per atom
         interaction = out["node_energy"]

@@ -28,6 +28,11 @@ Options that compute mace-torch's function exactly (used by ``mpnn-import``,
 ``pair_repulsion=True`` (mace's own ZBL, scaled with the atomic energies), ``mlp_readout_irreps=None``
 (linear last readout of single-interaction models). The symmetric-contraction weights of a mace
 model are projected onto our symmetric basis without loss.
+
+Heads (``heads=["pbe", "r2scan"]``, mace-torch's multi-head models, :mod:`mpnn_ip.models.heads`): every
+readout has one output column per head, the last readout's MLP one hidden layer per head
+(:mod:`mpnn_ip.nn.mace.heads`), and scale, shift and E0 are per head; everything else is shared. Each
+atom's energy is its frame's head's column. With one head the parameters are those of a MACE without heads.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.models.base import Potential
+from mpnn_ip.models.heads import normalize_heads, per_head_values
 from mpnn_ip.nn import (
     LinearReadout,
     MACEInteraction,
@@ -50,6 +56,7 @@ from mpnn_ip.nn import (
     embed_edges,
     neighbour_gate,
 )
+from mpnn_ip.nn.mace.heads import MultiHeadMLPReadout, MultiHeadScaleShift
 from mpnn_ip.nn.mace.radial import MACERadialEmbedding
 from mpnn_ip.nn.mace.zbl import MACEZBLRepulsion
 
@@ -118,6 +125,8 @@ class MACE(Potential):
         distance_transform: None, ``"agnesi"`` or ``"soft"``: transform of the length the radial basis sees.
         pair_repulsion: add mace-torch's ZBL repulsion (:class:`~mpnn_ip.nn.mace.zbl.MACEZBLRepulsion`)
             to the atomic energies before the scale and shift, as mace-torch does.
+        heads: names of the heads (see above); None = one head, ``"Default"``. With several heads,
+            ``e0s``, ``energy_scale`` and ``energy_shift`` may be given per head as ``{head: value}``.
     """
 
     def __init__(
@@ -144,8 +153,10 @@ class MACE(Potential):
         radial_type: str = "bessel",
         distance_transform: str | None = None,
         pair_repulsion: bool = False,
+        heads: Sequence[str] | None = None,
     ):
-        super().__init__(species, r_max, e0s)
+        super().__init__(species, r_max, e0s, heads)
+        num_heads = len(normalize_heads(heads))
         if num_interactions < 1:
             raise ValueError(f"MACE needs at least one interaction, got num_interactions={num_interactions}")
         if first_interaction_skip not in FIRST_INTERACTION_SKIPS:
@@ -186,14 +197,48 @@ class MACE(Potential):
             self.products.append(ProductBasis(irreps_basis, irreps_out, correlations[index], self.num_species))
             scalars = f"{channels}x0e"
             mlp = last and mlp_readout_irreps is not None
-            self.readouts.append(MLPReadout(scalars, mlp_readout_irreps) if mlp else LinearReadout(scalars))
+            if not mlp:
+                self.readouts.append(LinearReadout(scalars, f"{num_heads}x0e"))
+            elif num_heads == 1:
+                self.readouts.append(MLPReadout(scalars, mlp_readout_irreps))
+            else:
+                self.readouts.append(MultiHeadMLPReadout(scalars, mlp_readout_irreps, num_heads))
             irreps_node = irreps_out
-        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=False)
+        if num_heads == 1:
+            self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=False)
+        else:
+            self.scale_shift = MultiHeadScaleShift(
+                self.species, per_head_values(energy_scale, self.heads), per_head_values(energy_shift, self.heads)
+            )
         self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
         self.shift_every_atom = bool(shift_every_atom)
         self.pair_repulsion = MACEZBLRepulsion(self.species, p=int(cutoff_p)) if pair_repulsion else None
 
-    def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
+    def per_head_tensors(self) -> dict[str, tuple[tuple[int, ...], int]]:
+        """E0, every readout's head columns, the last MLP's per-head hidden layer, the scale and shift."""
+        heads, tensors = self.num_heads, super().per_head_tensors()
+        for index, readout in enumerate(self.readouts):
+            if isinstance(readout, LinearReadout):
+                tensors[f"readouts.{index}.linear.weight"] = ((self.num_channels, heads), 1)
+            else:
+                width = readout.linear_out.weight.numel() // heads
+                tensors[f"readouts.{index}.linear_in.weight"] = ((self.num_channels, heads, width), 1)
+                tensors[f"readouts.{index}.linear_out.weight"] = ((heads, width), 0)
+        tensors["scale_shift.scale"] = tensors["scale_shift.shift"] = ((heads, self.num_species), 0)
+        return tensors
+
+    def atomic_outputs(self, graph) -> dict[str, torch.Tensor]:
+        return {
+            "node_energy": self.node_energies(
+                graph["species"], graph["edge_index"], graph["edge_vectors"], graph["batch"], graph["num_graphs"], graph["head"]
+            )
+        }
+
+    def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs, head=None):
+        """Per-atom energies (eV) without E0 (see :meth:`Potential.node_energies`); ``head [N]``: each atom's
+        head index (None: the default head)."""
+        if self.num_heads > 1 and head is None:
+            head = torch.zeros_like(species)
         if isinstance(self.radial_embedding, MACERadialEmbedding):
             lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
             edge_sh, radial = self.spherical_harmonics(edge_vectors), self.radial_embedding(lengths, species, edge_index)
@@ -205,14 +250,17 @@ class MACE(Potential):
             atomic_basis, skip = interaction(node_features, species, edge_sh, radial, edge_index)
             node_features = product(atomic_basis, species, skip)
             # scalars come first and are stored alike in e3nn's and the channels-last layout
-            node_energy = node_energy + readout(node_features[:, : self.num_channels]).squeeze(-1)
+            node_energy = node_energy + readout(node_features[:, : self.num_channels])  # [N, heads]
         if self.pair_repulsion is not None:
-            node_energy = node_energy + self.pair_repulsion(species, edge_index, lengths)
+            node_energy = node_energy + self.pair_repulsion(species, edge_index, lengths).unsqueeze(-1)
         if self.shift_every_atom:
-            shift_gate = torch.ones_like(node_energy)
+            shift_gate = torch.ones_like(species, dtype=node_energy.dtype)
         else:
             shift_gate = neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max)
-        node_energy = self.scale_shift(node_energy, species, shift_gate)
+        if self.num_heads == 1:
+            node_energy = self.scale_shift(node_energy.squeeze(-1), species, shift_gate)
+        else:
+            node_energy = self.scale_shift(node_energy, species, head, shift_gate)
         if self.zbl is not None:
             node_energy = node_energy + self.zbl(species, edge_index, lengths)
         return node_energy

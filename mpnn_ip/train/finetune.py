@@ -13,6 +13,13 @@ What differs from a run from scratch (:func:`mpnn_ip.cli.train.fit` chains these
   gets the other parameters, at ``finetune.lr`` (default ``optim.lr``).
 * ``finetune.replay_path`` mixes old frames into every training epoch
   (:meth:`mpnn_ip.data.AtomicDataModule.add_replay`).
+* ``finetune.new_head=NAME`` (with ``replay_path``): multi-head replay fine-tuning, the foundation-model
+  way (:func:`multihead_layout`). The model gets a new head ``NAME``, first (so the default head of the
+  result), initialised as a copy of the pretrained head ``finetune.pretrained_head`` (default: the
+  checkpoint's default head), next to the checkpoint's heads. The new frames are evaluated with the new
+  head, the replayed old frames with the pretrained head; both train the shared weights, each head's own
+  parts learn only from its frames. E0 is re-fitted for the new head only; validation is on the new data
+  (``val/*``), plus the replayed frames with the pretrained head (``val_replay/*``).
 
 Unlike ``ckpt_path``, optimizer, scheduler, EMA and epoch counter start fresh. A fine-tuning run
 is continued with ``resume=<run dir>``: its saved config has both ``finetune_from`` and (set by
@@ -33,11 +40,15 @@ from mpnn_ip.elements import symbols, unknown_elements
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.models import MODEL_REGISTRY, Potential, build_model, normalize_species
 from mpnn_ip.nn import PerSpeciesScaleShift
+from mpnn_ip.nn.mace.heads import MultiHeadScaleShift
 
 log = logging.getLogger(__name__)
 
 #: Defaults of the ``finetune`` block of ``configs/train.yaml`` (settings that only apply with ``finetune_from``).
-DEFAULT_SETTINGS = {"freeze": [], "lr": None, "refit_e0": True, "replay_path": None, "replay_fraction": 0.0}
+DEFAULT_SETTINGS = {
+    "freeze": [], "lr": None, "refit_e0": True, "replay_path": None, "replay_fraction": 0.0, "new_head": None,
+    "pretrained_head": None,
+}
 
 
 def check_run_settings(cfg) -> None:
@@ -74,6 +85,54 @@ def finetune_settings(cfg) -> dict[str, Any]:
     settings = {**DEFAULT_SETTINGS, **given}
     settings["freeze"] = list(settings["freeze"] or [])
     return settings
+
+
+def multihead_layout(settings: Mapping, checkpoint_heads: Sequence[str], resumed: bool = False) -> tuple[list[str], int] | None:
+    """``(heads of the fine-tuned model, index of the head that evaluates the replayed frames)`` for
+    ``finetune.new_head``, or None without it. The heads are ``[new_head, *checkpoint_heads]``; with
+    ``resumed`` the checkpoint is the fine-tuning run's own and already has them.
+
+    Raises:
+        ConfigError: ``new_head`` without ``replay_path`` or already a head of the checkpoint; a
+            ``pretrained_head`` the checkpoint lacks (the message lists its heads), or given without ``new_head``.
+    """
+    new, pretrained = settings.get("new_head"), settings.get("pretrained_head")
+    checkpoint_heads = [str(h) for h in checkpoint_heads]
+    if new is None:
+        if pretrained is not None:
+            raise ConfigError(
+                f"finetune.pretrained_head={pretrained} only applies with finetune.new_head=<name of the new head> "
+                "(multi-head replay fine-tuning); add it, or drop finetune.pretrained_head"
+            )
+        return None
+    new = str(new)
+    if not settings.get("replay_path"):
+        raise ConfigError(
+            f"finetune.new_head={new} trains a new head while the pretrained head keeps its knowledge on replayed old "
+            "frames: give them with finetune.replay_path=<file or glob of pretraining frames> and "
+            "finetune.replay_fraction=<share of each epoch, e.g. 0.3>"
+        )
+    heads = checkpoint_heads if resumed else [new, *checkpoint_heads]
+    if resumed and (heads[0] != new or len(heads) < 2):
+        raise ConfigError(f"the checkpoint's heads {heads} are not those of a multi-head fine-tuning run with new head {new!r}")
+    if not resumed and new in checkpoint_heads:
+        raise ConfigError(
+            f"finetune.new_head={new} is already a head of the pretrained model (its heads: {checkpoint_heads}); "
+            "give the new head another name"
+        )
+    pretrained = heads[1] if pretrained is None else str(pretrained)
+    if pretrained not in heads[1:]:
+        raise ConfigError(
+            f"finetune.pretrained_head={pretrained} is not a head of the pretrained model; its heads are {heads[1:]} "
+            "(the first is its default head, used when finetune.pretrained_head is not given)"
+        )
+    return heads, heads.index(pretrained)
+
+
+def with_new_head(model: Potential, heads: Sequence[str], replay_head: int) -> Potential:
+    """``model`` (the checkpoint's, heads ``heads[1:]``) with the new head ``heads[0]`` in front, a copy of head
+    ``heads[replay_head]`` (:meth:`~mpnn_ip.models.Potential.with_heads`; a ConfigError for a model without heads)."""
+    return model.with_heads(heads, [heads[replay_head], *heads[1:]])
 
 
 def read_pretrained(path) -> dict:
@@ -197,17 +256,20 @@ def refit_energy_references(
     :class:`~mpnn_ip.nn.PerSpeciesScaleShift` (the energy per atom of atoms with neighbours); a model
     without one gets it in E0 (with a warning).
     """
-    old = dict(zip(model.species, model.e0.double().tolist()))
+    old = model.head_e0s(0)
     if isolated_atom_energies is not None:
         model = with_e0s(model, {**old, **{int(z): float(e) for z, e in isolated_atom_energies.items() if int(z) in old}})
     correction = residual_correction(model, graphs, device)
     if not correction:
         source = "isolated_atoms" if isolated_atom_energies is not None else "pretrained"
         return model, f"{source} (the new training frames have no energies)"
-    e0s = dict(zip(model.species, model.e0.double().tolist()))
+    e0s = model.head_e0s(0)
     if isolated_atom_energies is None:
         return with_e0s(model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}), "least_squares_of_pretrained_residual"
-    shifts = [m for m in model.modules() if isinstance(m, PerSpeciesScaleShift) and m.num_species == len(model.species)]
+    shifts = [
+        m for m in model.modules()
+        if isinstance(m, (PerSpeciesScaleShift, MultiHeadScaleShift)) and m.shift.shape[-1] == len(model.species)
+    ]
     if len(shifts) != 1:
         log.warning(
             "%s has no single per-species energy shift; the least-squares correction of the new energies goes into E0 "
@@ -215,7 +277,7 @@ def refit_energy_references(
         )
         return with_e0s(model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}), "isolated_atoms + least_squares_of_pretrained_residual"
     with torch.no_grad():
-        shift = shifts[0].shift
+        shift = shifts[0].shift if shifts[0].shift.dim() == 1 else shifts[0].shift[0]  # the default head's
         shift += torch.tensor([correction.get(z, 0.0) for z in model.species], dtype=shift.dtype, device=shift.device)
     return model, "isolated_atoms (shifts: least_squares_of_pretrained_residual)"
 
@@ -236,8 +298,13 @@ def residual_correction(model: Potential, graphs: Sequence, device: str = "cpu")
 
 
 def with_e0s(model: Potential, e0s: Mapping[int, float]) -> Potential:
-    """A copy of ``model`` whose E0 (buffer and recorded constructor argument) are ``e0s``, same weights."""
-    rebuilt = build_model(registry_name(model), **{**model.config, "e0s": dict(e0s)}).to(model.dtype)
+    """A copy of ``model`` whose E0 (buffer and recorded constructor argument) are ``e0s``, same weights; of a
+    model with several heads, only the default head's (the first) change."""
+    given = dict(e0s)
+    if model.num_heads > 1:
+        rows = [given] + [model.head_e0s(h) for h in range(1, model.num_heads)]
+        given = dict(zip(model.heads, rows))
+    rebuilt = build_model(registry_name(model), **{**model.config, "e0s": given}).to(model.dtype)
     state = model.state_dict()
     state["e0"] = rebuilt.e0.detach().clone()
     rebuilt.load_state_dict(state, strict=True)
@@ -253,7 +320,7 @@ def finetuned_statistics(data_statistics: Mapping, model: Potential, e0s_source:
     for name in statistics:
         if name in config and name != "e0s":
             statistics[name] = config[name]
-    statistics["e0s"] = dict(zip(model.species, model.e0.double().tolist()))
+    statistics["e0s"] = model.head_e0s(0)
     statistics["e0s_source"] = e0s_source
     statistics["finetuned_from"] = str(path)
     return statistics

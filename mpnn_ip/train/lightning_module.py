@@ -23,7 +23,7 @@ DEFAULT_LOSS = {
     "forces": {"weight": 10.0, "fn": "mse"},
     "stress": {"weight": 0.0, "fn": "mse"},
 }
-STAGES = ("train", "val", "test")
+STAGES = ("train", "val", "test", "val_replay")
 #: Frames named per skipped step in warnings and in the :class:`TrainingDiverged` message.
 MAX_FRAMES_NAMED = 10
 
@@ -95,7 +95,9 @@ class PotentialModule(L.LightningModule):
 
     Logged per epoch: ``{stage}/loss``, ``{stage}/loss_{output}`` and ``{stage}/{quantity}_{mae|rmse}``
     for quantities ``energy_per_atom`` (eV/atom), ``energy`` (eV), ``forces`` (eV/Å), ``stress``
-    (eV/Å³), stages ``train``, ``val``, ``test``; per step ``train/loss_step``. Forces need gradients
+    (eV/Å³), stages ``train``, ``val``, ``test``, and ``val_replay`` when the datamodule gives a second
+    validation loader (the replayed frames of multi-head fine-tuning, evaluated with their own head); per
+    step ``train/loss_step``. Forces need gradients
     in validation and test, so the Trainer must run with ``inference_mode=False``.
 
     Data-parallel (DDP): each training step divides the error sums of every process by the labelled
@@ -144,6 +146,7 @@ class PotentialModule(L.LightningModule):
         #: whether the latest optimizer step was skipped (read by the EMA callback)
         self.last_step_skipped = False
         self._skipped_in_epoch = 0
+        self._validated_replay = False  # whether this validation epoch saw the replayed frames' loader
         self._reset_pending()
 
     def _reset_pending(self) -> None:
@@ -304,9 +307,10 @@ class PotentialModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._skipped_in_epoch = 0
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         with torch.enable_grad():
-            self._step(batch, "val")
+            self._step(batch, "val" if dataloader_idx == 0 else "val_replay")
+        self._validated_replay = self._validated_replay or dataloader_idx > 0
 
     def test_step(self, batch, batch_idx: int) -> None:
         with torch.enable_grad():
@@ -333,8 +337,13 @@ class PotentialModule(L.LightningModule):
         else:
             self.log("train/skipped_steps", float(self._skipped_in_epoch))
 
+    def on_validation_epoch_start(self) -> None:
+        self._validated_replay = False
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
+        if self._validated_replay:
+            self._log_epoch_metrics("val_replay")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

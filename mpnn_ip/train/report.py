@@ -15,11 +15,15 @@ from mpnn_ip.train.loggers import is_wandb, log_best_checkpoint, log_images
 
 
 def _checkpoint_paths(trainer) -> tuple[Path | None, Path | None]:
-    callback = trainer.checkpoint_callback
-    if callback is None:
-        return None, None
-    best = Path(callback.best_model_path) if callback.best_model_path else None
-    last = Path(callback.last_model_path) if getattr(callback, "last_model_path", "") else None
+    """``(best, last)`` checkpoint paths: best of the first monitoring ``ModelCheckpoint``, last of the first
+    unmonitored one (``callbacks.last_checkpoint``), else that callback's ``save_last`` file."""
+    callbacks = trainer.checkpoint_callbacks
+    monitored = [c for c in callbacks if c.monitor is not None]
+    latest = [c for c in callbacks if c.monitor is None and c.best_model_path]
+    best = Path(monitored[0].best_model_path) if monitored and monitored[0].best_model_path else None
+    if latest:
+        return best, Path(latest[0].best_model_path)
+    last = next((Path(c.last_model_path) for c in callbacks if getattr(c, "last_model_path", "")), None)
     return best, last
 
 
@@ -30,6 +34,8 @@ def _evaluation_split(datamodule) -> tuple[str, Any, Any]:
     test = getattr(datamodule, "test_dataset", None)
     split = "test" if test is not None and len(test) > 0 else "val"
     shared = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    if isinstance(shared, (list, tuple)):  # the replayed frames' loader comes second (multi-head fine-tuning)
+        shared = shared[0]
     whole = getattr(datamodule, "evaluation_dataloader", None)
     return split, shared, whole(split) if whole is not None else shared
 
