@@ -147,9 +147,33 @@ def test_an_unknown_pretrained_head_is_refused_listing_the_heads(data, monkeypat
 
 
 def test_a_model_without_heads_is_refused_with_a_clear_message(data, monkeypatch, capsys):
-    quickstart = REPO / "tests" / "data" / "quickstart_nequip_tiny.ckpt"
-    args = recipe.finetune_args(quickstart, data["new"], data["replay_file"], heads=True, **BUDGET)
-    assert "NequIP models have no heads" in _user_error(args, data, monkeypatch, capsys)
+    from mpnn_ip.models import build_model
+    from tiny_checkpoint import write_checkpoint
+
+    torch.manual_seed(0)
+    schnet = write_checkpoint(build_model("schnet", species=["Cu", "Au"], r_max=3.5), data["folder"] / "schnet.ckpt")
+    args = recipe.finetune_args(schnet, data["new"], data["replay_file"], heads=True, **BUDGET)
+    assert "SchNet models have no heads" in _user_error(args, data, monkeypatch, capsys)
+
+
+def test_a_nequip_checkpoint_gets_a_new_head_and_keeps_its_pretrained_one(data, monkeypatch):
+    from mpnn_ip.checkpoint import load_model
+    from tiny_checkpoint import build_tiny_model, write_checkpoint
+
+    pretrained = write_checkpoint(
+        build_tiny_model(["Cu", "Au"], e0s={"Cu": -3.7, "Au": -3.2}), data["folder"] / "nequip_tiny.ckpt"
+    )
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(data["folder"])
+    budget = {**BUDGET, "epochs": 1}
+    args = recipe.finetune_args(pretrained, data["new"], data["replay_file"], heads=True, **budget)
+    run = recipe.mpnn_train(args, data["folder"] / "nequip_multihead")
+    before, finetuned = load_model(pretrained), load_model(run / "checkpoints" / "last.ckpt")
+    assert type(finetuned).__name__ == "NequIP" and finetuned.heads == ["new", "Default"]
+    assert finetuned.head_e0s(1) == before.head_e0s(0)  # the pretrained head keeps its E0
+    assert finetuned.head_e0s(0)[79] == before.head_e0s(0)[79]  # Au is absent from the new data
+    for head in finetuned.heads:
+        assert np.isfinite(list(recipe.errors(finetuned, data["replay"][:4], head=head).values())).all()
 
 
 def _cli(module: str, args: list[str], data: dict, monkeypatch) -> int:

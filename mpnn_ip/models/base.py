@@ -141,7 +141,7 @@ class Potential(torch.nn.Module):
         if "heads" not in inspect.signature(type(self).__init__).parameters:
             raise ConfigError(
                 f"{type(self).__name__} models have no heads (one output head, {self.heads[0]!r}); heads {heads} need a "
-                "model with per-head readouts, such as mace: fine-tune a mace checkpoint, or leave the heads unset"
+                "model with per-head readouts, such as mace or nequip: fine-tune a mace or nequip checkpoint, or leave the heads unset"
             )
         config = self.config
         for name in ("e0s", "energy_scale", "energy_shift"):

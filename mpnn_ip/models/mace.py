@@ -31,7 +31,7 @@ model are projected onto our symmetric basis without loss.
 
 Heads (``heads=["pbe", "r2scan"]``, mace-torch's multi-head models, :mod:`mpnn_ip.models.heads`): every
 readout has one output column per head, the last readout's MLP one hidden layer per head
-(:mod:`mpnn_ip.nn.mace.heads`), and scale, shift and E0 are per head; everything else is shared. Each
+(:mod:`mpnn_ip.nn.heads`), and scale, shift and E0 are per head; everything else is shared. Each
 atom's energy is its frame's head's column. With one head the parameters are those of a MACE without heads.
 """
 
@@ -56,7 +56,7 @@ from mpnn_ip.nn import (
     embed_edges,
     neighbour_gate,
 )
-from mpnn_ip.nn.mace.heads import MultiHeadMLPReadout, MultiHeadScaleShift
+from mpnn_ip.nn.heads import MultiHeadMLPReadout, MultiHeadScaleShift
 from mpnn_ip.nn.mace.radial import MACERadialEmbedding
 from mpnn_ip.nn.mace.zbl import MACEZBLRepulsion
 

@@ -17,6 +17,11 @@ The options ``num_features`` per l, ``type_embed_num_features``, ``self_connecti
 ``readout_mlp``, per-species ``avg_num_neighbors`` and ``zbl="nequip"`` make it compute exactly
 what NequIP 0.19's ``NequIPGNNModel`` computes; :mod:`mpnn_ip.interop.nequip` imports such models
 (NequIP's per-type energy shifts become ``e0s``, added to every atom as NequIP adds them).
+
+Heads (``heads=["pbe", "r2scan"]``, :mod:`mpnn_ip.models.heads`): the readout's last linear map has one
+output column per head, and scale, shift and E0 are per head; everything else (the readout's hidden
+layers included) is shared. Each atom's energy is its frame's head's column. With one head the parameters
+are those of a NequIP without heads.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.models.base import Potential
+from mpnn_ip.models.heads import normalize_heads, per_head_values
 from mpnn_ip.nn import (
     EquivariantGate,
     LinearReadout,
@@ -43,6 +49,7 @@ from mpnn_ip.nn import (
     tp_path_exists,
 )
 from mpnn_ip.nn.constants import DtypeConstants
+from mpnn_ip.nn.heads import MultiHeadScaleShift
 from mpnn_ip.nn.scale_shift import per_species_values
 from mpnn_ip.nn.nequip import NequIPZBL, ScalarMLP
 
@@ -163,9 +170,12 @@ class NequIP(Potential):
         resnet: residual update in layers whose input and output irreps match (not the first).
         readout_mlp: None: two linear maps ``F -> F/2 -> 1``; else the hidden widths of NequIP 0.19's
             scalar MLP readout (:class:`~mpnn_ip.nn.nequip.ScalarMLP`; ``[]``: one linear map ``F -> 1``).
+            The last map has one output per head.
         readout_nonlinearity: activation of ``readout_mlp`` (None: linear).
         nonlinearity_scalars: activation of even / odd scalars, ``{"e": "silu", "o": "tanh"}``.
         nonlinearity_gates: activation of the even / odd gates, ``{"e": "silu", "o": "tanh"}``.
+        heads: names of the heads (see above); None = one head, ``"Default"``. With several heads,
+            ``e0s``, ``energy_scale`` and ``energy_shift`` may be given per head as ``{head: value}``.
     """
 
     def __init__(
@@ -192,8 +202,10 @@ class NequIP(Potential):
         self_connection: bool = True,
         readout_mlp: Sequence[int] | None = None,
         readout_nonlinearity: str | None = "silu",
+        heads: Sequence[str] | None = None,
     ):
-        super().__init__(species, r_max, e0s)
+        super().__init__(species, r_max, e0s, heads)
+        num_heads = len(normalize_heads(heads))
         if num_layers < 1:
             raise ValueError(f"NequIP needs at least one layer, got num_layers={num_layers}")
         nonlinearity_scalars = dict(nonlinearity_scalars or {"e": "silu", "o": "tanh"})
@@ -230,10 +242,15 @@ class NequIP(Potential):
             self.layers.append(layer)
         if readout_mlp is None:
             half = f"{max(scalar_features // 2, 1)}x0e"
-            self.readout = torch.nn.Sequential(LinearReadout(irreps, half), LinearReadout(half, "1x0e"))
+            self.readout = torch.nn.Sequential(LinearReadout(irreps, half), LinearReadout(half, f"{num_heads}x0e"))
         else:
-            self.readout = ScalarMLP([scalar_features, *readout_mlp, 1], readout_nonlinearity)
-        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=True)
+            self.readout = ScalarMLP([scalar_features, *readout_mlp, num_heads], readout_nonlinearity)
+        if num_heads == 1:
+            self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=True)
+        else:
+            self.scale_shift = MultiHeadScaleShift(
+                self.species, per_head_values(energy_scale, self.heads), per_head_values(energy_shift, self.heads), trainable=True
+            )
         if zbl not in (False, True, "nequip"):
             raise ValueError(f"zbl must be False, True or 'nequip', got {zbl!r}")
         if zbl == "nequip":
@@ -241,13 +258,39 @@ class NequIP(Potential):
         else:
             self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
 
-    def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs):
+    def per_head_tensors(self) -> dict[str, tuple[tuple[int, ...], int]]:
+        """E0, the head columns of the readout's last linear map, the scale and shift."""
+        heads, tensors = self.num_heads, super().per_head_tensors()
+        if isinstance(self.readout, ScalarMLP):
+            last = len(self.readout.weights) - 1
+            tensors[f"readout.weights.{last}"] = ((self.readout.dims[-2], heads), 1)
+        else:
+            tensors["readout.1.linear.weight"] = ((self.readout[1].irreps_in.dim, heads), 1)
+        tensors["scale_shift.scale"] = tensors["scale_shift.shift"] = ((heads, self.num_species), 0)
+        return tensors
+
+    def atomic_outputs(self, graph) -> dict[str, torch.Tensor]:
+        return {
+            "node_energy": self.node_energies(
+                graph["species"], graph["edge_index"], graph["edge_vectors"], graph["batch"], graph["num_graphs"], graph["head"]
+            )
+        }
+
+    def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs, head=None):
+        """Per-atom energies (eV) without E0 (see :meth:`Potential.node_energies`); ``head [N]``: each atom's
+        head index (None: the default head)."""
         lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
         node_features = self.species_embedding(species)
         for layer in self.layers:
             node_features = layer(node_features, species, edge_sh, radial, edge_index)
         gate = neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max)
-        node_energy = self.scale_shift(self.readout(node_features).squeeze(-1), species, gate)
+        node_energy = self.readout(node_features)  # [N, heads]
+        if self.num_heads == 1:
+            node_energy = self.scale_shift(node_energy.squeeze(-1), species, gate)
+        else:
+            if head is None:
+                head = torch.zeros_like(species)
+            node_energy = self.scale_shift(node_energy, species, head, gate)
         if self.zbl is not None:
             node_energy = node_energy + self.zbl(species, edge_index, lengths)
         return node_energy

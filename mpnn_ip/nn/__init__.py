@@ -15,6 +15,7 @@ Shared by the families (top-level modules):
 - :mod:`~mpnn_ip.nn.activations`: :data:`ACTIVATIONS` by name, :func:`shifted_softplus`
 - :mod:`~mpnn_ip.nn.scale_shift`: :class:`PerSpeciesScaleShift`, atomic energies -> eV per species (shift gated by :func:`neighbour_gate`)
 - :mod:`~mpnn_ip.nn.zbl`: :class:`ZBLRepulsion`, screened nuclear repulsion at short range (eV)
+- :mod:`~mpnn_ip.nn.heads`: per-head readout and scale/shift of models with several heads (imported from the module)
 - :mod:`~mpnn_ip.nn.couplings`: the one path enumerator :func:`tensor_product_paths`
   (:func:`tp_path_exists`, :func:`convolution_output_irreps`) and the Clebsch-Gordan coupling
   tensors of both tensor products

@@ -40,7 +40,7 @@ from mpnn_ip.elements import symbols, unknown_elements
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.models import MODEL_REGISTRY, Potential, build_model, normalize_species
 from mpnn_ip.nn import PerSpeciesScaleShift
-from mpnn_ip.nn.mace.heads import MultiHeadScaleShift
+from mpnn_ip.nn.heads import MultiHeadScaleShift
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,7 @@
 - :mod:`.product_basis`: symmetric contraction, linear, plus the skip;
 - :mod:`.species_groups`: atoms sorted by species for per-species weights;
 - :mod:`.radial`: mace-torch's Gaussian basis and Agnesi/Soft distance transforms (imported models);
-- :mod:`.zbl`: mace-torch's own ZBL pair repulsion (imported models);
-- :mod:`.heads`: the per-head readout and scale/shift of a MACE with several heads.
+- :mod:`.zbl`: mace-torch's own ZBL pair repulsion (imported models).
 
-The public names of the first five are re-exported by :mod:`mpnn_ip.nn`; the last three are imported from their modules.
+The public names of the first five are re-exported by :mod:`mpnn_ip.nn`; the last two are imported from their modules.
 """

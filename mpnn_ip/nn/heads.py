@@ -1,13 +1,13 @@
-"""The per-head parts of a MACE with several heads (mace-torch's multi-head models, :mod:`mpnn_ip.models.heads`).
+"""The per-head parts of a model with several heads (mace-torch's multi-head models, :mod:`mpnn_ip.models.heads`).
 
 - :class:`MultiHeadMLPReadout`: the last readout, one hidden MLP per head (mace-torch's
   ``NonLinearReadoutBlock`` with ``num_heads``: ``linear_1`` to ``H * W`` scalars, the other heads'
   hidden units masked, ``linear_2``);
-- :class:`MultiHeadScaleShift`: one per-species scale and shift per head;
+- :class:`MultiHeadScaleShift`: one per-species scale and shift per head (MACE's fixed, NequIP's trainable);
 - :func:`own_head`: each atom's column of a ``[n_atoms, H]`` output.
 
-A MACE with one head uses :class:`~mpnn_ip.nn.MLPReadout` and :class:`~mpnn_ip.nn.PerSpeciesScaleShift`
-instead, so that its parameters are those of a MACE without heads.
+A model with one head uses :class:`~mpnn_ip.nn.MLPReadout` and :class:`~mpnn_ip.nn.PerSpeciesScaleShift`
+instead, so that its parameters are those of the model without heads.
 """
 
 from __future__ import annotations
@@ -75,23 +75,30 @@ class _PerHeadLinear(torch.nn.Module):
 
 class MultiHeadScaleShift(torch.nn.Module):
     """``e_i -> scale[h_i, s_i] * e_i + shift[h_i, s_i] * gate_i``: :class:`~mpnn_ip.nn.PerSpeciesScaleShift`
-    with one row per head (fixed buffers ``scale``, ``shift`` ``[H, S]``).
+    with one row per head (``scale``, ``shift`` ``[H, S]``).
 
     Args:
         species: the model's atomic numbers (sorted).
         scales, shifts: one value per head, each in :class:`~mpnn_ip.nn.PerSpeciesScaleShift`'s forms
             (eV: one number, one per species, or ``{Z or symbol: eV}``).
+        trainable: learn scale and shift (NequIP's); else fixed buffers (MACE's).
     Input ``node_energy [n_atoms, H]``, ``species [n_atoms]``, ``head [n_atoms]``, ``shift_gate [n_atoms]``
     -> ``[n_atoms]`` eV (each atom's own head).
     """
 
-    def __init__(self, species: Sequence[int], scales: Sequence[float | Sequence[float] | Mapping], shifts: Sequence):
+    def __init__(
+        self, species: Sequence[int], scales: Sequence[float | Sequence[float] | Mapping], shifts: Sequence, trainable: bool = False
+    ):
         super().__init__()
         dtype = torch.get_default_dtype()
-        rows = [[per_species_values(v, list(species), f"MACE head {k}: {what}") for k, v in enumerate(values)]
+        rows = [[per_species_values(v, list(species), f"head {k}: {what}") for k, v in enumerate(values)]
                 for what, values in (("energy_scale", scales), ("energy_shift", shifts))]
-        self.register_buffer("scale", torch.tensor(rows[0], dtype=dtype))
-        self.register_buffer("shift", torch.tensor(rows[1], dtype=dtype))
+        scale, shift = torch.tensor(rows[0], dtype=dtype), torch.tensor(rows[1], dtype=dtype)
+        if trainable:
+            self.scale, self.shift = torch.nn.Parameter(scale), torch.nn.Parameter(shift)
+        else:
+            self.register_buffer("scale", scale)
+            self.register_buffer("shift", shift)
 
     def forward(self, node_energy: torch.Tensor, species: torch.Tensor, head: torch.Tensor, shift_gate: torch.Tensor) -> torch.Tensor:
         return own_head(node_energy, head) * self.scale[head, species] + self.shift[head, species] * shift_gate
