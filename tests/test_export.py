@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,31 @@ def test_mpnn_export_command_writes_a_file_the_calculator_reads(tmp_path):
     forces = atoms.get_forces()
     atoms.calc = eager
     assert np.allclose(forces, atoms.get_forces(), rtol=0, atol=1e-10)
+
+
+def test_mpnn_export_head_exports_that_head_of_a_multi_head_model(tmp_path):
+    """``mpnn-export ... head=r2scan`` of an imported two-head mace-torch model gives that head's numbers."""
+    import lzma
+
+    from mpnn_ip.cli.export import run_export
+    from mpnn_ip.cli.hydra_app import compose_config
+    from mpnn_ip.interop.importer import write_imported_checkpoint
+
+    fixture = Path(__file__).parent / "data" / "interop" / "mace" / "multihead.model.xz"
+    source = tmp_path / "multihead.model"
+    source.write_bytes(lzma.decompress(fixture.read_bytes()))
+    write_imported_checkpoint(source, tmp_path / "heads.ckpt")
+    out = tmp_path / "r2scan.pt2"
+    run_export(compose_config("export", [f"ckpt_path={tmp_path / 'heads.ckpt'}", f"out={out}", "compile=false", "head=r2scan"]))
+    from ase.build import molecule
+
+    atoms = molecule("CH3OH")
+    atoms.calc = MPNNCalculator.from_checkpoint(tmp_path / "heads.ckpt", head="r2scan")
+    expected = atoms.get_potential_energy()
+    atoms.calc = MPNNCalculator.from_checkpoint(tmp_path / "heads.ckpt")
+    default = atoms.get_potential_energy()
+    atoms.calc = MPNNCalculator.from_exported(out)
+    assert atoms.get_potential_energy() == pytest.approx(expected, abs=1e-8) and abs(expected - default) > 1e-3
 
 
 def test_exported_calculator_needs_no_model_code():

@@ -1,6 +1,6 @@
 """``mpnn-export``: a checkpoint as one ``.pt2`` file that runs without the model code (config ``configs/export.yaml``).
 
-    mpnn-export ckpt_path=outputs/run/checkpoints/last.ckpt out=model.pt2 [device=cuda] [dtype=float64]
+    mpnn-export ckpt_path=outputs/run/checkpoints/last.ckpt out=model.pt2 [device=cuda] [dtype=float64] [head=NAME]
 
 The model is exported with ``torch.export`` and compiled by AOTInductor (``compile=false``: the
 exported program only), then loaded back and compared with the eager model on sample structures
@@ -17,9 +17,10 @@ def run_export(cfg) -> dict:
     """The body of ``mpnn-export`` for a composed config; returns :func:`mpnn_ip.export.export_model`'s metadata."""
     from mpnn_ip.checkpoint import load_model, resolve_device
     from mpnn_ip.export import export_model
+    from mpnn_ip.models.heads import select_head
 
     device = resolve_device(cfg.device)
-    model = load_model(str(cfg.ckpt_path), device=device, dtype=cfg.dtype)
+    model = select_head(load_model(str(cfg.ckpt_path), device=device, dtype=cfg.dtype), cfg.get("head"))
     info = export_model(model, str(cfg.out), device=device, compile=bool(cfg.compile))
     parity = ", ".join(f"{key} {value:.1e}" for key, value in info["parity"].items())
     seconds = sum(info["seconds"].values())
