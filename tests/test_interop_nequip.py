@@ -23,11 +23,8 @@ from e3nn import o3
 from mpnn_ip.interop.check import TOLERANCES, our_results, parity_errors
 from mpnn_ip.interop.errors import UnsupportedModelError
 from mpnn_ip.interop.importer import read_source
-from mpnn_ip.interop.nequip import (
-    convert_nequip_checkpoint,
-    looks_like_nequip_checkpoint,
-    looks_like_nequip_package,
-)
+from mpnn_ip.interop.nequip import convert_nequip_checkpoint, looks_like_nequip_checkpoint
+from mpnn_ip.interop.nequip_package import looks_like_nequip_package
 from mpnn_ip.interop.nequip_weights import linear_dense, load_linear, self_connection_dense, species_linear_dense
 from mpnn_ip.interop.safe_pickle import SafeArchive, load_torch_file
 from mpnn_ip.nn import SpeciesSelfInteraction
@@ -217,7 +214,7 @@ def test_preset_builder_resolves_to_its_preset_options():
 
 def test_package_with_an_accelerated_tensor_product_is_refused(tmp_path):
     """A packaged module of a class the importer does not know (e.g. an OpenEquivariance kernel) is refused by name."""
-    from mpnn_ip.interop.nequip import check_package_modules
+    from mpnn_ip.interop.nequip_package import check_package_modules
     from mpnn_ip.interop.safe_pickle import module_children
 
     archive = SafeArchive(_unpacked("parity_false_l1.nequip.zip", tmp_path))

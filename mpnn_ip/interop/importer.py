@@ -57,11 +57,11 @@ def read_source(path: str | Path, head: str | None = None) -> ImportedModel:
     archive = SafeArchive(path)
     member = archive.torch_save_pickle()
     if member is None:
-        from mpnn_ip.interop import nequip
+        from mpnn_ip.interop import nequip_package
 
-        if nequip.looks_like_nequip_package(archive):
+        if nequip_package.looks_like_nequip_package(archive):
             _no_heads("NequIP", head, path)
-            return nequip.convert_nequip_package(archive)
+            return nequip_package.convert_nequip_package(archive)
         raise UnsupportedModelError(
             f"{path} is a zip archive but neither a torch.save file nor a nequip-package file; mpnn-import reads "
             "mace-torch .model files, NequIP .ckpt training checkpoints and .nequip.zip packages"

@@ -1,4 +1,4 @@
-"""Import NequIP 0.19 models: training checkpoints (``.ckpt``) and ``nequip-package`` files (``.nequip.zip``).
+"""Import NequIP 0.19 models: training checkpoints (``.ckpt``) here, and the model conversion that ``nequip-package`` files (``.nequip.zip``, :mod:`mpnn_ip.interop.nequip_package`) share.
 
 Both hold a ``NequIPGNNModel`` (config + weights); neither is run. The weights are mapped onto our
 :class:`~mpnn_ip.models.nequip.NequIP` so that it computes the same function (float64):
@@ -18,7 +18,7 @@ Both hold a ``NequIPGNNModel`` (config + weights); neither is run. The weights a
   NequIP adds them), our gated shift is 0.
 
 Weights come from the checkpoint's ``state_dict`` (``model.sole_model.model.func.*``) or from the
-package's ``model/eager_model.pkl`` module records; every tensor of the model must be one we map
+package's ``model/eager_model.pkl`` module records (:mod:`mpnn_ip.interop.nequip_package`); every tensor of the model must be one we map
 (or a constant we rebuild), else the file is refused naming it.
 """
 
@@ -29,7 +29,6 @@ import re
 from typing import Any
 
 import torch
-import yaml
 
 from mpnn_ip.elements import atomic_number
 from mpnn_ip.interop.errors import UnsupportedModelError
@@ -43,11 +42,10 @@ from mpnn_ip.interop.nequip_weights import (
     species_linear_dense,
 )
 from mpnn_ip.interop.records import plain
-from mpnn_ip.interop.safe_pickle import Record, SafeArchive, module_children, module_tensors
 from mpnn_ip.models.nequip import NequIP
 from mpnn_ip.nn.nequip.zbl import COULOMB_EV_ANGSTROM
 
-__all__ = ["convert_nequip_checkpoint", "convert_nequip_package", "looks_like_nequip_checkpoint", "looks_like_nequip_package"]
+__all__ = ["convert_model", "convert_nequip_checkpoint", "func_tensors", "looks_like_nequip_checkpoint", "options_with_species"]
 
 #: the training modules whose ``model.*`` weights are the evaluated model
 PLAIN_TRAINING_MODULES = {
@@ -70,67 +68,6 @@ CONSTANT_TENSOR = re.compile(r"(output_mask|_w3j_\w+|\._empty|edge_norm\._rmax_r
 EMPTY_TENSOR = re.compile(r"(\.bias|tp_scatter\.tp\.weight|equivariant_nonlin\.mul\.weight)$")
 
 
-#: the module classes of a packaged NequIPGNNModel (any other, e.g. an OpenEquivariance or cuEquivariance
-#: tensor product or another model's block, is refused by name)
-PACKAGE_MODULES = frozenset(
-    {
-        "e3nn.math._normalize_activation.normalize2mom",
-        "e3nn.nn._activation.Activation",
-        "e3nn.nn._extract.Extract",
-        "e3nn.nn._gate.Gate",
-        "e3nn.nn._gate._Sortcut",
-        "e3nn.o3._linear.Linear",
-        "e3nn.o3._spherical_harmonics.SphericalHarmonics",
-        "e3nn.o3._tensor_product._sub.ElementwiseTensorProduct",
-        "e3nn.o3._tensor_product._sub.FullyConnectedTensorProduct",
-        "e3nn.o3._tensor_product._tensor_product.TensorProduct",
-        "nequip.nn._ghost_exchange_base.NoOpGhostExchangeModule",
-        "nequip.nn._graph_mixin.SequentialGraphNetwork",
-        "nequip.nn._tp_scatter_base.TensorProductScatter",
-        "nequip.nn.atomwise.AtomwiseReduce",
-        "nequip.nn.atomwise.PerTypeScaleShift",
-        "nequip.nn.convnetlayer.ConvNetLayer",
-        "nequip.nn.embedding._edge.BesselEdgeLengthEncoding",
-        "nequip.nn.embedding._edge.EdgeLengthNormalizer",
-        "nequip.nn.embedding._edge.SphericalHarmonicEdgeAttrs",
-        "nequip.nn.embedding.cutoffs.PolynomialCutoff",
-        "nequip.nn.embedding.node.NodeTypeEmbed",
-        "nequip.nn.grad_output.ForceStressOutput",
-        "nequip.nn.graph_model.GraphModel",
-        "nequip.nn.interaction_block.InteractionBlock",
-        "nequip.nn.misc.ApplyFactor",
-        "nequip.nn.mlp.DeepLinearMLP",
-        "nequip.nn.mlp.ScalarLinearLayer",
-        "nequip.nn.mlp.ScalarMLP",
-        "nequip.nn.mlp.ScalarMLPFunction",
-        "nequip.nn.nonlinearities.ShiftedSoftplus",
-        "nequip.nn.norm.AvgNumNeighborsNorm",
-        "nequip.nn.pair_potential.ZBL",
-        "nequip.nn.pair_potential._ZBL",
-        "torch.nn.modules.activation.SiLU",
-        "torch.nn.modules.activation.Tanh",
-        "torch.nn.modules.activation.Sigmoid",
-        "torch.nn.modules.container.ModuleDict",
-        "torch.nn.modules.container.ModuleList",
-        "torch.nn.modules.container.ParameterList",
-        "torch.nn.modules.container.Sequential",
-        "torch.nn.modules.sparse.Embedding",
-    }
-)
-
-
-def check_package_modules(root: Record, where: str) -> None:
-    """Refuse a packaged model with a module class outside :data:`PACKAGE_MODULES` (named, with its path)."""
-    pending = [("", root)]
-    while pending:
-        path, record = pending.pop()
-        if not isinstance(record, Record):
-            raise UnsupportedModelError(f"{where}: module {path or '<root>'} is a {type(record).__name__}, not a recorded module")
-        if record.qualname not in PACKAGE_MODULES:
-            raise UnsupportedModelError(f"{where}: module {path or '<root>'} is a {record.qualname}, which the NequIP importer does not convert")
-        pending.extend((f"{path}.{name}" if path else name, child) for name, child in module_children(record).items())
-
-
 def looks_like_nequip_checkpoint(obj: Any) -> bool:
     """Whether ``obj`` (what :func:`~mpnn_ip.interop.safe_pickle.load_torch_file` returned) is a NequIP Lightning checkpoint."""
     if not isinstance(obj, dict) or "state_dict" not in obj or "hyper_parameters" not in obj:
@@ -143,14 +80,7 @@ def looks_like_nequip_checkpoint(obj: Any) -> bool:
     return "nequip" in versions or str(model.get("_target_", "")).startswith("nequip.")
 
 
-def looks_like_nequip_package(archive: SafeArchive) -> bool:
-    """Whether ``archive`` is a ``nequip-package`` file (a torch.package zip with ``model/package_metadata.txt``)."""
-    return any(name.endswith("/model/package_metadata.txt") for name in archive.names) and any(
-        name.endswith("/model/config.yaml") for name in archive.names
-    )
-
-
-def _func_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+def func_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """The tensors below the model's ``SequentialGraphNetwork`` (``...model.func.``), keys relative to it."""
     anchors = [k[: -len("type_embed.embed_module.weight")] for k in tensors if k.endswith("func.type_embed.embed_module.weight")]
     if len(anchors) != 1:
@@ -361,7 +291,7 @@ def _with_ema_weights(tensors: dict[str, torch.Tensor], state: dict, options: di
     return {**tensors, **dict(zip(parameters, ema_weights))}
 
 
-def _options_with_species(model_config: dict, data_config: Any, where: str) -> dict:
+def options_with_species(model_config: dict, data_config: Any, where: str) -> dict:
     options = nequip_options(model_config, where)
     options["species"] = species_of_types(options["type_names"], type_map_of(data_config), where)
     return options
@@ -383,11 +313,11 @@ def convert_nequip_checkpoint(ckpt: dict, where: str = "NequIP checkpoint") -> I
             f"{where}: training_module {module!r} is not supported (its evaluated weights are neither the state_dict's "
             "model.* weights nor their EMA); package the checkpoint with `nequip-package build` and import the .nequip.zip"
         )
-    options = _options_with_species(hyper["model"], info.get("data"), where)
+    options = options_with_species(hyper["model"], info.get("data"), where)
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise UnsupportedModelError(f"{where}: state_dict is a {type(state).__name__}, not a mapping")
-    tensors = _func_tensors({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, where)
+    tensors = func_tensors({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, where)
     if module in EMA_TRAINING_MODULES:
         tensors = _with_ema_weights(tensors, state, options, where)
     model = convert_model(options, tensors, where)
@@ -397,42 +327,5 @@ def convert_nequip_checkpoint(ckpt: dict, where: str = "NequIP checkpoint") -> I
         package="nequip",
         package_version=str(versions["nequip"]) if versions.get("nequip") else None,
         hyperparameters=plain(hyper["model"]),
-        heads=["Default"],
-    )
-
-
-def _member(archive: SafeArchive, suffix: str) -> str:
-    found = [n for n in archive.names if n.endswith(suffix)]
-    if len(found) != 1:
-        raise UnsupportedModelError(f"{archive.path}: expected one {suffix} in the package, found {len(found)}")
-    return found[0]
-
-
-def convert_nequip_package(archive: SafeArchive) -> ImportedModel:
-    """Convert a ``nequip-package build`` file: config from ``model/config.yaml`` and ``package_metadata.txt``
-    (YAML, parsed as data), weights from the module records of ``model/eager_model.pkl`` (nothing imported)."""
-    where = str(archive.path)
-    config = yaml.safe_load(archive.read_bytes(_member(archive, "/model/config.yaml")).decode("utf-8"))
-    metadata = yaml.safe_load(archive.read_bytes(_member(archive, "/model/package_metadata.txt")).decode("utf-8")) or {}
-    if not isinstance(config, dict) or "model" not in (config.get("training_module") or {}):
-        raise UnsupportedModelError(f"{where}: model/config.yaml has no training_module.model")
-    options = _options_with_species(config["training_module"]["model"], config.get("data"), where)
-    atom_types = metadata.get("atom_types")
-    if isinstance(atom_types, dict) and [str(atom_types[k]) for k in sorted(atom_types)] != options["type_names"]:
-        raise UnsupportedModelError(f"{where}: package_metadata atom_types {atom_types} differ from the config's type_names {options['type_names']}")
-    root = archive.load_pickle(_member(archive, "/model/eager_model.pkl"))
-    if not isinstance(root, Record):
-        raise UnsupportedModelError(f"{where}: model/eager_model.pkl holds a {type(root).__name__}, not a module")
-    check_package_modules(root, where)
-    models = module_children(root)
-    if set(models) != {SOLE_MODEL}:
-        raise UnsupportedModelError(f"{where}: the package holds the models {sorted(models)}; only single-model packages are converted")
-    model = convert_model(options, _func_tensors(module_tensors(root), where), where)
-    versions = metadata.get("versions") or {}
-    return ImportedModel(
-        potential=model,
-        package="nequip",
-        package_version=str(versions["nequip"]) if versions.get("nequip") else None,
-        hyperparameters=plain(config["training_module"]["model"]),
         heads=["Default"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy
 import torch
 from e3nn import o3
 
@@ -63,9 +64,6 @@ def plain(value: Any, depth: int = 0) -> Any:
         return {str(k): plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(v, depth + 1) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        try:
-            return plain(value.item(), depth + 1)
-        except (TypeError, ValueError):
-            pass
+    if isinstance(value, numpy.generic):  # numpy scalars
+        return plain(value.item(), depth + 1)
     return str(value)

@@ -93,9 +93,6 @@ class Record:
         object.__setattr__(record, "dictitems", {})
         return record
 
-    def __init__(self, *args, **kwargs):
-        pass
-
     def __setstate__(self, state):
         object.__setattr__(self, "state", state)
 
@@ -284,7 +281,7 @@ class _SafeUnpickler(pickle.Unpickler):
             raise UnsafeFileError(f"{self._archive.path}: unknown persistent id {pid!r} in its pickle")
         kind = pid[0]
         if kind == "storage":
-            storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], pid[4]
+            storage_type, key = pid[1], str(pid[2])  # then location and size: the archive's bytes are the truth
             dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else torch.uint8
             return self._storage(key, dtype)
         if kind == "reduce_package":  # torch.package: (func, *args) called with the importer

@@ -312,10 +312,13 @@ class Potential(torch.nn.Module):
 
     def atomic_outputs(self, graph: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The one return hook: ``{"node_energy": [N] eV without E0}`` plus the outputs declared in
-        :attr:`extra_outputs`. ``graph`` is :meth:`graph`'s result. Default: :meth:`node_energies`."""
+        :attr:`extra_outputs`. ``graph`` is :meth:`graph`'s result. Default: :meth:`node_energies`, given
+        ``head=`` (each atom's head index) only by a model with several heads, whose ``node_energies`` takes it."""
+        head = graph.get("head")
         return {
             "node_energy": self.node_energies(
-                graph["species"], graph["edge_index"], graph["edge_vectors"], graph["batch"], graph["num_graphs"]
+                graph["species"], graph["edge_index"], graph["edge_vectors"], graph["batch"], graph["num_graphs"],
+                **({} if head is None else {"head": head}),
             )
         }
 

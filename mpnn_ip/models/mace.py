@@ -227,13 +227,6 @@ class MACE(Potential):
         tensors["scale_shift.scale"] = tensors["scale_shift.shift"] = ((heads, self.num_species), 0)
         return tensors
 
-    def atomic_outputs(self, graph) -> dict[str, torch.Tensor]:
-        return {
-            "node_energy": self.node_energies(
-                graph["species"], graph["edge_index"], graph["edge_vectors"], graph["batch"], graph["num_graphs"], graph["head"]
-            )
-        }
-
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs, head=None):
         """Per-atom energies (eV) without E0 (see :meth:`Potential.node_energies`); ``head [N]``: each atom's
         head index (None: the default head)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import lightning as L
 import torch
@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from mpnn_ip.checkpoint import checkpoint_metadata, plain
 from mpnn_ip.errors import ConfigError, DataError, TrainingDiverged
 from mpnn_ip.models.compiled import CompileDecision, compile_potential, normalize_mode
+from mpnn_ip.train.bad_steps import MAX_FRAMES_NAMED, frame_names, name_frames, refuse_non_finite_weights
 from mpnn_ip.train.losses import EpochLoss, WeightedPropertyLoss
 from mpnn_ip.train.metrics import PropertyMetrics
 from mpnn_ip.train.stage_two import StageTwo
@@ -24,38 +25,12 @@ DEFAULT_LOSS = {
     "stress": {"weight": 0.0, "fn": "mse"},
 }
 STAGES = ("train", "val", "test", "val_replay")
-#: Frames named per skipped step in warnings and in the :class:`TrainingDiverged` message.
-MAX_FRAMES_NAMED = 10
 
 log = logging.getLogger(__name__)
 # a skipped step returns None from training_step on purpose; Lightning's generic warning about it is noise
 warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
 # epoch values come from torchmetrics states that are already reduced over processes
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
-
-
-def batch_frames(batch, batch_idx: int | None = None) -> list[str]:
-    """``file:frame`` of every graph of ``batch`` (from ``source_path``/``source_frame``); graphs built
-    without them are named by their position (``batch 3, graph 1``)."""
-    count = int(batch.num_graphs)
-    return _frames(batch_idx, getattr(batch, "source_path", None), getattr(batch, "source_frame", None), count)
-
-
-def _frames(batch_idx: int | None, paths, indices, count: int) -> list[str]:
-    """``file:frame`` names from a batch's ``source_path`` (str or list) and ``source_frame`` ([B])."""
-    if paths is None or indices is None:
-        prefix = "" if batch_idx is None else f"batch {batch_idx}, "
-        return [f"{prefix}graph {i}" for i in range(count)]
-    if isinstance(paths, str):
-        paths = [paths] * count
-    indices = indices.reshape(-1).tolist() if isinstance(indices, torch.Tensor) else list(indices)
-    return [f"{path}:{int(index)}" for path, index in zip(paths, indices)]
-
-
-def name_frames(frames: Sequence[str], limit: int = MAX_FRAMES_NAMED) -> str:
-    """``a.xyz:3, a.xyz:17`` (the first ``limit`` ones, then how many more)."""
-    named = ", ".join(frames[:limit])
-    return named if len(frames) <= limit else f"{named} and {len(frames) - limit} more"
 
 
 class PotentialModule(L.LightningModule):
@@ -243,7 +218,7 @@ class PotentialModule(L.LightningModule):
         self._record_bad_step(reason, sources)
 
     def _record_bad_step(self, reason: str, sources: list) -> None:
-        frames = [frame for batch_idx, paths, indices, count in sources for frame in _frames(batch_idx, paths, indices, count)]
+        frames = [frame for batch_idx, paths, indices, count in sources for frame in frame_names(batch_idx, paths, indices, count)]
         step, epoch = int(self.trainer.global_step), int(self.trainer.current_epoch)
         self.bad_steps += 1
         self._skipped_in_epoch += 1
@@ -364,7 +339,7 @@ class PotentialModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        _refuse_non_finite_weights(checkpoint, self.model, self._checkpoint_paths() if self._trainer is not None else [])
+        refuse_non_finite_weights(checkpoint, self.model, self._checkpoint_paths() if self._trainer is not None else [])
         checkpoint["mpnn_ip"] = checkpoint_metadata(self.model, self.statistics)
         # no hyper_parameters are saved (they would hold objects), so the file stays weights_only-loadable
         checkpoint.pop("hyper_parameters", None)
@@ -385,18 +360,3 @@ class PotentialModule(L.LightningModule):
             scheduler = config.scheduler
             if isinstance(scheduler, ReduceLROnPlateau) and scheduler.last_epoch < self.trainer.current_epoch:
                 scheduler.step(metric)
-
-
-def _refuse_non_finite_weights(checkpoint: Mapping, model: torch.nn.Module, kept: list[str]) -> None:
-    """:class:`TrainingDiverged` (before anything is written) when the checkpoint's weights (EMA or raw)
-    or the model's training weights hold NaN/inf."""
-    tensors = [(f"state_dict {name}", v) for name, v in checkpoint.get("state_dict", {}).items()]
-    tensors += [(f"parameter {name}", p) for name, p in model.named_parameters()]
-    bad = [name for name, v in tensors if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        where = f"the last good checkpoint is kept: {kept[0]}" if kept else "no checkpoint had been written yet"
-        raise TrainingDiverged(
-            f"training diverged: the weights hold NaN/inf ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}), so no "
-            f"checkpoint was written and the run stopped; {where}. Lower the learning rate (optim.lr=...), add gradient "
-            "clipping (trainer.gradient_clip_val=...) or train in float64 (dtype=float64)."
-        )
