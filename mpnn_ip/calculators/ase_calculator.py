@@ -9,30 +9,22 @@ Example::
 
 from __future__ import annotations
 
-import itertools
-import logging
-import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mpnn_ip.calculators.evaluator import StructureEvaluator
 from mpnn_ip.calculators.results import check_stress_possible, energy_forces_stress
 from mpnn_ip.calculators.results import to_numpy as _numpy
-from mpnn_ip.checkpoint import load_model, resolve_dtype
-from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
-from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS, AtomicGraph, to_inputs
-from mpnn_ip.errors import DataError
-from mpnn_ip.graph import edge_vectors
+from mpnn_ip.checkpoint import load_model
 from mpnn_ip.graph.verlet import VerletList
 from mpnn_ip.models.committee import Committee
-from mpnn_ip.models.compiled import CompileDecision, compile_potential, normalize_mode
-from mpnn_ip.models.heads import select_head
+from mpnn_ip.models.compiled import CompileDecision
 
-logger = logging.getLogger(__name__)
+SOURCE = "the ASE Atoms given to MPNNCalculator"
 
 
 class MPNNCalculator(Calculator):
@@ -88,27 +80,25 @@ class MPNNCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.compile_mode = normalize_mode(compile)
-        #: the :class:`~mpnn_ip.models.compiled.CompileDecision` of the first call (None before it)
-        self.compile_decision: CompileDecision | None = None
-        keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
-        if isinstance(model, (list, tuple)):
-            model = Committee([select_head(member, head) for member in model])
-        else:
-            model = select_head(model, head)
-        self.extra_outputs = dict(getattr(model, "extra_outputs", {}))
+        #: the shared evaluation path (model, Verlet list, compile decision)
+        self.evaluator = StructureEvaluator(model, device, dtype, skin, compile, head, source=SOURCE, name=type(self).__name__)
+        self.extra_outputs = self.evaluator.extra_outputs
         self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
-        target = resolve_dtype(dtype)
-        if device is not None:
-            model = model.to(torch.device(device))
-        if target is not None:
-            model = model.to(target)
-        self.model = model.eval()
-        r_max = getattr(model, "r_max", None)  # a model without one builds its own graph
-        if r_max is None and skin:
-            raise ValueError(f"skin={skin} needs a model with an r_max attribute (the cutoff, Å); {type(model).__name__} has none")
-        self.neighbor_list = VerletList(float(r_max), float(skin)) if r_max is not None else None
-        self._inputs = None  # inputs of the last structure, reused when only positions change
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The potential (or :class:`~mpnn_ip.models.committee.Committee`), in eval mode."""
+        return self.evaluator.model
+
+    @property
+    def neighbor_list(self) -> VerletList | None:
+        """The Verlet list (``builds``/``calls`` count the searches); None for a model without r_max."""
+        return self.evaluator.neighbor_list
+
+    @property
+    def compile_decision(self) -> CompileDecision | None:
+        """The :class:`~mpnn_ip.models.compiled.CompileDecision` of the first call (None before it)."""
+        return self.evaluator.compile_decision
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNCalculator":
@@ -135,8 +125,7 @@ class MPNNCalculator(Calculator):
     @property
     def device(self) -> torch.device:
         """Where the model's parameters are (inputs are moved there)."""
-        first = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
-        return torch.device("cpu") if first is None else first.device
+        return self.evaluator.device
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         """Run the model on ``atoms``; fills ``self.results`` (ASE units: eV, Å)."""
@@ -146,12 +135,11 @@ class MPNNCalculator(Calculator):
         want_stress = "stress" in properties or want_stresses
         if want_stress:
             check_stress_possible(self.atoms)
-        inputs = self._model_inputs(system_changes)
-        if self.compile_decision is None:
-            self.compile_decision = self._decide_compile(inputs, want_stress)
-        with torch.enable_grad():
-            extra = {"compute_atomic_virial": True} if want_stresses else {}
-            out = self.model(inputs, compute_forces=True, compute_stress=want_stress, **extra)
+        if self.evaluator.can_move and set(system_changes) <= {"positions"}:
+            self.evaluator.move(self.atoms.positions)  # an MD or relaxation step: light checks
+        else:
+            self.evaluator.set_structure(self.atoms)  # a new structure: every check of AtomicGraph.from_atoms
+        out = self.evaluator.evaluate(stress=want_stress, atomic_virial=want_stresses)
 
         self.results = energy_forces_stress(out, want_stress)
         if want_stresses:
@@ -159,59 +147,3 @@ class MPNNCalculator(Calculator):
         for key, (per, _) in self.extra_outputs.items():
             value = _numpy(out[key])
             self.results[key] = (float(value[0]) if value.ndim == 1 else value[0]) if per == "frame" else value
-
-    def _decide_compile(self, inputs: dict[str, torch.Tensor], want_stress: bool) -> CompileDecision:
-        """Compile the model if it pays on these inputs (:func:`~mpnn_ip.models.compiled.compile_potential`)."""
-        with torch.enable_grad():  # a committee has no atomic_outputs: compile_potential leaves it eager
-            decision = compile_potential(self.model, inputs, self.compile_mode, compute_stress=want_stress)
-        if self.compile_mode == "true" and not decision.compiled:
-            warnings.warn(f"MPNNCalculator(compile=True): {decision}", RuntimeWarning, stacklevel=3)
-        else:
-            logger.info("MPNNCalculator: %s", decision)
-        return decision
-
-    def _model_inputs(self, system_changes) -> dict[str, torch.Tensor]:
-        """Model inputs on the model's device, with edges when the calculator keeps a neighbour list.
-
-        A new structure (atoms, cell or periodicity changed) goes through every check of
-        :meth:`AtomicGraph.from_atoms`; when only positions changed (an MD or relaxation step) only
-        finiteness and the closest distance are checked, the latter from the edges.
-        """
-        device = self.device
-        positions_only = self.neighbor_list is not None and self._inputs is not None and set(system_changes) <= {"positions"}
-        if positions_only:
-            pos = np.asarray(self.atoms.positions, dtype=np.float64)
-            if not np.isfinite(pos).all():
-                raise DataError("positions contain NaN or inf", path="the ASE Atoms given to MPNNCalculator")
-            inputs = dict(self._inputs, pos=torch.as_tensor(pos).to(device))
-        else:
-            graph = AtomicGraph.from_atoms(self.atoms)
-            inputs = {k: v.to(device) for k, v in to_inputs(graph).items() if k in MODEL_INPUT_KEYS}
-            self._inputs = dict(inputs)
-        if self.neighbor_list is not None:
-            edges = self.neighbor_list.edges(inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"])
-            inputs["edge_index"], inputs["cell_shifts"] = edges
-            if positions_only:
-                _check_closest_pair(inputs, self.neighbor_list.last_squared_lengths)
-        return inputs
-
-
-def _check_closest_pair(inputs: dict[str, torch.Tensor], squared_lengths: torch.Tensor | None = None) -> None:
-    """DataError naming the pair when two atoms are closer than the data's minimum distance (0.1 Å).
-
-    ``squared_lengths [n_edges]`` (Å²): those of the edges when the neighbour list has them already.
-    """
-    if inputs["edge_index"].shape[1] == 0:
-        return
-    if squared_lengths is None:
-        vectors = edge_vectors(inputs["pos"], inputs["cell"], inputs["edge_index"], inputs["cell_shifts"], inputs["batch"])
-        squared_lengths = (vectors * vectors).sum(dim=1)
-    k = int(torch.argmin(squared_lengths))
-    closest = float(squared_lengths[k]) ** 0.5
-    if closest < MIN_INTERATOMIC_DISTANCE:
-        i, j = inputs["edge_index"][:, k].tolist()
-        raise DataError(
-            f"atoms {i} and {j} are {closest:.4f} Å apart (closer than {MIN_INTERATOMIC_DISTANCE} Å): "
-            "the structure has collapsed (unstable dynamics: smaller time step, or a potential outside its training data)",
-            path="the ASE Atoms given to MPNNCalculator",
-        )
