@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -47,14 +48,16 @@ def time_lammps(atoms, model, args) -> dict:
     from mpnn_ip.lammps import attach, create_lammps, world_communicator
 
     comm = world_communicator()
-    with tempfile.TemporaryDirectory() as folder:
-        data = Path(folder) / "start.data"
-        if comm is None or comm.Get_rank() == 0:
-            write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, velocities=True, units="metal")
-        if comm is not None:
-            comm.Barrier()
-        lmp = create_lammps(["-nocite", "-log", "none", "-screen", "none"], comm)
-        lmp.commands_string(f"units metal\nread_data {data}\nfix mpnn all external pf/callback 1 1\nfix nve all nve\ntimestep 0.001\nthermo {args.steps}")
+    rank = 0 if comm is None else comm.Get_rank()
+    folder = tempfile.mkdtemp(prefix="benchmark-lammps-") if rank == 0 else None
+    folder = Path(folder if comm is None else comm.bcast(folder, root=0))  # one file every rank names
+    data = folder / "start.data"
+    if rank == 0:
+        write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, velocities=True, units="metal")
+    lmp = create_lammps(["-nocite", "-log", "none", "-screen", "none"], comm)
+    lmp.commands_string(f"units metal\nread_data {data}\nfix mpnn all external pf/callback 1 1\nfix nve all nve\ntimestep 0.001\nthermo {args.steps}")
+    if rank == 0:
+        shutil.rmtree(folder)
     potential = attach(lmp, model, skin=args.skin, compile=args.compile)
     lmp.command(f"run {args.warmup}")
     calls, model_seconds, callback_seconds = potential.calls, potential.model_seconds, potential.callback_seconds

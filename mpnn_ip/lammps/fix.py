@@ -2,12 +2,13 @@
 
 Every time LAMMPS needs forces (each MD step, each minimiser iteration, the setup of every run), the
 fix calls :class:`LammpsPotential` on every MPI rank with that rank's atoms. The ranks' atoms are
-gathered on rank 0, ordered by atom ID and unwrapped with their image flags (so that the positions
+sent to rank 0, ordered by atom ID and unwrapped with their image flags (so that the positions
 move continuously and the Verlet list survives LAMMPS's re-wrapping and atom migration); rank 0
 evaluates the whole system once (:class:`~mpnn_ip.calculators.evaluator.StructureEvaluator`) and sends
 every rank the forces, per-atom energies and per-atom virials of its atoms, the total energy, the
 virial and, for a committee, the uncertainties. This is not domain decomposition: one rank computes,
-the others wait; more ranks help LAMMPS's own work (integration, computes, I/O), not the model.
+the others wait (asleep, so that rank 0's torch threads keep the cores); more ranks help LAMMPS's own
+work (integration, computes, I/O), not the model.
 
 What LAMMPS receives (metal units: eV, Å):
     forces              eV/Å, per atom
@@ -39,6 +40,8 @@ REQUIRED_UNITS = "metal"
 #: (row, column) of the 6 virial components in LAMMPS's order: xx yy zz xy xz yz
 VIRIAL_ORDER = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
 ON_ERROR = ("stop", "exit")
+#: MPI tag of the callback's messages; seconds between the idle ranks' looks for rank 0's answer
+MESSAGE_TAG, POLL_SECONDS = 7193, 1e-4
 
 
 class LammpsPotential:
@@ -114,9 +117,17 @@ class LammpsPotential:
             local = self._local_atoms(nlocal, tag, x)
         except Exception as exc:  # noqa: BLE001 - reported below, never inside LAMMPS
             local = exc
-        gathered = [local] if self.comm is None else self.comm.gather(local, root=0)
-        parts = self._evaluate(step, gathered) if self.rank == 0 else None
-        mine = parts[0] if self.comm is None else self.comm.scatter(parts, root=0)
+        if self.comm is None:
+            mine = self._evaluate(step, [local])[0]
+        elif self.rank == 0:
+            gathered = [local] + [self.comm.recv(source=rank, tag=MESSAGE_TAG) for rank in range(1, self.comm.Get_size())]
+            parts = self._evaluate(step, gathered)
+            for rank in range(1, len(parts)):
+                self.comm.send(parts[rank], dest=rank, tag=MESSAGE_TAG)
+            mine = parts[0]
+        else:
+            self.comm.send(local, dest=0, tag=MESSAGE_TAG)
+            mine = _receive_sleeping(self.comm)
         if isinstance(mine, str):
             self._fail(step, mine, f)
         else:
@@ -190,12 +201,9 @@ class LammpsPotential:
         self.lmp.fix_external_set_virial_global(self.fix_id, [float(v) for v in part["virial"]])
         energies = part["energies"]
         lib.lammps_fix_external_set_energy_peratom(handle, fix_id, energies.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
-        virials = part["virials"]
-        rows = (ctypes.POINTER(ctypes.c_double) * max(nlocal, 1))()
-        row_size = virials.strides[0] if nlocal else 0
-        for i in range(nlocal):
-            rows[i] = ctypes.cast(virials.ctypes.data + i * row_size, ctypes.POINTER(ctypes.c_double))
-        lib.lammps_fix_external_set_virial_peratom(handle, fix_id, rows)
+        virials = part["virials"]  # [nlocal, 6], C order: LAMMPS takes an array of row pointers
+        rows = virials.ctypes.data + virials.strides[0] * np.arange(max(nlocal, 1), dtype=np.uint64)
+        lib.lammps_fix_external_set_virial_peratom(handle, fix_id, rows.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(ctypes.c_double))))
         if "vector" in part:
             for index, value in enumerate(part["vector"], start=1):
                 self.lmp.fix_external_set_vector(self.fix_id, index, value)
@@ -283,10 +291,21 @@ def attach(
     """
     from mpnn_ip.lammps.library import restore_torch_threads, world_communicator
 
-    restore_torch_threads()  # for an instance made without create_lammps
+    comm = comm if comm is not None else world_communicator()
+    ranks = 1 if comm is None else comm.Get_size()
+    if ranks == 1 or comm.Get_rank() == 0:
+        restore_torch_threads(ranks)  # LAMMPS (or mpiexec) left OpenMP one thread
     if not isinstance(model, StructureEvaluator):
         model = StructureEvaluator(model, device=device, dtype=dtype, skin=skin, compile=compile, head=head, source=f"LAMMPS fix {fix_id}", name="mpnn_ip.lammps")
-    return LammpsPotential(lmp, model, elements, fix_id, comm if comm is not None else world_communicator(), on_error, prog=prog)
+    return LammpsPotential(lmp, model, elements, fix_id, comm, on_error, prog=prog)
+
+
+def _receive_sleeping(comm) -> Any:
+    """Rank 0's answer, waited for asleep: MPI's blocking receive spins a core at 100 %, which on a
+    node shared with rank 0's torch threads slows the model many times over."""
+    while not comm.iprobe(source=0, tag=MESSAGE_TAG):
+        time.sleep(POLL_SECONDS)
+    return comm.recv(source=0, tag=MESSAGE_TAG)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -70,11 +70,16 @@ def create_lammps(cmdargs=(), comm=None):
     return lmp
 
 
-def restore_torch_threads() -> None:
-    """Give torch back the threads it had before LAMMPS reset OpenMP's count to 1 (when
-    ``$OMP_NUM_THREADS`` is unset; a set value is the user's choice for both)."""
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() < TORCH_THREADS:
-        torch.set_num_threads(TORCH_THREADS)
+def restore_torch_threads(evaluating_rank_of: int = 1) -> None:
+    """Give torch the threads LAMMPS or the MPI launcher took (unless ``$OMP_NUM_THREADS`` is set: the
+    user's choice for both). LAMMPS resets OpenMP's thread count to 1; under ``mpiexec`` OpenMP starts
+    with one thread. ``evaluating_rank_of``: the number of MPI ranks; with several, the one that runs the
+    model (rank 0; the others sleep while it does) takes every core this process may run on."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    target = TORCH_THREADS if evaluating_rank_of <= 1 else max(TORCH_THREADS, len(os.sched_getaffinity(0)))
+    if torch.get_num_threads() != target:
+        torch.set_num_threads(target)
 
 
 def is_available() -> bool:
