@@ -41,9 +41,12 @@ __all__ = [
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"float32"``/``"float64"``/``torch.float*``/``None`` -> torch dtype or None (keep the model's)."""
+    """``"float32"``/``"float64"``/``torch.float*``/``None``/``"auto"`` -> torch dtype, or None (None and
+    ``"auto"``: keep the model's, or its class's default for a new model)."""
     if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
+    if str(dtype).strip().lower() == "auto":
+        return None
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; use float32 or float64")

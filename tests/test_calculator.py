@@ -134,3 +134,13 @@ def test_per_atom_stresses_sum_to_the_stress():
     molecule.calc = MPNNCalculator(build_tiny_model(), dtype="float64")
     with pytest.raises(PropertyNotImplementedError):
         molecule.get_stresses()
+
+
+@pytest.mark.parametrize("keyword", ["skn", "devise", "head_name"])
+def test_misspelt_keywords_are_refused_with_the_known_ones(tmp_path, keyword):
+    from mpnn_ip.errors import ConfigError
+
+    path = tiny_checkpoint(tmp_path / "tiny.ckpt")
+    with pytest.raises(ConfigError, match=rf"MPNNCalculator: unknown keyword\(s\) {keyword}; the keywords are model, device, dtype, skin"):
+        MPNNCalculator.from_checkpoint(path, **{keyword: 1.0})
+    assert MPNNCalculator.from_checkpoint(path, skin=1.0, label="run").neighbor_list.skin == 1.0

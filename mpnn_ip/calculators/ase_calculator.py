@@ -17,7 +17,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mpnn_ip.calculators.evaluator import StructureEvaluator
-from mpnn_ip.calculators.results import check_stress_possible, energy_forces_stress
+from mpnn_ip.calculators.results import check_keywords, check_stress_possible, energy_forces_stress
 from mpnn_ip.calculators.results import to_numpy as _numpy
 from mpnn_ip.checkpoint import load_model
 from mpnn_ip.graph.verlet import VerletList
@@ -79,6 +79,7 @@ class MPNNCalculator(Calculator):
         head: str | None = None,
         **kwargs,
     ):
+        check_keywords(type(self).__name__, kwargs, ("model", "device", "dtype", "skin", "compile", "head"))
         super().__init__(**kwargs)
         #: the shared evaluation path (model, Verlet list, compile decision)
         self.evaluator = StructureEvaluator(model, device, dtype, skin, compile, head, source=SOURCE, name=type(self).__name__)

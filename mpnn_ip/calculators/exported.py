@@ -23,7 +23,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
 
-from mpnn_ip.calculators.results import check_stress_possible, energy_forces_stress
+from mpnn_ip.calculators.results import check_keywords, check_stress_possible, energy_forces_stress
 from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 from mpnn_ip.errors import ConfigError, DataError
 
@@ -157,6 +157,7 @@ class ExportedCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(self, path: str | Path, device: str | torch.device | None = None, **kwargs):
+        check_keywords(type(self).__name__, kwargs, ("path", "device"))
         super().__init__(**kwargs)
         self.model = ExportedModel(path, device)
 

@@ -10,6 +10,21 @@ import torch
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mpnn_ip.errors import ConfigError
+
+
+#: the keywords of ASE's ``Calculator.__init__``; ASE stores any other keyword as a parameter, silently
+ASE_CALCULATOR_KEYWORDS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
+
+
+def check_keywords(calculator: str, given: dict, own: tuple[str, ...]) -> None:
+    """``ConfigError`` naming the known keywords when ``given`` has one that neither the calculator
+    (``own``) nor ASE's base class takes (a misspelt ``skn=1.0`` would otherwise be kept and ignored)."""
+    unknown = sorted(set(given) - set(ASE_CALCULATOR_KEYWORDS))
+    if unknown:
+        known = ", ".join([*own, *ASE_CALCULATOR_KEYWORDS])
+        raise ConfigError(f"{calculator}: unknown keyword(s) {', '.join(unknown)}; the keywords are {known}")
+
 
 def check_stress_possible(atoms) -> None:
     """Raise ASE's ``PropertyNotImplementedError`` unless ``atoms`` is periodic with a 3D cell."""

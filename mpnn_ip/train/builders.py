@@ -111,10 +111,11 @@ def check_species(model_species, data_species) -> None:
         )
 
 
-def build_model(model_cfg: Mapping, statistics: Mapping, dtype: str = "float64") -> torch.nn.Module:
-    """The potential of ``model_cfg`` with its statistics resolved, in ``dtype``."""
+def build_model(model_cfg: Mapping, statistics: Mapping, dtype: str = "auto") -> torch.nn.Module:
+    """The potential of ``model_cfg`` with its statistics resolved, in ``dtype`` (``"auto"``: the
+    class's :attr:`~mpnn_ip.models.base.Potential.default_dtype`)."""
     cls, kwargs = model_arguments(model_cfg, statistics)
-    target = resolve_dtype(dtype)
+    target = resolve_dtype(dtype) or getattr(cls, "default_dtype", torch.float32)
     return cls(**kwargs).to(target)
 
 

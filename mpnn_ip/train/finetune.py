@@ -215,11 +215,12 @@ def check_data_species(model_species: Sequence[int], data_species: Sequence[int]
 
 
 def pretrained_model(ckpt: Mapping, path, data_species: Sequence[int], dtype: str | None) -> Potential:
-    """The checkpoint's model with its weights, in ``dtype`` (None: the stored one); checks the data's species."""
+    """The checkpoint's model with its weights, in ``dtype`` (None or ``"auto"``: its class's
+    :attr:`~mpnn_ip.models.base.Potential.default_dtype`, as a new model of that class); checks the data's species."""
     model = model_from_metadata(ckpt["mpnn_ip"], path)
     load_weights(model, ckpt, path)
     check_data_species(model.species, data_species, path)
-    return model.to(resolve_dtype(dtype) or model.dtype)
+    return model.to(resolve_dtype(dtype) or type(model).default_dtype)
 
 
 @torch.no_grad()
