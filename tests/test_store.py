@@ -19,7 +19,7 @@ import torch
 from mpnn_ip.data import compute_statistics, default_dataset_path, read_dataset
 from mpnn_ip.data.store import MANIFEST, GraphStore
 from mpnn_ip.data.store_writer import write_store
-from mpnn_ip.data.streaming_statistics import StatisticsAccumulator
+from mpnn_ip.data.statistics import StatisticsAccumulator
 from mpnn_ip.errors import DataError
 
 pytest.importorskip("lightning")
@@ -72,7 +72,7 @@ def streamed_statistics(graphs, **options) -> dict:
     return accumulator.result(options.get("isolated"), species=options.get("species"))
 
 
-def test_streaming_statistics_equal_in_memory_statistics(frames_file):
+def test_frame_by_frame_statistics_equal_those_of_all_frames_in_one_pass(frames_file):
     graphs = read_dataset(frames_file)
     assert_same_statistics(streamed_statistics(graphs[:16]), compute_statistics(graphs[:16], R_MAX))
     copper = [g for g in graphs if set(g.atomic_numbers.tolist()) == {29}]  # one species: Au absent, E0 0

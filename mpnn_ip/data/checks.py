@@ -12,14 +12,13 @@ import hashlib
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from mpnn_ip.data.atomic_graph import AtomicGraph, collate
+from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.problems import Problem
 from mpnn_ip.data.reading import expand_paths, read_dataset
+from mpnn_ip.data.statistics import neighbour_counts
 from mpnn_ip.elements import symbols
 from mpnn_ip.errors import DataError
-from mpnn_ip.graph.radius import radius_graph_pbc
 
 #: Default outlier threshold: standard deviations of the per-atom energy residual. 8 is quiet on the
 #: reference sets (ab initio MD, the synthetic set) and flags only the most extreme of Ta's volume
@@ -142,7 +141,7 @@ def dataset_statistics(graphs: Sequence[AtomicGraph], r_max: float) -> dict:
             atoms_frames[0] += ni
             atoms_frames[1] += 1
     forces = [g.forces.numpy() for g in graphs if bool(g.has_forces)]
-    neighbours = _neighbour_counts(graphs, r_max)
+    neighbours = neighbour_counts(graphs, r_max)
     return {
         "frames": len(graphs),
         "atoms": {
@@ -160,21 +159,6 @@ def dataset_statistics(graphs: Sequence[AtomicGraph], r_max: float) -> dict:
             "max": int(neighbours.max()) if neighbours.size else 0,
         },
     }
-
-
-def _neighbour_counts(graphs: Sequence[AtomicGraph], r_max: float, chunk_atoms: int = 20000) -> np.ndarray:
-    """Number of neighbours within ``r_max`` (Å) of every atom of every frame, [total atoms] (batched radius graph)."""
-    counts, start = [], 0
-    while start < len(graphs):
-        stop, atoms = start, 0
-        while stop < len(graphs) and (stop == start or atoms + graphs[stop].num_atoms <= chunk_atoms):
-            atoms += graphs[stop].num_atoms
-            stop += 1
-        batch = collate(graphs[start:stop])
-        edge_index, _ = radius_graph_pbc(batch.pos, batch.cell, batch.pbc, batch.batch, float(r_max))
-        counts.append(torch.bincount(edge_index[0], minlength=batch.pos.shape[0]).numpy())
-        start = stop
-    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
 
 
 def _structure_hash(graph: AtomicGraph, decimals: int) -> bytes:

@@ -14,7 +14,7 @@ from mpnn_ip.data.datamodule import AtomicDataModule
 from mpnn_ip.data.reading import read_isolated_atom_energies
 from mpnn_ip.data.splits import split_indices
 from mpnn_ip.data.store import GraphStore
-from mpnn_ip.data.streaming_statistics import StatisticsAccumulator, num_edges
+from mpnn_ip.data.statistics import StatisticsAccumulator, edge_counts
 from mpnn_ip.elements import symbols
 from mpnn_ip.errors import ConfigError, DataError
 
@@ -95,7 +95,7 @@ class OnDiskDataModule(AtomicDataModule):
     The files were read, checked and stripped of bad frames by ``mpnn-preprocess`` (its reader
     settings and ``on_error``); :attr:`skipped_frames` lists those left out. Statistics are those of
     ``compute_statistics`` on the training split, computed from the store's per-frame summaries
-    (:mod:`mpnn_ip.data.streaming_statistics`) without reading graphs.
+    (:mod:`mpnn_ip.data.statistics`) without reading graphs.
     """
 
     def __init__(
@@ -171,7 +171,7 @@ class OnDiskDataModule(AtomicDataModule):
                 rows = chosen[start : start + len(summary["energy"])]
                 if self.r_max not in summary["num_edges"]:
                     counts = np.zeros(len(rows), dtype=np.int64)
-                    counts[rows] = [num_edges(self.store[start + i], self.r_max) for i in np.flatnonzero(rows)]
+                    counts[rows] = edge_counts([self.store[start + i] for i in np.flatnonzero(rows)], self.r_max)
                     summary["num_edges"][self.r_max] = counts
                 accumulator.add(summary, rows)
             e0s = read_isolated_atom_energies(self.isolated_atoms) if self.isolated_atoms is not None else None

@@ -175,7 +175,7 @@ class GraphStore:
         return changed
 
     def summaries(self):
-        """``(start, summary)`` per shard: the per-frame summary arrays (see :mod:`mpnn_ip.data.streaming_statistics`)."""
+        """``(start, summary)`` per shard: the per-frame summary arrays (see :mod:`mpnn_ip.data.statistics`)."""
         for shard in self.shards:
             yield shard["start"], load_summary(self.folder / shard["summary"])
 
@@ -217,7 +217,7 @@ def load_summary(path: Path) -> dict:
 
 
 def stack_summaries(rows: list[dict]) -> dict:
-    """One summary of many frames' rows (:func:`~mpnn_ip.data.streaming_statistics.frame_summary`)."""
+    """One summary of many frames' rows (:func:`~mpnn_ip.data.statistics.frame_summaries`)."""
     species = np.unique(np.concatenate([row["species"] for row in rows])) if rows else np.zeros(0, dtype=np.int64)
     counts = np.zeros((len(rows), len(species)), dtype=np.int64)
     for i, row in enumerate(rows):

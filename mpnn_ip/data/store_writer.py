@@ -33,7 +33,7 @@ from mpnn_ip.data.store import (
     FORMAT_NAME, FORMAT_VERSION, MANIFEST, SCHEMA, TABLE, GraphStore, graph_row, load_summary, read_manifest,
     save_summary, shard_name, stack_summaries, summary_name, version_problem,
 )
-from mpnn_ip.data.streaming_statistics import StatisticsAccumulator, frame_summary, num_edges
+from mpnn_ip.data.statistics import StatisticsAccumulator, edge_counts, frame_summaries
 from mpnn_ip.elements import atomic_numbers
 from mpnn_ip.errors import ConfigError, DataError
 
@@ -149,7 +149,7 @@ def add_neighbour_counts(folder, r_max: Sequence[float]) -> list[float]:
 
 
 def _counts(store: GraphStore, indices, r_max: float) -> np.ndarray:
-    return np.array([num_edges(store[i], r_max) for i in indices], dtype=np.int64)
+    return edge_counts([store[i] for i in indices], r_max)
 
 
 def _write(folder: Path, inputs: dict, settings: dict, fingerprints: dict, radii: list[float], shard_size: int) -> dict:
@@ -183,7 +183,7 @@ def _write(folder: Path, inputs: dict, settings: dict, fingerprints: dict, radii
                 if database is None:
                     shards.append({"file": shard_name(len(shards)), "summary": summary_name(len(shards)), "start": total, "count": 0})
                     database = SQLiteDatabase(str(folder / shards[-1]["file"]), TABLE, schema=SCHEMA)
-                summary = frame_summary(graph, radii)
+                summary = frame_summaries([graph], radii)
                 summaries.append(summary)
                 species.update(summary["species"].tolist())
                 if part == "train":
