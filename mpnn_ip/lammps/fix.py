@@ -128,10 +128,13 @@ class LammpsPotential:
         else:
             self.comm.send(local, dest=0, tag=MESSAGE_TAG)
             mine = _receive_sleeping(self.comm)
+        if not isinstance(mine, str):
+            try:
+                self._deliver(mine, nlocal, f)
+            except Exception as exc:  # noqa: BLE001 - an exception would be lost inside LAMMPS's call
+                mine = self._message(step, exc)
         if isinstance(mine, str):
             self._fail(step, mine, f)
-        else:
-            self._deliver(mine, nlocal, f)
         self.callback_seconds += time.perf_counter() - start
 
     def _local_atoms(self, nlocal: int, tag: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
