@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: install train test benchmark clean
+.PHONY: install train test docs benchmark clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +37,22 @@ train: install
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest -q tests $(ARGS)
 
+# The docs tools: the requirements of pyproject.toml's `docs` extra, without the package's own
+# dependencies (mkdocstrings reads the docstrings from the source files, it does not import mpnn_ip).
+DOCS_REQUIREMENTS = import sys; toml = __import__("tomllib" if sys.version_info >= (3, 11) else "pip._vendor.tomli", \
+	fromlist=["load"]); print("\n".join(toml.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))
+
+$(DOCS_STAMP): pyproject.toml | $(PY)
+	$(PY) -c '$(DOCS_REQUIREMENTS)' > $(VENV)/docs-requirements.txt
+	$(PIP) install -r $(VENV)/docs-requirements.txt
+	touch $(DOCS_STAMP)
+
+# The documentation site (mkdocs.yml, docs/) into site/; any warning fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 benchmark: install
 	$(PY) scripts/benchmark.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site

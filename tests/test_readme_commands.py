@@ -1,14 +1,16 @@
-"""Every command the README shows runs, in its smallest form.
+"""Every command the README and the docs show runs, in its smallest form.
 
-The commands are read from README.md's ```bash blocks (continuation lines joined, comments dropped),
-so a command added to the README is tested without touching this file. ``mpnn-train``, ``mpnn-eval``
-and ``mpnn-md`` commands run with overrides appended that make them smallest: one epoch, a few
-frames, the model family's ``_tiny`` preset, a few MD steps, the CPU when there is no GPU; a sweep
-keeps one job per model family and the first of other swept values. The
-README's example files (``my.xyz``, ``train.xyz``, ``e0.xyz``, ``dft.extxyz``, ``start.extxyz``, ...)
-are written by the test from the embedded Cu-Au EMT data; ``best.ckpt`` and paths with ``<date_time>``
-or ``...`` are the checkpoints of a first tiny ``experiment=quickstart`` run. Commands on the reference
-DFT data skip when it is absent. ``make`` targets and the Dockerfile are checked to exist, not run.
+The commands are read from the ```bash blocks of README.md and of every page of the documentation
+site (``docs/**/*.md``; continuation lines joined, comments dropped, a command shown on several pages
+run once), so a command added to the README or to a docs page is tested without touching this file.
+``mpnn-train``, ``mpnn-eval``, ``mpnn-md`` and ``mpnn-preprocess`` commands run with overrides appended
+that make them smallest: one epoch, a few frames, the model family's ``_tiny`` preset, a few MD steps,
+the CPU when there is no GPU; a sweep keeps one job per model family and the first of other swept
+values. The pages' example files (``my.xyz``, ``train.xyz``, ``e0.xyz``, ``dft.extxyz``,
+``start.extxyz``, ...) are written by the test from the embedded Cu-Au EMT data; ``best.ckpt`` and
+paths with ``<date_time>`` or ``...`` are the checkpoints of a first tiny ``experiment=quickstart``
+run. Commands on the reference DFT data skip when it is absent. ``make`` targets and the Dockerfile
+are checked to exist, not run; other programs are checked to be installed.
 
 All runs share one Python subprocess (imports once; the first training comes first).
 """
@@ -23,7 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -33,15 +35,17 @@ pytest.importorskip("lightning")
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+#: The pages whose commands are tested: the README, then the docs pages in file-name order.
+PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 SHARED_DATA = Path(os.environ.get("MPNN_IP_SHARED_DATA") or REPO.parent / "shared" / "data")
 #: Console scripts run in the subprocess, by the module whose ``main()`` they call.
 ENTRY_POINTS = {
     "mpnn-train": "mpnn_ip.cli.train", "mpnn-eval": "mpnn_ip.cli.evaluate", "mpnn-md": "mpnn_ip.cli.md",
     "mpnn-preprocess": "mpnn_ip.cli.preprocess",
 }
-#: Run folder of the first training (its checkpoints stand in for the README's).
+#: Run folder of the first training (its checkpoints stand in for the pages').
 FIRST_RUN = "outputs/quickstart/first_run"
-#: Frames of the README's example data files (its own-data training commands read these).
+#: Frames of the pages' example data files (their own-data training commands read these).
 NUM_FRAMES = 12
 #: Makes every training tiny: one epoch, a quiet CSV-logged run.
 TRAIN_SMALLEST = [
@@ -67,10 +71,12 @@ GLOB = "@glob:"
 
 @dataclass(frozen=True)
 class Command:
-    """One README command: its words (shell-split), and the environment assignments before them."""
+    """One command of a page: its words (shell-split), the environment assignments before them, and
+    the page that shows it (not part of its identity: the same command on two pages is one)."""
 
     words: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    source: str = field(default="", compare=False)
 
     @property
     def program(self) -> str:
@@ -89,7 +95,7 @@ class Command:
         return " ".join(shlex.quote(w) for w in self.words)
 
 
-def readme_commands(text: str) -> list[Command]:
+def readme_commands(text: str, source: str = "") -> list[Command]:
     """The commands of the ```bash blocks of ``text``: continuation lines joined, comments dropped."""
     commands = []
     for block in re.findall(r"^```bash[ \t]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
@@ -99,11 +105,21 @@ def readme_commands(text: str) -> list[Command]:
             while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
                 env.append(tuple(words.pop(0).split("=", 1)))
             if words:
-                commands.append(Command(tuple(words), tuple(env)))
+                commands.append(Command(tuple(words), tuple(env), source))
     return commands
 
 
-COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
+def page_commands(pages: list[Path], root: Path = REPO) -> list[Command]:
+    """The commands of ``pages`` in order, each once (where it is first shown, relative to ``root``)."""
+    commands = []
+    for page in pages:
+        for command in readme_commands(page.read_text(encoding="utf-8"), page.relative_to(root).as_posix()):
+            if command not in commands:
+                commands.append(command)
+    return commands
+
+
+COMMANDS = page_commands(PAGES)
 
 
 def _id(command: Command) -> str:
@@ -237,11 +253,11 @@ def _unresolved(node) -> dict:
     return OmegaConf.to_container(node, resolve=False)
 
 
-# ---------------------------------------------------------------- the README's example files
+# ---------------------------------------------------------------- the pages' example files
 
 
 def write_example_files(workdir: Path) -> None:
-    """The data files the README's commands name, from the embedded Cu-Au EMT data, in ``workdir``."""
+    """The data files the pages' commands name, from the embedded Cu-Au EMT data, in ``workdir``."""
     import ase.io
     from ase import Atoms
     from ase.calculators.emt import EMT
@@ -262,7 +278,7 @@ def write_example_files(workdir: Path) -> None:
         atom.calc = SinglePointCalculator(atom, energy=atom.get_potential_energy())
         isolated.append(atom)
     ase.io.write(workdir / "e0.xyz", isolated, format="extxyz")
-    dft = []  # labels under REF_* names, stress in GPa, as in the README's mpnn-eval example
+    dft = []  # labels under REF_* names, stress in GPa, as in the docs' mpnn-eval example
     for atoms in frames[-4:]:
         copy = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         copy.info["REF_energy"] = atoms.get_potential_energy()
@@ -327,9 +343,9 @@ class Runs:
 
 @pytest.fixture(scope="session")
 def readme_runs(tmp_path_factory) -> Runs:
-    """The first tiny training run, then every mpnn-* README command smallest, in one subprocess.
+    """The first tiny training run, then every mpnn-* command of the pages smallest, in one subprocess.
 
-    The first run is the README's own ``mpnn-train experiment=quickstart`` when it shows one.
+    The first run is the pages' own ``mpnn-train experiment=quickstart`` when they show one.
     """
     workdir = tmp_path_factory.mktemp("readme")
     write_example_files(workdir)
@@ -361,7 +377,7 @@ def readme_runs(tmp_path_factory) -> Runs:
     results_file = workdir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     if proc.returncode != 0 and not results:
-        raise AssertionError(f"the README runs did not start ({proc.returncode}):\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"the README and docs runs did not start ({proc.returncode}):\n{proc.stderr[-5000:]}")
     if first_index is not None:
         results[str(first_index)] = results.get("first")
     return Runs(workdir, results, skipped, proc.stdout, proc.stderr)
@@ -382,6 +398,18 @@ def test_extractor_joins_continuation_lines_and_drops_comments():
     commands = readme_commands(text)
     assert [c.words for c in commands] == [("mpnn-train", "a=1", "b=2"), ("mpnn-md", "c=3")]
     assert commands[1].env == (("WANDB_MODE", "offline"),)
+
+
+def test_commands_come_from_the_readme_and_the_docs_each_once(tmp_path):
+    assert README in PAGES and any(page.parent.name == "docs" for page in PAGES)
+    sources = {c.source for c in COMMANDS}
+    assert "README.md" in sources and any(s.startswith("docs/") for s in sources), sources
+    assert len(set(COMMANDS)) == len(COMMANDS)
+    first, second = tmp_path / "a.md", tmp_path / "b.md"
+    first.write_text("```bash\nmpnn-train x=1\n```\n")
+    second.write_text("```bash\nmpnn-train x=1   # again\nmpnn-md y=2\n```\n")
+    commands = page_commands([first, second], root=tmp_path)
+    assert [(c.words, c.source) for c in commands] == [(("mpnn-train", "x=1"), "a.md"), (("mpnn-md", "y=2"), "b.md")]
 
 
 def test_readme_shows_every_kind_of_command():
@@ -424,8 +452,8 @@ def test_readme_command_runs(index, readme_runs):
     if name in readme_runs.skipped:
         pytest.skip(readme_runs.skipped[name])
     result = readme_runs.results.get(name)
-    assert result is not None, f"{command} did not run (the subprocess stopped before it):\n{readme_runs.stderr[-3000:]}"
-    assert result["code"] == 0, f"{command}\nran as: {' '.join(result['argv'])}\n{readme_runs.output_of(result['name'])}"
+    assert result is not None, f"{command} ({command.source}) did not run (the subprocess stopped before it):\n{readme_runs.stderr[-3000:]}"
+    assert result["code"] == 0, f"{command} ({command.source})\nran as: {' '.join(result['argv'])}\n{readme_runs.output_of(result['name'])}"
 
 
 @pytest.mark.parametrize("index", NOT_RUN, ids=[_id(COMMANDS[k]) for k in NOT_RUN])
