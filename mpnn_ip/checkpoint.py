@@ -1,4 +1,5 @@
-"""The checkpoint format: its version, the ``ckpt["mpnn_ip"]`` metadata, reading and :func:`load_model`.
+"""The checkpoint format: its version, the ``ckpt["mpnn_ip"]`` metadata, reading, :func:`load_model`, and
+:func:`load_potential` (one checkpoint's model, or the committee of several, as ``mpnn-eval``/``mpnn-select`` take them).
 
 A checkpoint written by ``mpnn-train`` (a Lightning checkpoint) is self-contained:
 ``ckpt["mpnn_ip"]`` holds the model's registry name, its constructor arguments (recorded by
@@ -34,9 +35,9 @@ MODEL_PREFIX = "model."
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 __all__ = [
-    "DTYPES", "FORMAT_VERSION", "MODEL_PREFIX", "check_model_species", "checkpoint_metadata", "dtype_name",
-    "load_model", "model_from_metadata", "plain", "read_checkpoint", "registry_name", "resolve_device",
-    "resolve_dtype",
+    "DTYPES", "FORMAT_VERSION", "MODEL_PREFIX", "check_model_species", "checkpoint_metadata", "checkpoint_paths",
+    "dtype_name", "load_model", "load_potential", "model_from_metadata", "plain", "read_checkpoint", "registry_name",
+    "resolve_device", "resolve_dtype",
 ]
 
 
@@ -189,6 +190,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     model = model.to(device=resolve_device(device), dtype=resolve_dtype(dtype) or model.dtype)
     model.checkpoint_metadata = {k: v for k, v in meta.items() if k != "model_config"} | {"path": str(path)}
     return model.eval()
+
+
+def checkpoint_paths(spec) -> list[str]:
+    """The checkpoint files of a ``ckpt_path``/``ckpts`` setting: a path or a list of them, each
+    possibly a glob pattern (``outputs/sweep/*/checkpoints/best.ckpt``, matches sorted).
+
+    Raises:
+        DataError: a pattern that matches no file.
+    """
+    from mpnn_ip.data.reading import expand_paths
+
+    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    return [path for entry in entries for path in expand_paths(entry)]
+
+
+def load_potential(paths: list[str], device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
+    """The model of one checkpoint (:func:`load_model`), or the :class:`~mpnn_ip.models.committee.Committee`
+    (mean and spread of the members' predictions) of several; ``device`` and ``dtype`` as for :func:`load_model`."""
+    from mpnn_ip.models.committee import Committee
+
+    models = [load_model(path, device=device, dtype=dtype) for path in paths]
+    return models[0] if len(models) == 1 else Committee(models)
 
 
 def check_model_species(model: Potential, atomic_numbers, source: str) -> None:

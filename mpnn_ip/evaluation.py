@@ -325,6 +325,22 @@ def write_per_frame(results: Mapping, path: str | Path) -> Path:
     return path
 
 
+def write_predictions(results: Mapping, path: str | Path) -> Path:
+    """Write the arrays of :func:`evaluate`'s results as ``.npz``: ``<quantity>_<key>`` for each labelled
+    quantity (``energy_pred``, ``forces_ref``, ``stress_mask``, ...; units as in :func:`evaluate`) and
+    ``extra_<name>`` for the model's per-frame extra outputs (e.g. ``extra_energy_uncertainty``)."""
+    path = Path(path)
+    arrays = {}
+    for quantity in LABELLED_OUTPUTS:
+        for key, value in results.get(quantity, {}).items():
+            arrays[f"{quantity}_{key}"] = np.asarray(value)
+    for key, value in results["extra"].items():
+        arrays[f"extra_{key}"] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
 def error_vs_uncertainty_plot(results: Mapping, out_dir: str | Path, prefix: str = "") -> Path | None:
     """``{prefix}error_vs_uncertainty.png``: per frame, |energy error| vs ``energy_uncertainty`` and force
     RMSE vs mean ``forces_uncertainty`` (log axes, the line error = uncertainty dashed, Spearman ρ in

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """MD steps per second in LAMMPS (``mpnn_ip.lammps``, what ``mpnn-lammps`` runs) beside our ASE MD
-(``run_md``, what ``mpnn-md`` runs), with the same model, structure, skin and thread count.
+(``mpnn_ip.md.run_md``, what ``mpnn-md`` runs), with the same model, structure, skin and thread count.
 
 Fcc Cu (4 n³ atoms: 108 = 3³·4, 2,048 = 8³·4), 300 K, NVE, 1 fs. ``--warmup`` untimed steps, then
 ``--steps`` timed. Besides steps/s it prints the LAMMPS callback's overhead per step (gather, type
@@ -81,7 +81,7 @@ def time_lammps(atoms, model, args) -> dict:
 
 def time_ase(atoms, model, args) -> dict:
     from mpnn_ip import MPNNCalculator
-    from mpnn_ip.cli.md import run_md
+    from mpnn_ip.md import run_md
 
     calculator = MPNNCalculator(model, skin=args.skin, compile=args.compile)
     with tempfile.TemporaryDirectory() as folder:

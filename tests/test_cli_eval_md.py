@@ -146,7 +146,7 @@ def test_nvt_run_md_in_process_reaches_finite_temperatures(tmp_path):
     from ase.build import bulk
 
     from mpnn_ip.calculators import MPNNCalculator
-    from mpnn_ip.cli.md import run_md
+    from mpnn_ip.md import run_md
     from tiny_checkpoint import build_tiny_model
 
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)

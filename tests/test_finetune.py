@@ -9,7 +9,6 @@ checkpoint, with Ag in its species although no pretraining frame holds Ag. Every
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

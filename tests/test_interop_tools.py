@@ -104,7 +104,7 @@ def test_mpnn_md_runs_an_imported_model(imported, tmp_path):
     import ase.io
 
     from mpnn_ip.calculators import MPNNCalculator
-    from mpnn_ip.cli.md import run_md
+    from mpnn_ip.md import run_md
 
     _, ckpt_path = imported
     atoms = structures()[0]

@@ -2,7 +2,8 @@
 
 Layers, bottom to top: leaf modules (errors, elements, outputs, cpu_allocator) -> graph (pure tensor ops: radius
 graph, edge vectors, Verlet list) -> data (reading, checks, batching; may count neighbours with the
-graph layer) -> nn -> models -> checkpoint -> train, calculators, evaluation, export, torchsim, interop -> cli.
+graph layer) -> nn -> models -> checkpoint -> train, calculators, evaluation, export, torchsim, interop, lammps,
+md -> cli.
 Imports inside functions count too.
 """
 
@@ -17,7 +18,7 @@ PACKAGE = Path(mpnn_ip.__file__).parent
 LAYERS = {
     "errors": 0, "elements": 0, "outputs": 0, "cpu_allocator": 0,
     "graph": 1, "data": 2, "nn": 3, "models": 4, "checkpoint": 5,
-    "train": 6, "calculators": 6, "evaluation": 6, "export": 6, "torchsim": 6, "interop": 6, "lammps": 6, "cli": 7,
+    "train": 6, "calculators": 6, "evaluation": 6, "export": 6, "torchsim": 6, "interop": 6, "lammps": 6, "md": 6, "cli": 7,
 }
 
 

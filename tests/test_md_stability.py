@@ -22,7 +22,7 @@ from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from mpnn_ip.cli.md import StopConditions, run_md
+from mpnn_ip.md import StopConditions, run_md
 from mpnn_ip.errors import DataError, MDStopped
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,6 +33,7 @@ _OPTION = re.compile(r"^(?:data\.)?([A-Za-z_]\w*)=(.*)$", re.DOTALL)
 
 def parse_arguments(argv: list[str]) -> tuple[list[str], dict]:
     """(paths, options) of the command line; an unknown option is a ``ConfigError``."""
+    from mpnn_ip.cli.hydra_app import parse_value
     from mpnn_ip.errors import ConfigError
 
     known = _known_options()
@@ -42,7 +43,7 @@ def parse_arguments(argv: list[str]) -> tuple[list[str], dict]:
         if match is None or Path(arg).exists():
             paths.append(arg)
             continue
-        key, value = match.group(1), _parse_value(arg, match.group(1), match.group(2))
+        key, value = match.group(1), parse_value(arg, match.group(1), match.group(2))
         if key not in known:
             raise ConfigError(f"unknown option {key!r}; options: {', '.join(sorted(known))}")
         if key in PATH_KEYS:
@@ -125,18 +126,6 @@ def _known_options() -> set[str]:
     from mpnn_ip.cli.hydra_app import config_dir
 
     return set(OmegaConf.load(config_dir() / "data" / "extxyz.yaml")) - {"_target_", "defaults"} | {"report"}
-
-
-def _parse_value(arg: str, key: str, text: str):
-    """The value as Hydra parses it on the command line (``[Cu,Au]`` a list, ``null`` None, ``5.0`` a float)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from mpnn_ip.errors import ConfigError
-
-    try:
-        return OverridesParser.create().parse_override(f"{key}={text}").value()
-    except Exception as exc:  # noqa: BLE001 - Hydra's parser raises its own types
-        raise ConfigError(f"cannot parse {arg!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
 
 
 if __name__ == "__main__":

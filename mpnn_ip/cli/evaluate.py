@@ -18,18 +18,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 PROG = "mpnn-eval"
 
 
 def run_evaluation(cfg) -> dict:
     """The body of ``mpnn-eval`` for a composed config; returns the results of :func:`evaluate`."""
-    from mpnn_ip.checkpoint import check_model_species
+    from mpnn_ip.checkpoint import check_model_species, checkpoint_paths, load_potential
     from mpnn_ip.models.heads import select_head
     from mpnn_ip.data import read_dataset
     from mpnn_ip.evaluation import (
         error_vs_uncertainty_plot, evaluate, format_metrics_table, parity_plots, write_metrics, write_per_frame,
+        write_predictions,
     )
 
     out_dir = Path(str(cfg.out_dir))
@@ -44,44 +43,13 @@ def run_evaluation(cfg) -> dict:
     print(f"{PROG}: {results['num_frames']} frames, {results['num_atoms']} atoms from {path}")
     print(format_metrics_table(results["metrics"]))
     write_metrics(results, out_dir / "metrics.json", checkpoint=paths[0] if len(paths) == 1 else paths, data=str(path))
-    _write_predictions(results, out_dir / "predictions.npz")
+    write_predictions(results, out_dir / "predictions.npz")
     write_per_frame(results, out_dir / "per_frame.csv")
     plots = parity_plots(results, out_dir)
     uncertainty_plot = error_vs_uncertainty_plot(results, out_dir)
     also = f" and {uncertainty_plot.name}" if uncertainty_plot else ""
     print(f"{PROG}: wrote {out_dir / 'metrics.json'}, predictions.npz, per_frame.csv, {len(plots)} parity plot(s){also} to {out_dir}")
     return results
-
-
-def checkpoint_paths(spec) -> list[str]:
-    """The checkpoint files of a ``ckpt_path``/``ckpts`` setting: a path or a list of them, each
-    possibly a glob pattern (``outputs/sweep/*/checkpoints/best.ckpt``, matches sorted)."""
-    from mpnn_ip.data.reading import expand_paths
-
-    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    return [path for entry in entries for path in expand_paths(entry)]
-
-
-def load_potential(paths: list[str], device, dtype):
-    """The model of one checkpoint, or the :class:`~mpnn_ip.models.committee.Committee` of several."""
-    from mpnn_ip.checkpoint import load_model
-    from mpnn_ip.models.committee import Committee
-
-    models = [load_model(path, device=device, dtype=dtype) for path in paths]
-    return models[0] if len(models) == 1 else Committee(models)
-
-
-def _write_predictions(results: dict, path: Path) -> None:
-    from mpnn_ip.outputs import LABELLED_OUTPUTS
-
-    arrays = {}
-    for quantity in LABELLED_OUTPUTS:
-        for key, value in results.get(quantity, {}).items():
-            arrays[f"{quantity}_{key}"] = np.asarray(value)
-    for key, value in results["extra"].items():
-        arrays[f"extra_{key}"] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
 
 
 def _task(cfg) -> None:

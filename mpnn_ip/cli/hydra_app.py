@@ -19,6 +19,10 @@ API (what an entry point needs):
     The ``main()`` of the commands with plain ``key=value`` arguments (``mpnn-import``,
     ``mpnn-preprocess``, ``mpnn-check-data``): help, then the body under ``friendly_errors``.
 
+``parse_value(arg, key, text)``
+    The value of a plain ``key=value`` argument as Hydra parses it on the command line
+    (``mpnn-preprocess``, ``mpnn-check-data``).
+
 ``compose_config(config_name, overrides)``
     The composed config without running anything (tests, notebooks).
 
@@ -178,6 +182,18 @@ def plain_main(prog: str, usage: str, argv: Sequence[str] | None, body: Callable
         sys.exit(0 if argv else 2)
     with friendly_errors(prog):
         return body(argv)
+
+
+def parse_value(arg: str, key: str, text: str) -> Any:
+    """The value ``text`` of option ``key`` as Hydra parses it on the command line (``[Cu,Au]`` a list, ``null``
+    None, ``5.0`` a float, ``a.xyz`` a string); ``arg`` is the whole argument, named in the ``ConfigError`` for
+    text that does not parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(f"{key}={text}").value()
+    except Exception as exc:  # noqa: BLE001 - Hydra's parser raises its own types
+        raise ConfigError(f"cannot parse {arg!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = (), *, extra_search_dir: Path | None = None):

@@ -32,15 +32,14 @@ def parse_arguments(argv: list[str]) -> tuple[dict, dict]:
     """``(data options, own options)`` of the command line (the data config composed as for training)."""
     from omegaconf import OmegaConf
 
-    from mpnn_ip.cli.check_data import _parse_value
-    from mpnn_ip.cli.hydra_app import compose_config, to_container
+    from mpnn_ip.cli.hydra_app import compose_config, parse_value, to_container
     from mpnn_ip.errors import ConfigError
 
     own, overrides = {}, []
     for arg in argv:
         key = arg.split("=", 1)[0]
         if key in OWN_OPTIONS and "=" in arg:
-            own[key] = _parse_value(arg, key, arg.split("=", 1)[1])
+            own[key] = parse_value(arg, key, arg.split("=", 1)[1])
         else:
             overrides.append(arg)
     if not any(o.split("=", 1)[0] in ("data", "+data") for o in overrides):

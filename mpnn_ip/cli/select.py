@@ -40,8 +40,7 @@ SCORE_COLUMNS = ("frame", "num_atoms", "energy_uncertainty", "energy_uncertainty
 def run_selection(cfg) -> dict:
     """The body of ``mpnn-select`` for a composed config: ``{"scores" [frames], "selected" [n] pool
     indices (most uncertain first), "table": per-frame columns, "out", "scores_path"}``."""
-    from mpnn_ip.checkpoint import check_model_species
-    from mpnn_ip.cli.evaluate import checkpoint_paths, load_potential
+    from mpnn_ip.checkpoint import check_model_species, checkpoint_paths, load_potential
     from mpnn_ip.data.atomic_graph import AtomicGraph
     from mpnn_ip.data.reading import read_frames
     from mpnn_ip.errors import ConfigError

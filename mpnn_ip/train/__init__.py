@@ -7,7 +7,9 @@ Public names:
     ExponentialMovingAverage     EMA of the weights (validation, checkpoints, export)
     LinearWarmup, ReseedEveryEpoch   learning-rate warm-up; per-epoch seeding for exact resume
 
-The checkpoint format (metadata, reading, ``load_model``) is :mod:`mpnn_ip.checkpoint`.
+Setting up a run: :mod:`mpnn_ip.train.builders` (objects from the config), :mod:`mpnn_ip.train.model_source`
+(a new model, a continued checkpoint or a fine-tuned one: :mod:`mpnn_ip.train.finetune`), :mod:`mpnn_ip.train.resume`
+(``resume=<run dir>``). The checkpoint format (metadata, reading, ``load_model``) is :mod:`mpnn_ip.checkpoint`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Build the pieces of a training run from the composed Hydra config (``configs/train.yaml``).
 
 Each function takes the part of the config it needs and returns a built object; the CLI
-(:mod:`mpnn_ip.cli.train`) chains them. Statistics of the training split reach the model through
+(:mod:`mpnn_ip.cli.train`) and :mod:`mpnn_ip.train.model_source` chain them. Statistics of the training split reach the model through
 the config resolver ``${training_data_stats:NAME}`` named in each model's YAML (as NequIP's
 ``training_data_stats``), so a model takes only the statistics it uses: ``species`` (elements of
 the data), ``e0s`` (eV, isolated-atom or least-squares per-species energies),

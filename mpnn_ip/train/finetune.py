@@ -1,6 +1,6 @@
 """Fine-tuning: a new run that starts from the weights of a trained checkpoint (``finetune_from=<ckpt>``).
 
-What differs from a run from scratch (:func:`mpnn_ip.cli.train.fit` chains these steps):
+What differs from a run from scratch (:class:`mpnn_ip.train.model_source.ModelSource` chains these steps):
 
 * The model is the checkpoint's: rebuilt from its metadata and its weights loaded. Its architecture
   wins over ``model=``: :func:`use_checkpoint_architecture` writes the stored constructor arguments
@@ -221,6 +221,41 @@ def pretrained_model(ckpt: Mapping, path, data_species: Sequence[int], dtype: st
     load_weights(model, ckpt, path)
     check_data_species(model.species, data_species, path)
     return model.to(resolve_dtype(dtype) or type(model).default_dtype)
+
+
+def finetuned_model(cfg, pretrained: Mapping, datamodule, statistics: dict, settings: Mapping, heads=None):
+    """The model a new fine-tuning run trains, and the statistics its checkpoints store
+    (:func:`finetuned_statistics`).
+
+    The pretrained model of checkpoint dict ``pretrained`` (read from ``cfg.finetune_from``; in ``cfg.dtype``,
+    checked against the data's ``statistics["species"]``), with the new head in front for ``heads`` from
+    :func:`multihead_layout`, and E0 re-fitted on the training split of ``datamodule``
+    (:func:`refit_energy_references`; the new head's only) unless ``settings["refit_e0"]`` is false.
+    ``cfg.model`` records the model's arguments (E0, heads), so that ``config.yaml`` and ``resume=`` see the
+    model trained; rank 0 prints the E0 (eV) and where they came from.
+    """
+    from omegaconf import OmegaConf
+
+    from mpnn_ip.train.builders import is_global_zero
+
+    path = cfg.finetune_from
+    model = pretrained_model(pretrained, path, statistics["species"], cfg.dtype)
+    if heads is not None:
+        model = with_new_head(model, *heads)
+    source = "pretrained (finetune.refit_e0=false)"
+    if settings["refit_e0"]:
+        isolated = statistics["e0s"] if statistics.get("e0s_source") == "isolated_atoms" else None
+        on_gpu = str(cfg.trainer.get("accelerator", "cpu")) != "cpu" and torch.cuda.is_available()
+        graphs = datamodule.train_dataset.graphs
+        model, source = refit_energy_references(model, graphs, isolated, device="cuda" if on_gpu else "cpu")
+        cfg.model.e0s = OmegaConf.create(model.config["e0s"])
+    if heads is not None:  # config.yaml and resume= see the model with its heads
+        cfg.model = OmegaConf.create(model_config_node(pretrained["mpnn_ip"]["model_name"], model.config))
+    if is_global_zero():
+        e0s = ", ".join(f"{symbol} {e:+.4f}" for symbol, e in zip(symbols(model.species), model.head_e0s(0).values()))
+        new = "" if heads is None else f" of the new head {heads[0][0]!r} (heads {heads[0]}; replayed frames: {heads[0][heads[1]]!r})"
+        print(f"Fine-tuning {path}: E0 (eV){new} {e0s} [{source}]", flush=True)
+    return model, finetuned_statistics(statistics, model, source, path)
 
 
 @torch.no_grad()
