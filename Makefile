@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: install train test docs benchmark clean
+.PHONY: install train test lint format docs benchmark clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ train: install
 
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest -q tests $(ARGS)
+
+# Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites the files.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The docs tools: the requirements of pyproject.toml's `docs` extra, without the package's own
 # dependencies (mkdocstrings reads the docstrings from the source files, it does not import mpnn_ip).

@@ -14,8 +14,9 @@ dropping those retired arguments (:data:`RETIRED_ARGUMENTS`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -35,9 +36,21 @@ MODEL_PREFIX = "model."
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 __all__ = [
-    "DTYPES", "FORMAT_VERSION", "MODEL_PREFIX", "check_model_species", "checkpoint_metadata", "checkpoint_paths",
-    "dtype_name", "load_model", "load_potential", "model_from_metadata", "plain", "read_checkpoint", "registry_name",
-    "resolve_device", "resolve_dtype",
+    "DTYPES",
+    "FORMAT_VERSION",
+    "MODEL_PREFIX",
+    "check_model_species",
+    "checkpoint_metadata",
+    "checkpoint_paths",
+    "dtype_name",
+    "load_model",
+    "load_potential",
+    "model_from_metadata",
+    "plain",
+    "read_checkpoint",
+    "registry_name",
+    "resolve_device",
+    "resolve_dtype",
 ]
 
 
@@ -140,7 +153,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     for key in ("model_name", "model_config"):
         if key not in meta:
-            raise ConfigError(f"checkpoint {path} lacks mpnn_ip metadata {key!r}; it is incomplete, use another checkpoint.")
+            raise ConfigError(
+                f"checkpoint {path} lacks mpnn_ip metadata {key!r}; it is incomplete, use another checkpoint."
+            )
     if meta["format_version"] == 1:
         retired = RETIRED_ARGUMENTS.get(meta["model_name"], [])
         meta["model_config"] = {k: v for k, v in meta["model_config"].items() if k not in retired}
@@ -167,7 +182,9 @@ def model_from_metadata(meta: Mapping, path: str | Path) -> Potential:
     return model.to(DTYPES.get(meta.get("dtype", "float32"), torch.float32))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> Potential:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+) -> Potential:
     """The trained :class:`mpnn_ip.models.Potential` of checkpoint ``path``, in eval mode.
 
     Args:
@@ -234,7 +251,9 @@ def load_weights(model: Potential, ckpt: Mapping, path: str | Path) -> None:
     """
     state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     if not state:
-        raise ConfigError(f"checkpoint {path} has no model weights (no 'model.*' entries in its state_dict); use another checkpoint.")
+        raise ConfigError(
+            f"checkpoint {path} has no model weights (no 'model.*' entries in its state_dict); use another checkpoint."
+        )
     try:  # in the stored precision first: float64 weights copied into float32 tensors lose digits
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -58,9 +58,15 @@ def keep_tensor_buffers_in_heap() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+        _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        )
     except (OSError, AttributeError) as error:
         log.debug("mallopt unavailable (%s): glibc's malloc settings unchanged", error)
     if _applied:
-        log.debug("glibc malloc: blocks up to %d bytes from the heap, trim above %d bytes", MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
+        log.debug(
+            "glibc malloc: blocks up to %d bytes from the heap, trim above %d bytes",
+            MMAP_THRESHOLD_BYTES,
+            TRIM_THRESHOLD_BYTES,
+        )
     return _applied

@@ -5,7 +5,7 @@ Used by data reading, the models' ``species`` and ``e0s`` arguments, checkpoints
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from ase.data import atomic_numbers as _SYMBOL_TO_Z
 from ase.data import chemical_symbols

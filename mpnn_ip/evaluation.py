@@ -20,8 +20,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,10 @@ def evaluate(
     device = _model_device(model)
     collected: dict[str, dict[str, list]] = {}
     declared = getattr(model, "extra_outputs", {})
-    extras = {kind: [name for name, (per, _) in declared.items() if per == rows] for kind, rows in (("extra", "frame"), ("atom_extra", "atom"))}
+    extras = {
+        kind: [name for name, (per, _) in declared.items() if per == rows]
+        for kind, rows in (("extra", "frame"), ("atom_extra", "atom"))
+    }
     was_training = model.training
     model.eval()
     try:

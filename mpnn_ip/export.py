@@ -26,13 +26,19 @@ import contextlib
 import copy
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from mpnn_ip.calculators.exported import EXPORTED_INPUTS, EXPORTED_OUTPUTS, METADATA_NAME, ExportedModel, structure_inputs
+from mpnn_ip.calculators.exported import (
+    EXPORTED_INPUTS,
+    EXPORTED_OUTPUTS,
+    METADATA_NAME,
+    ExportedModel,
+    structure_inputs,
+)
 from mpnn_ip.errors import ConfigError
 
 #: Relative tolerance of the export-time parity check, per dtype.
@@ -120,7 +126,9 @@ def export_model(
             "data (frame sizes). Use MPNNCalculator.from_checkpoint for this model."
         )
     if getattr(model, "r_max", None) is None:
-        raise ConfigError(f"{type(model).__name__} has no r_max (cutoff, Å): the exported file needs it for its neighbour list")
+        raise ConfigError(
+            f"{type(model).__name__} has no r_max (cutoff, Å): the exported file needs it for its neighbour list"
+        )
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device} was asked for but CUDA is not available here; export with device=cpu")
@@ -187,7 +195,9 @@ def check_parity(eager: FlatPotential, exported, samples: Sequence) -> dict[str,
         for key in CHECKED_OUTPUTS:
             expected, got = reference[key], result[key].to(reference[key].device, reference[key].dtype)
             if got.shape != expected.shape:
-                raise ExportMismatch(f"exported {key} has shape {tuple(got.shape)}, the eager model's {tuple(expected.shape)} ({where})")
+                raise ExportMismatch(
+                    f"exported {key} has shape {tuple(got.shape)}, the eager model's {tuple(expected.shape)} ({where})"
+                )
             scale = float(expected.abs().max()) if expected.numel() else 0.0
             error = float((got - expected).abs().max()) / (scale if scale > 0 else 1.0) if expected.numel() else 0.0
             if not error <= rtol:  # also catches NaN
@@ -215,8 +225,13 @@ def _trace_and_export(flat: FlatPotential, example: dict[str, torch.Tensor]) -> 
     edges = torch.export.Dim("num_edges", min=1)
     frames = torch.export.Dim("num_frames", min=1)
     dims = {
-        "pos": {0: atoms}, "atomic_numbers": {0: atoms}, "cell": {0: frames}, "pbc": {0: frames},
-        "batch": {0: atoms}, "edge_index": {1: edges}, "cell_shifts": {0: edges},
+        "pos": {0: atoms},
+        "atomic_numbers": {0: atoms},
+        "cell": {0: frames},
+        "pbc": {0: frames},
+        "batch": {0: atoms},
+        "edge_index": {1: edges},
+        "cell_shifts": {0: edges},
     }
     return torch.export.export(traced, args, dynamic_shapes=tuple(dims[key] for key in EXPORTED_INPUTS), strict=False)
 

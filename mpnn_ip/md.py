@@ -88,7 +88,9 @@ def run_md(
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     if steps < 0 or temperature < 0 or friction < 0:
-        raise ConfigError(f"steps, temperature and friction must not be negative (got {steps}, {temperature}, {friction})")
+        raise ConfigError(
+            f"steps, temperature and friction must not be negative (got {steps}, {temperature}, {friction})"
+        )
     if not (min_distance >= 0 and max_energy_jump >= 0):
         raise ConfigError(
             f"min_distance and max_energy_jump must be >= 0 (0 = off), got {min_distance}, {max_energy_jump}"

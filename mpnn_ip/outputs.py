@@ -25,8 +25,9 @@ Only frames that carry the label (``has_energy`` / ``has_forces`` / ``has_stress
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 

@@ -30,8 +30,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from mpnn_ip.checkpoint import load_model, resolve_dtype
-from mpnn_ip.models.heads import select_head
 from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
+from mpnn_ip.models.heads import select_head
 
 
 class MPNNTorchSimModel(ModelInterface):
@@ -79,7 +79,9 @@ class MPNNTorchSimModel(ModelInterface):
         self._memory_scales_with = "n_atoms_x_density"
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNTorchSimModel":
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs
+    ) -> MPNNTorchSimModel:
         """The model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`); ``kwargs`` (e.g. ``head="pbe"``) go
         to the constructor."""
         return cls(load_model(path, device=device, dtype=dtype), **kwargs)

@@ -32,8 +32,15 @@ DEFAULT_BENCH_DIR = REPO.parent / "shared" / "bench"
 #: Matched sizes of the peers' "small" models (../shared/bench/README.md).
 SMALL_PRESETS = {
     "nequip": dict(num_layers=4, l_max=2, parity=True, num_features=32, radial_mlp=[64, 64], num_bessel=8, cutoff_p=6),
-    "mace": dict(num_interactions=2, hidden_irreps="64x0e+64x1o", max_ell=3, correlation=3, num_bessel=8,
-                 radial_mlp=[64, 64, 64], cutoff_p=5),
+    "mace": dict(
+        num_interactions=2,
+        hidden_irreps="64x0e+64x1o",
+        max_ell=3,
+        correlation=3,
+        num_bessel=8,
+        radial_mlp=[64, 64, 64],
+        cutoff_p=5,
+    ),
 }
 
 #: Peers' medians (s) on this project's 2-core CPU machine (nequip 0.19.1 / mace-torch 0.3.16 through
@@ -67,6 +74,7 @@ def make_adapter(model_name: str, device: str = "cpu", model_file: str | None = 
 
     class Ours(Adapter):
         code = "mpnn_ip"
+
         def __init__(self):
             self.model_name = f"{model_name}-s" if model_file is None else f"{model_name}-imported"
             self.model = None
@@ -111,8 +119,11 @@ def make_adapter(model_name: str, device: str = "cpu", model_file: str | None = 
         def end2end(self, frames, compute_stress):
             out = self.model(self.nl_inputs(frames), compute_forces=True, compute_stress=compute_stress)
             stress = out["stress"].detach().cpu().numpy() if compute_stress else None
-            return {"energy": out["energy"].detach().cpu().numpy(), "forces": out["forces"].detach().cpu().numpy(),
-                    "stress": stress}
+            return {
+                "energy": out["energy"].detach().cpu().numpy(),
+                "forces": out["forces"].detach().cpu().numpy(),
+                "stress": stress,
+            }
 
         def train_forward(self, batch):
             # The harness's loss targets live on the host; the copy back joins the graph (and syncs the GPU).
@@ -122,7 +133,13 @@ def make_adapter(model_name: str, device: str = "cpu", model_file: str | None = 
     return Ours()
 
 
-def harness_setup(model_name: str, workload_name: str, bench_dir: Path = DEFAULT_BENCH_DIR, threads: int = 2, system_malloc: bool = False):
+def harness_setup(
+    model_name: str,
+    workload_name: str,
+    bench_dir: Path = DEFAULT_BENCH_DIR,
+    threads: int = 2,
+    system_malloc: bool = False,
+):
     """``(bench_common, workload, adapter, model, batch)``: one of our small models on one harness
     workload, as the harness builds them (for scripts/profile_model.py and scripts/benchmark_flops.py)."""
     import torch
@@ -154,14 +171,34 @@ def run_one(args) -> int:
     harness_args = ["--workloads", args.workloads, "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     rc = bench_common.main(make_adapter(args.models, args.device, args.model_file), harness_args)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"code": "mpnn_ip", "model": f"{args.models}-s", "workload": args.workloads,
-                      "measurement": "peak_rss_mib", "value": peak_mib}), flush=True)
+    print(
+        json.dumps(
+            {
+                "code": "mpnn_ip",
+                "model": f"{args.models}-s",
+                "workload": args.workloads,
+                "measurement": "peak_rss_mib",
+                "value": peak_mib,
+            }
+        ),
+        flush=True,
+    )
     if args.device.startswith("cuda"):
         import torch
 
-        print(json.dumps({"code": "mpnn_ip", "model": f"{args.models}-s", "workload": args.workloads,
-                          "measurement": "peak_gpu_mib", "value": torch.cuda.max_memory_allocated() / 2**20,
-                          "device": torch.cuda.get_device_name()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "code": "mpnn_ip",
+                    "model": f"{args.models}-s",
+                    "workload": args.workloads,
+                    "measurement": "peak_gpu_mib",
+                    "value": torch.cuda.max_memory_allocated() / 2**20,
+                    "device": torch.cuda.get_device_name(),
+                }
+            ),
+            flush=True,
+        )
     return rc
 
 
@@ -176,21 +213,27 @@ def print_summary(records: list[dict], device: str = "cpu") -> None:
     wanted = "peak_gpu_mib" if on_gpu else "peak_rss_mib"
     memory = {(r["model"], r["workload"]): r["value"] for r in records if r.get("measurement") == wanted}
     params = {(r["model"], r["workload"]): r["n_params"] for r in records if "n_params" in r}
-    print(f"\n{'model':9s} {'workload':9s} {'measurement':18s} {'ours s':>9s} {'NequIP-s':>9s} {'MACE-s':>9s} "
-          f"{'peer/ours':>9s} {'params':>8s} {'peak MiB':>8s}")
+    print(
+        f"\n{'model':9s} {'workload':9s} {'measurement':18s} {'ours s':>9s} {'NequIP-s':>9s} {'MACE-s':>9s} "
+        f"{'peer/ours':>9s} {'params':>8s} {'peak MiB':>8s}"
+    )
     for (model, wl, meas), r in sorted(timing.items()):
         peers = None if on_gpu else PEER_SECONDS.get((wl, meas))
         peer_cols = f"{peers[0]:9.4f} {peers[1]:9.4f}" if peers else f"{'-':>9s} {'-':>9s}"
         matched = peers[0 if model.startswith("nequip") else 1] if peers else None
         ratio = f"{matched / r['median_s']:9.2f}" if matched else f"{'-':>9s}"
-        print(f"{model:9s} {wl:9s} {meas:18s} {r['median_s']:9.4f} {peer_cols} {ratio} "
-              f"{params.get((model, wl), 0):8d} {memory.get((model, wl), 0):8.0f}")
+        print(
+            f"{model:9s} {wl:9s} {meas:18s} {r['median_s']:9.4f} {peer_cols} {ratio} "
+            f"{params.get((model, wl), 0):8d} {memory.get((model, wl), 0):8.0f}"
+        )
     if on_gpu:
         devices = {r["device"] for r in records if "device" in r}
         print(f"\nDevice: {', '.join(sorted(devices)) or device}; 'peak MiB' = torch.cuda.max_memory_allocated.")
         return
-    print("\npeer/ours > 1: ours is faster than the matched peer (peer medians: PEER_SECONDS, measured on this "
-          "project's 2-core machine; on another machine rerun ../shared/bench/run_peers.sh for a same-run ratio).")
+    print(
+        "\npeer/ours > 1: ours is faster than the matched peer (peer medians: PEER_SECONDS, measured on this "
+        "project's 2-core machine; on another machine rerun ../shared/bench/run_peers.sh for a same-run ratio)."
+    )
 
 
 def main(argv=None) -> int:
@@ -203,7 +246,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-dir", type=Path, default=Path(os.environ.get("MPNN_IP_BENCH_DIR", DEFAULT_BENCH_DIR)))
     parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
     parser.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc settings as they are")
-    parser.add_argument("--model-file", default=None, help="one peer model file, imported (scripts/benchmark_import.py)")
+    parser.add_argument(
+        "--model-file", default=None, help="one peer model file, imported (scripts/benchmark_import.py)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not (args.bench_dir / "bench_common.py").is_file():
@@ -214,8 +259,21 @@ def main(argv=None) -> int:
     records, rc = [], 0
     for model in args.models.split(","):
         for wl in args.workloads.split(","):
-            cmd = [sys.executable, __file__, "--child", "--models", model, "--workloads", wl,
-                   "--threads", str(args.threads), "--bench-dir", str(args.bench_dir), "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--models",
+                model,
+                "--workloads",
+                wl,
+                "--threads",
+                str(args.threads),
+                "--bench-dir",
+                str(args.bench_dir),
+                "--device",
+                args.device,
+            ]
             cmd += (["--quick"] if args.quick else []) + (["--system-malloc"] if args.system_malloc else [])
             cmd += ["--model-file", args.model_file] if args.model_file else []
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)

@@ -68,8 +68,20 @@ def main(argv=None) -> int:
     seconds = statistics.median(times)
     gemm = sgemm_gflops(args.gemm)
     achieved = flops / seconds / 1e9
-    print(json.dumps(dict(model=f"{args.model}-s", workload=args.workload, threads=args.threads, gflop_per_call=flops / 1e9,
-                          seconds=seconds, achieved_gflops=achieved, sgemm_gflops=gemm, fraction_of_sgemm=achieved / gemm)))
+    print(
+        json.dumps(
+            dict(
+                model=f"{args.model}-s",
+                workload=args.workload,
+                threads=args.threads,
+                gflop_per_call=flops / 1e9,
+                seconds=seconds,
+                achieved_gflops=achieved,
+                sgemm_gflops=gemm,
+                fraction_of_sgemm=achieved / gemm,
+            )
+        )
+    )
     return 0
 
 

@@ -33,8 +33,11 @@ def copper(n_atoms: int, seed: int = 0):
     """Rattled fcc Cu (a = 3.61 Å) with n_atoms (a multiple of 4), repeats as cubic as possible."""
     cells = n_atoms // 4
     repeat = min(
-        ((a, b, cells // (a * b)) for a, b in itertools.product(range(1, 65), repeat=2)
-         if a <= b and cells % (a * b) == 0 and b <= cells // (a * b)),
+        (
+            (a, b, cells // (a * b))
+            for a, b in itertools.product(range(1, 65), repeat=2)
+            if a <= b and cells % (a * b) == 0 and b <= cells // (a * b)
+        ),
         key=lambda r: r[2] / r[0],
     )
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
@@ -62,8 +65,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--block-min-points", type=int, default=None,
-                        help="split frames with more points than this into spatial blocks")
+    parser.add_argument(
+        "--block-min-points", type=int, default=None, help="split frames with more points than this into spatial blocks"
+    )
     parser.add_argument("--skip-reference", action="store_true", help="time only our graph")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -81,8 +85,10 @@ def main(argv=None):
         cell = torch.tensor(atoms.cell.array, device=device)[None]
         pbc = torch.tensor(atoms.pbc, device=device)[None]
         batch = torch.zeros(len(atoms), dtype=torch.long, device=device)
-        run = lambda: radius_graph_pbc(pos, cell, pbc, batch, args.r_max,  # noqa: E731
-                                       _block_min_points=args.block_min_points)
+
+        def run():
+            return radius_graph_pbc(pos, cell, pbc, batch, args.r_max, _block_min_points=args.block_min_points)
+
         run()  # warm-up (allocator, kernel loading)
         ours_s, (edge_index, _) = best_time(run, args.repeats, device)
         sizes.append(len(atoms))
@@ -92,12 +98,13 @@ def main(argv=None):
             print(line)
             continue
         ase_s, (i, _, _) = best_time(
-            lambda: neighbor_list("ijS", atoms, args.r_max, self_interaction=False),
-            args.repeats, torch.device("cpu"))
+            lambda: neighbor_list("ijS", atoms, args.r_max, self_interaction=False), args.repeats, torch.device("cpu")
+        )
         line += f" {ase_s:>9.4f} {ase_s / ours_s:>9.2f}"
         if matscipy_neighbour_list is not None:
-            msp_s, _ = best_time(lambda: matscipy_neighbour_list("ijS", atoms, args.r_max),
-                                 args.repeats, torch.device("cpu"))
+            msp_s, _ = best_time(
+                lambda: matscipy_neighbour_list("ijS", atoms, args.r_max), args.repeats, torch.device("cpu")
+            )
             line += f" {msp_s:>11.4f} {msp_s / ours_s:>9.2f}"
         print(line + f"  {len(i) == edge_index.shape[1]}")
     if len(sizes) > 1:

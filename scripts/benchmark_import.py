@@ -40,14 +40,18 @@ def json_lines(command: list[str], env: dict | None = None) -> list[dict]:
 def peer_python(family: str, given: str | None) -> str:
     python = given or os.environ.get(f"{family.upper()}_PY") or str(PEERS / family / "bin" / "python")
     if not Path(python).exists():
-        raise SystemExit(f"no python for {family}: pass --{family}-python (a venv with {family}), or set {family.upper()}_PY")
+        raise SystemExit(
+            f"no python for {family}: pass --{family}-python (a venv with {family}), or set {family.upper()}_PY"
+        )
     return python
 
 
 def make_model(family: str, python: str, folder: Path) -> Path:
     path = folder / FILES[family]
     if not path.exists():
-        subprocess.run([python, str(REPO / "scripts" / "benchmark_import_peer.py"), f"make-{family}", str(folder)], check=True)
+        subprocess.run(
+            [python, str(REPO / "scripts" / "benchmark_import_peer.py"), f"make-{family}", str(folder)], check=True
+        )
     return path
 
 
@@ -56,18 +60,53 @@ def harness_rows(family: str, python: str, model_file: Path, args) -> list[dict]
     quick = ["--quick"] if args.quick else []
     rows = []
     for workload in args.workloads.split(","):
-        rows += json_lines([python, str(REPO / "scripts" / "benchmark_import_peer.py"), f"time-{family}", str(model_file),
-                            "--workloads", workload, "--threads", str(args.threads), *quick])
-        rows += json_lines([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--child", "--models", family,
-                            "--workloads", workload, "--threads", str(args.threads), "--model-file", str(model_file), *quick])
+        rows += json_lines(
+            [
+                python,
+                str(REPO / "scripts" / "benchmark_import_peer.py"),
+                f"time-{family}",
+                str(model_file),
+                "--workloads",
+                workload,
+                "--threads",
+                str(args.threads),
+                *quick,
+            ]
+        )
+        rows += json_lines(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "benchmark.py"),
+                "--child",
+                "--models",
+                family,
+                "--workloads",
+                workload,
+                "--threads",
+                str(args.threads),
+                "--model-file",
+                str(model_file),
+                *quick,
+            ]
+        )
     return rows
 
 
 def md_rows(family: str, python: str, model_file: Path, args) -> list[dict]:
-    common = ["--model-file", str(model_file), "--atoms", str(args.md_atoms), "--steps", str(args.md_steps),
-              "--threads", str(args.threads)]
+    common = [
+        "--model-file",
+        str(model_file),
+        "--atoms",
+        str(args.md_atoms),
+        "--steps",
+        str(args.md_steps),
+        "--threads",
+        str(args.threads),
+    ]
     script = str(REPO / "scripts" / "benchmark_md.py")
-    return json_lines([python, script, "--code", family, *common]) + json_lines([sys.executable, script, "--code", "ours", *common])
+    return json_lines([python, script, "--code", family, *common]) + json_lines(
+        [sys.executable, script, "--code", "ours", *common]
+    )
 
 
 def print_table(family: str, rows: list[dict], md: list[dict]) -> None:
@@ -83,7 +122,9 @@ def print_table(family: str, rows: list[dict], md: list[dict]) -> None:
     by_code = {r["code"]: r for r in md}
     if family in by_code and "ours" in by_code:
         theirs, ours = by_code[family]["steps_per_s"], by_code["ours"]["steps_per_s"]
-        print(f"{'md':10s} {'steps/s Cu ' + str(by_code['ours']['atoms']):18s} {theirs:10.3f} {ours:10.3f} {ours / theirs:14.2f}")
+        print(
+            f"{'md':10s} {'steps/s Cu ' + str(by_code['ours']['atoms']):18s} {theirs:10.3f} {ours:10.3f} {ours / theirs:14.2f}"
+        )
 
 
 def main(argv=None) -> int:

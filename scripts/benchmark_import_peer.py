@@ -40,12 +40,25 @@ def make_mace(out_dir: Path) -> Path:
     torch.manual_seed(0)
     interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     model = modules.ScaleShiftMACE(
-        r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3, interaction_cls=interaction,
-        interaction_cls_first=interaction, num_interactions=2, num_elements=len(FOUNDATION_ELEMENTS),
-        hidden_irreps=o3.Irreps("128x0e+128x1o"), MLP_irreps=o3.Irreps("16x0e"),
+        r_max=5.0,
+        num_bessel=8,
+        num_polynomial_cutoff=5,
+        max_ell=3,
+        interaction_cls=interaction,
+        interaction_cls_first=interaction,
+        num_interactions=2,
+        num_elements=len(FOUNDATION_ELEMENTS),
+        hidden_irreps=o3.Irreps("128x0e+128x1o"),
+        MLP_irreps=o3.Irreps("16x0e"),
         atomic_energies=np.random.default_rng(0).normal(-5.0, 2.0, len(FOUNDATION_ELEMENTS)),
-        avg_num_neighbors=30.0, atomic_numbers=FOUNDATION_ELEMENTS, correlation=3, gate=torch.nn.functional.silu,
-        radial_MLP=[64, 64, 64], atomic_inter_scale=[1.2], atomic_inter_shift=[0.1], use_reduced_cg=False,
+        avg_num_neighbors=30.0,
+        atomic_numbers=FOUNDATION_ELEMENTS,
+        correlation=3,
+        gate=torch.nn.functional.silu,
+        radial_MLP=[64, 64, 64],
+        atomic_inter_scale=[1.2],
+        atomic_inter_shift=[0.1],
+        use_reduced_cg=False,
     )
     path = out_dir / "mace_foundation.model"
     torch.save(model.eval(), path)
@@ -59,9 +72,19 @@ def make_nequip(out_dir: Path) -> Path:
     import make_interop_fixtures_nequip as fixtures
 
     options = dict(
-        type_names=NEQUIP_TYPES, num_layers=4, l_max=2, parity=True, num_features=32, radial_mlp_depth=2,
-        radial_mlp_width=64, per_type_energy_scales=1.0, per_type_energy_shifts=0.0, avg_num_neighbors=20.0,
-        model_dtype="float32", r_max=5.0, bessel_trainable=False,
+        type_names=NEQUIP_TYPES,
+        num_layers=4,
+        l_max=2,
+        parity=True,
+        num_features=32,
+        radial_mlp_depth=2,
+        radial_mlp_width=64,
+        per_type_energy_scales=1.0,
+        per_type_energy_shifts=0.0,
+        avg_num_neighbors=20.0,
+        model_dtype="float32",
+        r_max=5.0,
+        bessel_trainable=False,
     )
     with tempfile.TemporaryDirectory() as workdir:
         ckpt = fixtures.train("bench", options, Path(workdir))
@@ -72,11 +95,10 @@ def make_nequip(out_dir: Path) -> Path:
 
 def time_mace(model_file: str, harness_args: list[str]) -> int:
     sys.path.insert(0, str(BENCH_DIR))
+    import bench_common as bc
     import peers_mace
     import torch
     from mace import tools
-
-    import bench_common as bc
 
     class ImportedMACE(peers_mace.MACEAdapter):
         model_name = "mace-foundation"
@@ -94,11 +116,10 @@ def time_mace(model_file: str, harness_args: list[str]) -> int:
 
 def time_nequip(model_file: str, harness_args: list[str]) -> int:
     sys.path.insert(0, str(BENCH_DIR))
+    import bench_common as bc
     import peers_nequip
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
     from nequip.model.saved_models.load_utils import load_saved_model
-
-    import bench_common as bc
 
     class ImportedNequIP(peers_nequip.NequIPAdapter):
         model_name = "nequip-s"

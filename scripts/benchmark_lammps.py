@@ -55,7 +55,9 @@ def time_lammps(atoms, model, args) -> dict:
     if rank == 0:
         write(data, atoms, format="lammps-data", specorder=["Cu"], masses=True, velocities=True, units="metal")
     lmp = create_lammps(["-nocite", "-log", "none", "-screen", "none"], comm)
-    lmp.commands_string(f"units metal\nread_data {data}\nfix mpnn all external pf/callback 1 1\nfix nve all nve\ntimestep 0.001\nthermo {args.steps}")
+    lmp.commands_string(
+        f"units metal\nread_data {data}\nfix mpnn all external pf/callback 1 1\nfix nve all nve\ntimestep 0.001\nthermo {args.steps}"
+    )
     if rank == 0:
         shutil.rmtree(folder)
     potential = attach(lmp, model, skin=args.skin, compile=args.compile)
@@ -65,7 +67,10 @@ def time_lammps(atoms, model, args) -> dict:
     lmp.command(f"run {args.steps}")
     wall = time.perf_counter() - start
     calls = potential.calls - calls
-    model_seconds, callback_seconds = potential.model_seconds - model_seconds, potential.callback_seconds - callback_seconds
+    model_seconds, callback_seconds = (
+        potential.model_seconds - model_seconds,
+        potential.callback_seconds - callback_seconds,
+    )
     ranks = 1 if comm is None else comm.Get_size()
     lmp.close()
     return {
@@ -87,18 +92,31 @@ def time_ase(atoms, model, args) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         run_md(atoms, calculator, steps=args.warmup, out_dir=folder, log_interval=max(args.warmup, 1), temperature=300)
         summary = run_md(atoms, calculator, steps=args.steps, out_dir=folder, log_interval=args.steps, temperature=300)
-    return {"engine": "ase (mpnn-md)", "ranks": 1, "steps_per_second": summary["steps_per_second"], "graph_rebuild_fraction": summary.get("graph_rebuild_fraction")}
+    return {
+        "engine": "ase (mpnn-md)",
+        "ranks": 1,
+        "steps_per_second": summary["steps_per_second"],
+        "graph_rebuild_fraction": summary.get("graph_rebuild_fraction"),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", default=str(ROOT / "tests" / "data" / "quickstart_nequip_tiny.ckpt"), help="checkpoint (default: the quickstart NequIP)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 8], help="n of 4 n³ Cu atoms (default 3 8: 108 and 2,048)")
+    parser.add_argument(
+        "--ckpt",
+        default=str(ROOT / "tests" / "data" / "quickstart_nequip_tiny.ckpt"),
+        help="checkpoint (default: the quickstart NequIP)",
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[3, 8], help="n of 4 n³ Cu atoms (default 3 8: 108 and 2,048)"
+    )
     parser.add_argument("--engines", nargs="+", default=["lammps", "ase"], choices=["lammps", "ase"])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--skin", type=float, default=1.0)
-    parser.add_argument("--compile", default="false", help="torch.compile: false (default), auto, true (same for both engines)")
+    parser.add_argument(
+        "--compile", default="false", help="torch.compile: false (default), auto, true (same for both engines)"
+    )
     parser.add_argument("--dtype", default=None, help="float32 | float64 (default: the checkpoint's)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or None)
     args = parser.parse_args()
@@ -114,7 +132,14 @@ def main() -> None:
             model = load_model(args.ckpt, dtype=args.dtype)
             atoms = copper(repeat)
             row = (time_lammps if engine == "lammps" else time_ase)(atoms, model, args)
-            row = {"atoms": len(atoms), **row, "threads": torch.get_num_threads(), "dtype": str(model.dtype).removeprefix("torch."), "skin": args.skin, "steps": args.steps}
+            row = {
+                "atoms": len(atoms),
+                **row,
+                "threads": torch.get_num_threads(),
+                "dtype": str(model.dtype).removeprefix("torch."),
+                "skin": args.skin,
+                "steps": args.steps,
+            }
             if os.environ.get("PMI_RANK", "0") == "0":  # one line per run under mpiexec
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     sys.stdout.flush()

@@ -38,25 +38,68 @@ import numpy as np
 R_MAX = {"small": 5.0, "tiny": 4.5}
 #: ours: keyword arguments of mpnn_ip.models.build_model
 OURS = {
-    ("nequip", "small"): dict(num_layers=4, l_max=2, parity=True, num_features=32, radial_mlp=[64, 64], num_bessel=8, cutoff_p=6),
-    ("mace", "small"): dict(num_interactions=2, hidden_irreps="64x0e+64x1o", max_ell=3, correlation=3, num_bessel=8,
-                            radial_mlp=[64, 64, 64], cutoff_p=5),
+    ("nequip", "small"): dict(
+        num_layers=4, l_max=2, parity=True, num_features=32, radial_mlp=[64, 64], num_bessel=8, cutoff_p=6
+    ),
+    ("mace", "small"): dict(
+        num_interactions=2,
+        hidden_irreps="64x0e+64x1o",
+        max_ell=3,
+        correlation=3,
+        num_bessel=8,
+        radial_mlp=[64, 64, 64],
+        cutoff_p=5,
+    ),
     ("nequip", "tiny"): dict(num_layers=2, l_max=1, num_features=16, radial_mlp=[32]),
-    ("mace", "tiny"): dict(hidden_irreps="16x0e+16x1o", max_ell=2, correlation=2, radial_mlp=[32], mlp_readout_irreps="8x0e"),
+    ("mace", "tiny"): dict(
+        hidden_irreps="16x0e+16x1o", max_ell=2, correlation=2, radial_mlp=[32], mlp_readout_irreps="8x0e"
+    ),
 }
 #: NequIP 0.19.1: nequip.model.NequIPGNNModel arguments (as ../shared/bench/peers_nequip.py)
 NEQUIP = {
-    "small": dict(num_layers=4, l_max=2, parity=True, num_features=32, radial_mlp_depth=2, radial_mlp_width=64,
-                  num_bessels=8, polynomial_cutoff_p=6),
-    "tiny": dict(num_layers=2, l_max=1, parity=True, num_features=16, radial_mlp_depth=1, radial_mlp_width=32,
-                 num_bessels=8, polynomial_cutoff_p=6),
+    "small": dict(
+        num_layers=4,
+        l_max=2,
+        parity=True,
+        num_features=32,
+        radial_mlp_depth=2,
+        radial_mlp_width=64,
+        num_bessels=8,
+        polynomial_cutoff_p=6,
+    ),
+    "tiny": dict(
+        num_layers=2,
+        l_max=1,
+        parity=True,
+        num_features=16,
+        radial_mlp_depth=1,
+        radial_mlp_width=32,
+        num_bessels=8,
+        polynomial_cutoff_p=6,
+    ),
 }
 #: mace-torch 0.3.16: mace.modules.ScaleShiftMACE arguments (as ../shared/bench/peers_mace.py)
 MACE = {
-    "small": dict(num_interactions=2, hidden_irreps="64x0e+64x1o", max_ell=3, correlation=3, num_bessel=8,
-                  num_polynomial_cutoff=5, radial_MLP=[64, 64, 64], MLP_irreps="16x0e"),
-    "tiny": dict(num_interactions=2, hidden_irreps="16x0e+16x1o", max_ell=2, correlation=2, num_bessel=8,
-                 num_polynomial_cutoff=5, radial_MLP=[32], MLP_irreps="8x0e"),
+    "small": dict(
+        num_interactions=2,
+        hidden_irreps="64x0e+64x1o",
+        max_ell=3,
+        correlation=3,
+        num_bessel=8,
+        num_polynomial_cutoff=5,
+        radial_MLP=[64, 64, 64],
+        MLP_irreps="16x0e",
+    ),
+    "tiny": dict(
+        num_interactions=2,
+        hidden_irreps="16x0e+16x1o",
+        max_ell=2,
+        correlation=2,
+        num_bessel=8,
+        num_polynomial_cutoff=5,
+        radial_MLP=[32],
+        MLP_irreps="8x0e",
+    ),
 }
 
 
@@ -83,7 +126,9 @@ def ours_model(family: str, size: str, species=(29,), edge_chunk_size: int | Non
     from mpnn_ip.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(family, species=list(species), r_max=R_MAX[size], avg_num_neighbors=40.0, **OURS[(family, size)])
+    model = build_model(
+        family, species=list(species), r_max=R_MAX[size], avg_num_neighbors=40.0, **OURS[(family, size)]
+    )
     if edge_chunk_size is not None:
         model.set_edge_chunk_size(edge_chunk_size)
     return model.to(torch.float32).eval()
@@ -120,10 +165,21 @@ def nequip_calculator(args, atoms):
     if args.model_file:
         return NequIPCalculator._from_saved_model(args.model_file, device="cpu")
     set_global_state()
-    model = NequIPGNNModel(type_names=["Cu"], avg_num_neighbors=40.0, r_max=R_MAX[args.size], bessel_trainable=False,
-                           model_dtype="float32", seed=0, per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
-                           **NEQUIP[args.size]).eval()
-    transforms = [ChemicalSpeciesToAtomTypeMapper(model_type_names=["Cu"]), NeighborListTransform(r_max=R_MAX[args.size])]
+    model = NequIPGNNModel(
+        type_names=["Cu"],
+        avg_num_neighbors=40.0,
+        r_max=R_MAX[args.size],
+        bessel_trainable=False,
+        model_dtype="float32",
+        seed=0,
+        per_type_energy_scales=1.0,
+        per_type_energy_shifts=0.0,
+        **NEQUIP[args.size],
+    ).eval()
+    transforms = [
+        ChemicalSpeciesToAtomTypeMapper(model_type_names=["Cu"]),
+        NeighborListTransform(r_max=R_MAX[args.size]),
+    ]
     return NequIPCalculator(model, device="cpu", transforms=transforms)
 
 
@@ -137,13 +193,25 @@ def mace_model(size: str, atomic_numbers=(29,)):
     torch.set_default_dtype(torch.float32)
     hp = dict(MACE[size])
     return modules.ScaleShiftMACE(
-        r_max=R_MAX[size], num_bessel=hp.pop("num_bessel"), num_polynomial_cutoff=hp.pop("num_polynomial_cutoff"),
-        max_ell=hp.pop("max_ell"), interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        r_max=R_MAX[size],
+        num_bessel=hp.pop("num_bessel"),
+        num_polynomial_cutoff=hp.pop("num_polynomial_cutoff"),
+        max_ell=hp.pop("max_ell"),
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=hp.pop("num_interactions"), hidden_irreps=o3.Irreps(hp.pop("hidden_irreps")),
-        MLP_irreps=o3.Irreps(hp.pop("MLP_irreps")), atomic_energies=np.zeros(len(atomic_numbers)), avg_num_neighbors=40.0,
-        atomic_numbers=list(atomic_numbers), num_elements=len(atomic_numbers), correlation=hp.pop("correlation"), gate=torch.nn.functional.silu,
-        radial_MLP=hp.pop("radial_MLP"), atomic_inter_scale=1.0, atomic_inter_shift=0.0, use_reduced_cg=False,
+        num_interactions=hp.pop("num_interactions"),
+        hidden_irreps=o3.Irreps(hp.pop("hidden_irreps")),
+        MLP_irreps=o3.Irreps(hp.pop("MLP_irreps")),
+        atomic_energies=np.zeros(len(atomic_numbers)),
+        avg_num_neighbors=40.0,
+        atomic_numbers=list(atomic_numbers),
+        num_elements=len(atomic_numbers),
+        correlation=hp.pop("correlation"),
+        gate=torch.nn.functional.silu,
+        radial_MLP=hp.pop("radial_MLP"),
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
+        use_reduced_cg=False,
     )
 
 
@@ -162,27 +230,40 @@ def mace_calculator(args, atoms):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--code", choices=["ours", "nequip", "mace"], default="ours")
-    parser.add_argument("--model", choices=["nequip", "mace"], default=None, help="ours: which family (default: --code's)")
+    parser.add_argument(
+        "--model", choices=["nequip", "mace"], default=None, help="ours: which family (default: --code's)"
+    )
     parser.add_argument("--size", choices=sorted(R_MAX), default="tiny")
     parser.add_argument("--atoms", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--skin", type=float, default=1.0, help="ours: Verlet skin (Å); 0 = search the graph every step")
+    parser.add_argument(
+        "--skin", type=float, default=1.0, help="ours: Verlet skin (Å); 0 = search the graph every step"
+    )
     parser.add_argument("--edge-chunk-size", type=int, default=None, help="ours: edges per recomputed chunk (0 = off)")
-    parser.add_argument("--exported", action="store_true", help="ours: AOTInductor-compiled model (mpnn-export) instead of eager")
-    parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
-                        help="ours: torch.compile decided on the first step (mpnn_ip.models.compiled; auto: CPU from 1,000 atoms)")
+    parser.add_argument(
+        "--exported", action="store_true", help="ours: AOTInductor-compiled model (mpnn-export) instead of eager"
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="ours: torch.compile decided on the first step (mpnn_ip.models.compiled; auto: CPU from 1,000 atoms)",
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model-file", default=None,
-                        help="a mace-torch .model or NequIP .ckpt/.nequip.zip: its weights (ours: imported) instead of random ones")
+    parser.add_argument(
+        "--model-file",
+        default=None,
+        help="a mace-torch .model or NequIP .ckpt/.nequip.zip: its weights (ours: imported) instead of random ones",
+    )
     args = parser.parse_args(argv)
     args.model = args.model or ("nequip" if args.code == "ours" else args.code)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if args.code == "mace":  # e3nn 0.4.4 (mace-torch's pin) loads its constants with torch.load's old default
         os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     import torch
-    from ase.md.verlet import VelocityVerlet
     from ase import units
+    from ase.md.verlet import VelocityVerlet
 
     torch.set_num_threads(args.threads)
     atoms = copper(args.atoms)
@@ -192,12 +273,24 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     dynamics.run(args.steps)
     seconds = time.perf_counter() - start
-    record = dict(code=args.code, model=Path(args.model_file).name if args.model_file else f"{args.model}-{args.size}", atoms=len(atoms), steps=args.steps,
-                  threads=args.threads, steps_per_s=args.steps / seconds, s_per_step=seconds / args.steps,
-                  atom_steps_per_s=len(atoms) * args.steps / seconds, energy_eV=float(atoms.get_potential_energy()))
+    record = dict(
+        code=args.code,
+        model=Path(args.model_file).name if args.model_file else f"{args.model}-{args.size}",
+        atoms=len(atoms),
+        steps=args.steps,
+        threads=args.threads,
+        steps_per_s=args.steps / seconds,
+        s_per_step=seconds / args.steps,
+        atom_steps_per_s=len(atoms) * args.steps / seconds,
+        energy_eV=float(atoms.get_potential_energy()),
+    )
     neighbor_list = getattr(atoms.calc, "neighbor_list", None)
     if args.code == "ours":
-        record.update(skin=args.skin, graph_rebuild_fraction=getattr(neighbor_list, "rebuild_fraction", None), exported=args.exported)
+        record.update(
+            skin=args.skin,
+            graph_rebuild_fraction=getattr(neighbor_list, "rebuild_fraction", None),
+            exported=args.exported,
+        )
         decision = getattr(atoms.calc, "compile_decision", None)
         record["compile"] = None if decision is None else str(decision)
     print(json.dumps(record), flush=True)

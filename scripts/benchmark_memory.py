@@ -113,8 +113,9 @@ class OutsideSampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def run_training(epochs: int, model: str | None, run_dir: Path, extra: list[str], interval: float,
-                 threads: int | None = None) -> dict:
+def run_training(
+    epochs: int, model: str | None, run_dir: Path, extra: list[str], interval: float, threads: int | None = None
+) -> dict:
     """``mpnn-train experiment=quickstart`` for ``epochs`` epochs into ``run_dir``; wall time and outside samples."""
     args = [
         "experiment=quickstart",
@@ -133,8 +134,9 @@ def run_training(epochs: int, model: str | None, run_dir: Path, extra: list[str]
     log_path = run_dir / "benchmark_memory.log"
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE, *args], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD_CODE, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         sampler = OutsideSampler(proc.pid, interval)
         sampler.start()
         returncode = proc.wait()
@@ -151,16 +153,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=50, help="training epochs (default 50)")
     parser.add_argument("--model", default=None, help="model preset (default: the quickstart's, nequip_tiny)")
-    parser.add_argument("--warmup-epochs", type=int, default=10,
-                        help="epochs left out of the growth window (default 10: the window is epochs 10..50)")
-    parser.add_argument("--max-growth-mb", type=float, default=20.0,
-                        help="fail (exit 1) when slope x epochs over the window exceeds this (default 20 MB)")
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=10,
+        help="epochs left out of the growth window (default 10: the window is epochs 10..50)",
+    )
+    parser.add_argument(
+        "--max-growth-mb",
+        type=float,
+        default=20.0,
+        help="fail (exit 1) when slope x epochs over the window exceeds this (default 20 MB)",
+    )
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: a temporary one, removed)")
     parser.add_argument("--out", type=Path, default=None, help="write the curve and the numbers as JSON here")
     parser.add_argument("--every", type=int, default=5, help="print every N-th epoch of the curve (default 5)")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="outside RSS sampling period (s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OMP_NUM_THREADS of the training (default: inherited; 1 is faster on a busy machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of the training (default: inherited; 1 is faster on a busy machine)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra mpnn-train overrides (e.g. data.batch_size=8)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -168,8 +182,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mpnn_memory_") as tmp:
         run_dir = args.run_dir.resolve() if args.run_dir else Path(tmp) / "run"
-        run = run_training(args.epochs, args.model, run_dir, args.overrides, args.sample_interval,
-                           args.threads)
+        run = run_training(args.epochs, args.model, run_dir, args.overrides, args.sample_interval, args.threads)
         rss, peak = read_epoch_memory(run_dir / "metrics.csv")
         if len(rss) != args.epochs:  # stopped early (a signal, early stopping, max_time): not the run asked for
             tail = Path(run["log"]).read_text()[-3000:]
@@ -190,16 +203,22 @@ def main(argv=None) -> int:
     print(f"RSS at epoch {e}:{'':<14s}{stats['rss_end_mb']:9.1f} MB")
     print(f"range over epochs {s}-{e}:{'':<6s}{stats['window_min_mb']:9.1f} .. {stats['window_max_mb']:.1f} MB")
     print(f"slope over epochs {s}-{e}:{'':<6s}{stats['slope_mb_per_epoch']:9.3f} MB/epoch")
-    print(f"growth over last {span} epochs:{'':<3s}{stats['growth_mb']:9.1f} MB (end - start), "
-          f"{stats['fitted_growth_mb']:.1f} MB (slope x {span})")
+    print(
+        f"growth over last {span} epochs:{'':<3s}{stats['growth_mb']:9.1f} MB (end - start), "
+        f"{stats['fitted_growth_mb']:.1f} MB (slope x {span})"
+    )
     print(f"peak RSS (VmHWM):{'':<13s}{max(peak):9.1f} MB")
     if outside:
-        print(f"outside samples:{'':<14s}{len(outside):9d} (every {args.sample_interval:g} s; max {max(outside):.1f} MB, "
-              f"last {outside[-1]:.1f} MB)")
+        print(
+            f"outside samples:{'':<14s}{len(outside):9d} (every {args.sample_interval:g} s; max {max(outside):.1f} MB, "
+            f"last {outside[-1]:.1f} MB)"
+        )
     print(f"wall time:{'':<20s}{run['wall_s']:9.1f} s ({run['wall_s'] / len(rss):.2f} s/epoch incl. set-up and test)")
     verdict = "PASS" if passed else "FAIL"
-    print(f"\n{verdict}: growth {growth:.1f} MB (slope x {span}) over the last {span} epochs "
-          f"(limit {args.max_growth_mb:g} MB)")
+    print(
+        f"\n{verdict}: growth {growth:.1f} MB (slope x {span}) over the last {span} epochs "
+        f"(limit {args.max_growth_mb:g} MB)"
+    )
 
     if args.out:
         record = {

@@ -34,7 +34,12 @@ SHIFTED_EMT = {"Cu": (-3.70, 2.70, 2.60, 1.652, 2.740, 1.906, 0.00910)}
 REFERENCE_OFFSET = {29: -1.0}
 #: Slices of the embedded data: pretraining frames, and the held-out old frames that are replayed.
 PRETRAIN_FRAMES, REPLAY_FRAMES = slice(0, 240), slice(240, 300)
-QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test_after_fit=false"]
+QUIET = [
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "test_after_fit=false",
+]
 
 
 def old_frames(which: slice) -> list:
@@ -62,7 +67,9 @@ def new_frames(count: int, seed: int) -> list:
             atoms.positions += rng.normal(0.0, rng.uniform(0.03, 0.15), atoms.positions.shape)
             atoms.calc = emt.EMT()
             energy = atoms.get_potential_energy() + sum(REFERENCE_OFFSET[int(z)] for z in atoms.numbers)
-            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=atoms.get_forces(), stress=atoms.get_stress())
+            atoms.calc = SinglePointCalculator(
+                atoms, energy=energy, forces=atoms.get_forces(), stress=atoms.get_stress()
+            )
             frames.append(atoms)
     finally:
         emt.parameters.update(saved)
@@ -88,14 +95,34 @@ def mpnn_train(args: list[str], run_dir: Path) -> Path:
     return run_dir
 
 
-def finetune_args(pretrained: Path, new_file: Path, replay_file: Path, *, heads: bool, epochs: int, train_count: int,
-                  val_count: int, replay_fraction: float = 0.4, batch_size: int = 5) -> list[str]:
+def finetune_args(
+    pretrained: Path,
+    new_file: Path,
+    replay_file: Path,
+    *,
+    heads: bool,
+    epochs: int,
+    train_count: int,
+    val_count: int,
+    replay_fraction: float = 0.4,
+    batch_size: int = 5,
+) -> list[str]:
     """The ``mpnn-train`` arguments of one fine-tuning run (multi-head with ``heads``, else plain with replay)."""
     return [
-        f"finetune_from={pretrained}", "data=extxyz", f"data.train_path={new_file}", f"data.train_count={train_count}",
-        f"data.val_count={val_count}", "data.test_count=0", f"data.batch_size={batch_size}", "dtype=float32",
-        "optim.lr=0.005", f"trainer.max_epochs={epochs}", f"finetune.replay_path={replay_file}",
-        f"finetune.replay_fraction={replay_fraction}", *(["finetune.new_head=new"] if heads else []), *QUIET,
+        f"finetune_from={pretrained}",
+        "data=extxyz",
+        f"data.train_path={new_file}",
+        f"data.train_count={train_count}",
+        f"data.val_count={val_count}",
+        "data.test_count=0",
+        f"data.batch_size={batch_size}",
+        "dtype=float32",
+        "optim.lr=0.005",
+        f"trainer.max_epochs={epochs}",
+        f"finetune.replay_path={replay_file}",
+        f"finetune.replay_fraction={replay_fraction}",
+        *(["finetune.new_head=new"] if heads else []),
+        *QUIET,
     ]
 
 
@@ -107,7 +134,12 @@ def errors(model, frames: list, head: str | None = None) -> dict[str, float]:
     from mpnn_ip.models.heads import select_head
 
     model = select_head(model, head).eval()
-    batch = collate([AtomicGraph.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces()) for atoms in frames])
+    batch = collate(
+        [
+            AtomicGraph.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+            for atoms in frames
+        ]
+    )
     out = model(batch.to(model.e0.device))
     forces = (out["forces"].detach().double() - batch.forces).square().mean().sqrt()
     per_atom = (out["energy"].detach().double() - batch.energy) / torch.bincount(batch.batch)
@@ -134,8 +166,18 @@ def pretrain(folder: Path, epochs: int) -> Path:
     path = folder / "old_pretrain.xyz"
     ase.io.write(path, old_frames(PRETRAIN_FRAMES))
     run = mpnn_train(
-        ["model=mace_tiny", "data=extxyz", f"data.train_path={path}", "data.val_count=24", "data.test_count=0",
-         "data.batch_size=4", "dtype=float32", "optim.lr=0.01", f"trainer.max_epochs={epochs}", *QUIET],
+        [
+            "model=mace_tiny",
+            "data=extxyz",
+            f"data.train_path={path}",
+            "data.val_count=24",
+            "data.test_count=0",
+            "data.batch_size=4",
+            "dtype=float32",
+            "optim.lr=0.01",
+            f"trainer.max_epochs={epochs}",
+            *QUIET,
+        ],
         folder / "pretrain",
     )
     return run / "checkpoints" / "last.ckpt"
@@ -179,21 +221,46 @@ def main() -> None:
     ase.io.write(replay_file, replay)
     validation = validation_frames(new_file, args.train_count, args.val_count)
     base = load_model(pretrained)
-    records = [{"model": "pretrained", "head": None, "replay": errors(base, replay), "new_val": errors(base, validation)}]
+    records = [
+        {"model": "pretrained", "head": None, "replay": errors(base, replay), "new_val": errors(base, validation)}
+    ]
     for name, heads in (("plain_replay", False), ("multihead_replay", True)):
         start = time.perf_counter()
-        run = mpnn_train(finetune_args(pretrained, new_file, replay_file, heads=heads, epochs=args.epochs,
-                                       train_count=args.train_count, val_count=args.val_count), args.out / name)
+        run = mpnn_train(
+            finetune_args(
+                pretrained,
+                new_file,
+                replay_file,
+                heads=heads,
+                epochs=args.epochs,
+                train_count=args.train_count,
+                val_count=args.val_count,
+            ),
+            args.out / name,
+        )
         seconds = time.perf_counter() - start
         model = load_model(run / "checkpoints" / "last.ckpt")
         for head in model.heads:
-            records.append({"model": name, "head": head, "replay": errors(model, replay, head),
-                            "new_val": errors(model, validation, head), "fit_s": round(seconds, 1)})
+            records.append(
+                {
+                    "model": name,
+                    "head": head,
+                    "replay": errors(model, replay, head),
+                    "new_val": errors(model, validation, head),
+                    "fit_s": round(seconds, 1),
+                }
+            )
         if heads:
             au = errors(model, [atoms for atoms in replay if 79 in atoms.numbers][:4], "new")
-            records.append({"model": name, "head": "new", "au_frames_finite": all(np.isfinite(list(au.values()))),
-                            "au_e0": {h: model.head_e0s(k)[79] for k, h in enumerate(model.heads)},
-                            "pretrained_au_e0": base.head_e0s(0)[79]})
+            records.append(
+                {
+                    "model": name,
+                    "head": "new",
+                    "au_frames_finite": all(np.isfinite(list(au.values()))),
+                    "au_e0": {h: model.head_e0s(k)[79] for k, h in enumerate(model.heads)},
+                    "pretrained_au_e0": base.head_e0s(0)[79],
+                }
+            )
     for record in records:
         print(json.dumps(record))
 

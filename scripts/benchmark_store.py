@@ -72,7 +72,9 @@ def epoch(mode: str, data: Path, store: Path, r_max: float, batch_size: int, num
     if mode == "ondisk":
         module = OnDiskDataModule(store=str(store), batch_size=batch_size, num_workers=num_workers, r_max=r_max)
     else:
-        module = AtomicDataModule(train_path=str(data), batch_size=batch_size, num_workers=num_workers, r_max=r_max, outlier_sigma=None)
+        module = AtomicDataModule(
+            train_path=str(data), batch_size=batch_size, num_workers=num_workers, r_max=r_max, outlier_sigma=None
+        )
     module.setup()
     setup_s = time.perf_counter() - started
     after_setup = rss_mib()
@@ -82,10 +84,15 @@ def epoch(mode: str, data: Path, store: Path, r_max: float, batch_size: int, num
         highest = max(highest, rss_mib())
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {
-        "mode": mode, "setup_s": round(setup_s, 2), "epoch_frames": frames, "epoch_frames_per_s": round(frames / seconds, 1),
+        "mode": mode,
+        "setup_s": round(setup_s, 2),
+        "epoch_frames": frames,
+        "epoch_frames_per_s": round(frames / seconds, 1),
         "epoch_frames_per_cpu_s": round(frames / cpu, 1),
-        "rss_before_mib": round(before, 1), "rss_after_setup_mib": round(after_setup, 1),
-        "rss_max_during_epoch_mib": round(highest, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+        "rss_before_mib": round(before, 1),
+        "rss_after_setup_mib": round(after_setup, 1),
+        "rss_max_during_epoch_mib": round(highest, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
 
 
@@ -104,7 +111,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--replicate", type=int, default=1)
-    parser.add_argument("--mode", choices=("all", "ondisk", "memory"), default="all", help="internal: one epoch measurement")
+    parser.add_argument(
+        "--mode", choices=("all", "ondisk", "memory"), default="all", help="internal: one epoch measurement"
+    )
     parser.add_argument("--store", type=Path, help="internal: the store of --mode ondisk")
     args = parser.parse_args()
     data, store = args.workdir / f"frames_{args.frames}.xyz", args.workdir / f"store_{args.frames}"
@@ -137,17 +146,39 @@ def main() -> None:
     for suffix, folder in stores.items():
         graphs = GraphStore(folder)
         report(results, f"frames{suffix}", len(graphs))
-        for name, order in (("sequential", np.arange(len(graphs))), ("random", np.random.default_rng(0).permutation(len(graphs)))):
+        for name, order in (
+            ("sequential", np.arange(len(graphs))),
+            ("random", np.random.default_rng(0).permutation(len(graphs))),
+        ):
             started, cpu = time.perf_counter(), time.process_time()
             for i in order:
                 graphs[i]
             report(results, f"read_{name}_frames_per_s{suffix}", round(len(order) / (time.perf_counter() - started), 1))
             report(results, f"read_{name}_frames_per_cpu_s{suffix}", round(len(order) / (time.process_time() - cpu), 1))
-    runs = [("ondisk", store, ""), ("memory", store, ""), *(("ondisk", folder, suffix) for suffix, folder in stores.items() if suffix)]
+    runs = [
+        ("ondisk", store, ""),
+        ("memory", store, ""),
+        *(("ondisk", folder, suffix) for suffix, folder in stores.items() if suffix),
+    ]
     for mode, folder, suffix in runs:
-        command = [sys.executable, __file__, "--mode", mode, "--frames", str(args.frames), "--workdir", str(args.workdir),
-                   "--store", str(folder), "--r-max", str(args.r_max), "--batch-size", str(args.batch_size),
-                   "--num-workers", str(args.num_workers)]
+        command = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--frames",
+            str(args.frames),
+            "--workdir",
+            str(args.workdir),
+            "--store",
+            str(folder),
+            "--r-max",
+            str(args.r_max),
+            "--batch-size",
+            str(args.batch_size),
+            "--num-workers",
+            str(args.num_workers),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         report(results, f"epoch_{mode}{suffix}", json.loads(output.strip().splitlines()[-1]))
     print(json.dumps(results, indent=1))

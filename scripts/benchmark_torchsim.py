@@ -108,15 +108,30 @@ def main(argv=None) -> int:
             seconds = run_ase(lambda: MPNNCalculator(model, skin=args.skin), structures, args.steps)
     else:
         if args.mode != "torchsim":
-            raise SystemExit("--code mace times mace-torch's TorchSim model only (its ASE calculator: scripts/benchmark_md.py)")
+            raise SystemExit(
+                "--code mace times mace-torch's TorchSim model only (its ASE calculator: scripts/benchmark_md.py)"
+            )
         from mace.calculators.mace_torchsim import MaceTorchSimModel
 
         model = MaceTorchSimModel(mace_model(args.size, SPECIES), device=torch.device("cpu"), dtype=torch.float32)
         seconds = run_torchsim(model, structures, args.steps)
     n_atoms = sum(len(a) for a in structures)
-    print(json.dumps(dict(code=args.code, model=f"{family}-{args.size}", mode=args.mode, systems=len(structures), atoms=n_atoms,
-                          steps=args.steps, threads=args.threads, seconds=seconds, atom_steps_per_s=n_atoms * args.steps / seconds)),
-          flush=True)
+    print(
+        json.dumps(
+            dict(
+                code=args.code,
+                model=f"{family}-{args.size}",
+                mode=args.mode,
+                systems=len(structures),
+                atoms=n_atoms,
+                steps=args.steps,
+                threads=args.threads,
+                seconds=seconds,
+                atom_steps_per_s=n_atoms * args.steps / seconds,
+            )
+        ),
+        flush=True,
+    )
     return 0
 
 

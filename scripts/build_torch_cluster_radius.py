@@ -17,6 +17,7 @@ MAX_JOBS defaults to all cores. The wheel is copied to OUT_DIR (default ``.wheel
 
     python scripts/build_torch_cluster_radius.py [OUT_DIR] [--sdist PATH] [--cpu] [--trim-only DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 OP = "radius"
 
-INIT_PY = '''import importlib.machinery
+INIT_PY = """import importlib.machinery
 import os.path as osp
 
 import torch
@@ -68,7 +69,7 @@ if torch.version.cuda is not None and cuda_version != -1:  # pragma: no cover
 from .radius import radius, radius_graph  # noqa
 
 __all__ = ['radius', 'radius_graph', '__version__']
-'''
+"""
 
 
 def trim(src: Path, op: str = OP) -> None:
@@ -176,13 +177,30 @@ def main(argv=None) -> int:
         trim(top)
         set_version(top, local)
         wheel_dir = Path(tmp) / "wheel"
-        print(f"building torch_cluster 1.6.3+{local} (MAX_JOBS={env['MAX_JOBS']}, "
-              f"TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '-') if cuda else '-'}, "
-              f"torch {torch.__version__})", flush=True)
+        print(
+            f"building torch_cluster 1.6.3+{local} (MAX_JOBS={env['MAX_JOBS']}, "
+            f"TORCH_CUDA_ARCH_LIST={env.get('TORCH_CUDA_ARCH_LIST', '-') if cuda else '-'}, "
+            f"torch {torch.__version__})",
+            flush=True,
+        )
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                        "--no-build-isolation", "--no-deps", "-w", str(wheel_dir), str(top)],
-                       env=env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-build-isolation",
+                "--no-deps",
+                "-w",
+                str(wheel_dir),
+                str(top),
+            ],
+            env=env,
+            check=True,
+        )
         print(f"built in {time.perf_counter() - start:.0f} s", flush=True)
         (wheel,) = list(wheel_dir.glob("torch_cluster-*.whl"))
         shutil.copy2(wheel, out_dir / wheel.name)

@@ -88,9 +88,19 @@ VARIANTS = {
     ),
     "scaleshift_gaussian_agnesi_zbl": (
         "ScaleShiftMACE",
-        dict(radial_type="gaussian", distance_transform="Agnesi", pair_repulsion=True, max_ell=2, correlation=2, radial_MLP=[16, 16]),
+        dict(
+            radial_type="gaussian",
+            distance_transform="Agnesi",
+            pair_repulsion=True,
+            max_ell=2,
+            correlation=2,
+            radial_MLP=[16, 16],
+        ),
     ),
-    "plain_soft_zbl": ("MACE", dict(distance_transform="Soft", pair_repulsion=True, max_ell=2, correlation=2, radial_MLP=[16, 16])),
+    "plain_soft_zbl": (
+        "MACE",
+        dict(distance_transform="Soft", pair_repulsion=True, max_ell=2, correlation=2, radial_MLP=[16, 16]),
+    ),
     "multihead": (
         "ScaleShiftMACE",
         dict(
@@ -129,16 +139,27 @@ def structures() -> dict[str, ase.Atoms]:
     slab = ase.build.bulk("C", "diamond", a=3.57, cubic=True)
     slab.center(vacuum=4.0, axis=2)
     slab.pbc = (True, True, False)
-    slab += ase.Atoms("OH", positions=[slab.positions[slab.positions[:, 2].argmax()] + [0.3, 0.2, 1.3], [0.0, 0.0, 0.0]])
+    slab += ase.Atoms(
+        "OH", positions=[slab.positions[slab.positions[:, 2].argmax()] + [0.3, 0.2, 1.3], [0.0, 0.0, 0.0]]
+    )
     slab.positions[-1] = slab.positions[-2] + [0.7, 0.1, 0.6]
     slab.positions += rng.normal(0, 0.05, slab.positions.shape)
     cell = np.array([[3.3, 0.0, 0.0], [0.7, 3.1, 0.0], [0.5, -0.6, 3.4]])
     fractional = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.1], [0.25, 0.7, 0.6], [0.8, 0.2, 0.45], [0.1, 0.45, 0.8]])
-    triclinic = ase.Atoms("COHOH", scaled_positions=fractional + rng.normal(0, 0.02, fractional.shape), cell=cell, pbc=True)
+    triclinic = ase.Atoms(
+        "COHOH", scaled_positions=fractional + rng.normal(0, 0.02, fractional.shape), cell=cell, pbc=True
+    )
     lone = ase.Atoms("O", positions=[[0.1, 0.2, 0.3]])
     # pairs well inside the sum of covalent radii, where the ZBL repulsion and the distance transforms matter
     close = ase.Atoms("CCOH", positions=[[0.0, 0.0, 0.0], [1.05, 0.1, 0.0], [-0.3, 0.75, 0.2], [0.2, -0.45, 0.4]])
-    return {"molecule": molecule, "bulk": bulk, "slab": slab, "triclinic": triclinic, "lone_atom": lone, "close_contact": close}
+    return {
+        "molecule": molecule,
+        "bulk": bulk,
+        "slab": slab,
+        "triclinic": triclinic,
+        "lone_atom": lone,
+        "close_contact": close,
+    }
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
@@ -165,7 +186,9 @@ def build(kind: str, changes: dict, seed: int) -> torch.nn.Module:
     kwargs = {**BASE, **changes}
     if kind == "ScaleShiftMACE":
         heads = kwargs.get("heads") or ["Default"]
-        model = modules.ScaleShiftMACE(atomic_inter_scale=[1.0] * len(heads), atomic_inter_shift=[0.0] * len(heads), **kwargs)
+        model = modules.ScaleShiftMACE(
+            atomic_inter_scale=[1.0] * len(heads), atomic_inter_shift=[0.0] * len(heads), **kwargs
+        )
     else:
         model = modules.MACE(**kwargs)
     randomise(model, seed)

@@ -41,53 +41,85 @@ BIN = Path(sys.executable).parent
 VARIANTS = {
     "nequip_s": dict(
         type_names=["H", "C", "O"],
-        num_layers=4, l_max=2, parity=True, num_features=4,
-        radial_mlp_depth=2, radial_mlp_width=64,
+        num_layers=4,
+        l_max=2,
+        parity=True,
+        num_features=4,
+        radial_mlp_depth=2,
+        radial_mlp_width=64,
         per_type_energy_scales={"H": 0.7, "C": 1.3, "O": 0.9},
         per_type_energy_shifts={"H": -3.1, "C": -7.4, "O": -5.2},
-        per_type_energy_scales_trainable=True, per_type_energy_shifts_trainable=True,
+        per_type_energy_scales_trainable=True,
+        per_type_energy_shifts_trainable=True,
         avg_num_neighbors=7.3,
     ),
     "parity_false_l1": dict(
         type_names=["C", "O"],
-        num_layers=2, l_max=1, parity=False, num_features=6,
-        radial_mlp_depth=1, radial_mlp_width=12,
-        per_type_energy_scales=1.7, per_type_energy_shifts=-2.5,
+        num_layers=2,
+        l_max=1,
+        parity=False,
+        num_features=6,
+        radial_mlp_depth=1,
+        radial_mlp_width=12,
+        per_type_energy_scales=1.7,
+        per_type_energy_shifts=-2.5,
         avg_num_neighbors=3.1,
     ),
     "l3_one_layer": dict(
         type_names=["oxy", "hyd"],
         elements=["O", "H"],
-        num_layers=1, l_max=3, parity=True, num_features=3,
-        radial_mlp_depth=3, radial_mlp_width=8,
-        per_type_energy_scales={"hyd": 0.5, "oxy": 2.0}, per_type_energy_shifts={"hyd": 0.3, "oxy": -1.1},
+        num_layers=1,
+        l_max=3,
+        parity=True,
+        num_features=3,
+        radial_mlp_depth=3,
+        radial_mlp_width=8,
+        per_type_energy_scales={"hyd": 0.5, "oxy": 2.0},
+        per_type_energy_shifts={"hyd": 0.3, "oxy": -1.1},
         avg_num_neighbors=11.0,
     ),
     "five_layers_extras": dict(
         type_names=["O", "H", "C"],
-        num_layers=5, l_max=1, parity=True, num_features=[5, 3],
+        num_layers=5,
+        l_max=1,
+        parity=True,
+        num_features=[5, 3],
         type_embed_num_features=7,
-        radial_mlp_depth=1, radial_mlp_width=10,
-        readout_mlp_hidden_layers_depth=2, readout_mlp_hidden_layers_width=6,
+        radial_mlp_depth=1,
+        radial_mlp_width=10,
+        readout_mlp_hidden_layers_depth=2,
+        readout_mlp_hidden_layers_width=6,
         convnet_resnet=True,
-        per_type_energy_scales=1.2, per_type_energy_shifts={"H": -1.0, "C": -2.0, "O": -3.0},
-        per_type_energy_scales_trainable=True, per_type_energy_shifts_trainable=True,
+        per_type_energy_scales=1.2,
+        per_type_energy_shifts={"H": -1.0, "C": -2.0, "O": -3.0},
+        per_type_energy_scales_trainable=True,
+        per_type_energy_shifts_trainable=True,
         avg_num_neighbors=5.5,
     ),
     "zbl_three_layers": dict(
         type_names=["C", "H"],
-        num_layers=3, l_max=1, parity=True, num_features=4,
-        radial_mlp_depth=1, radial_mlp_width=8,
-        per_type_energy_scales={"C": 0.8, "H": 0.4}, per_type_energy_shifts={"C": -4.0, "H": -1.5},
+        num_layers=3,
+        l_max=1,
+        parity=True,
+        num_features=4,
+        radial_mlp_depth=1,
+        radial_mlp_width=8,
+        per_type_energy_scales={"C": 0.8, "H": 0.4},
+        per_type_energy_shifts={"C": -4.0, "H": -1.5},
         avg_num_neighbors=4.2,
         pair_potential={"_target_": "nequip.nn.pair_potential.ZBL", "units": "metal", "chemical_species": ["C", "H"]},
     ),
     "ema_per_type_neighbors": dict(
         ema_decay=0.5,
         type_names=["O", "C"],
-        num_layers=2, l_max=2, parity=False, num_features=4,
-        radial_mlp_depth=1, radial_mlp_width=8,
-        per_type_energy_scales={"O": 1.1, "C": 0.6}, per_type_energy_shifts={"O": -2.0, "C": -3.3},
+        num_layers=2,
+        l_max=2,
+        parity=False,
+        num_features=4,
+        radial_mlp_depth=1,
+        radial_mlp_width=8,
+        per_type_energy_scales={"O": 1.1, "C": 0.6},
+        per_type_energy_shifts={"O": -2.0, "C": -3.3},
         per_type_energy_scales_trainable=True,
         avg_num_neighbors={"O": 2.5, "C": 6.0},
     ),
@@ -197,14 +229,27 @@ def train_config(workdir: Path, model: dict, mapping: dict | None, ema_decay: fl
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "callbacks": [
-                {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": str(workdir / "ckpt"), "save_last": True}
+                {
+                    "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "dirpath": str(workdir / "ckpt"),
+                    "save_last": True,
+                }
             ],
         },
         "training_module": {
-            "_target_": "nequip.train.NequIPLightningModule" if ema_decay is None else "nequip.train.EMALightningModule",
+            "_target_": "nequip.train.NequIPLightningModule"
+            if ema_decay is None
+            else "nequip.train.EMALightningModule",
             **({} if ema_decay is None else {"ema_decay": ema_decay}),
-            "loss": {"_target_": "nequip.train.EnergyForceLoss", "per_atom_energy": True, "coeffs": {"total_energy": 1.0, "forces": 1.0}},
-            "val_metrics": {"_target_": "nequip.train.EnergyForceMetrics", "coeffs": {"total_energy_mae": 1.0, "forces_mae": 1.0}},
+            "loss": {
+                "_target_": "nequip.train.EnergyForceLoss",
+                "per_atom_energy": True,
+                "coeffs": {"total_energy": 1.0, "forces": 1.0},
+            },
+            "val_metrics": {
+                "_target_": "nequip.train.EnergyForceMetrics",
+                "coeffs": {"total_energy_mae": 1.0, "forces_mae": 1.0},
+            },
             "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.05},
             "model": model,
         },
@@ -223,7 +268,9 @@ def train(name: str, options: dict, workdir: Path) -> Path:
     training_data(workdir / "train.xyz", elements_of(options))
     with open(workdir / "config.yaml", "w") as f:
         yaml.safe_dump(train_config(workdir, model, type_map(options), options.get("ema_decay")), f)
-    run([str(BIN / "nequip-train"), "-cp", str(workdir), "-cn", "config", f"hydra.run.dir={workdir / 'hydra'}"], workdir)
+    run(
+        [str(BIN / "nequip-train"), "-cp", str(workdir), "-cn", "config", f"hydra.run.dir={workdir / 'hydra'}"], workdir
+    )
     return workdir / "ckpt" / "last.ckpt"
 
 
@@ -238,16 +285,18 @@ def strip_optimizer(ckpt: Path, out: Path) -> None:
 
 
 def reference_outputs(model, options: dict) -> dict:
+    from ase.stress import voigt_6_to_full_3x3_stress
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
     from nequip.integrations.ase import NequIPCalculator
-    from ase.stress import voigt_6_to_full_3x3_stress
 
     model.eval()
     calc = NequIPCalculator(
         model,
         device="cpu",
         transforms=[
-            ChemicalSpeciesToAtomTypeMapper(model_type_names=options["type_names"], chemical_species_to_atom_type_map=type_map(options)),
+            ChemicalSpeciesToAtomTypeMapper(
+                model_type_names=options["type_names"], chemical_species_to_atom_type_map=type_map(options)
+            ),
             NeighborListTransform(r_max=R_MAX),
         ],
     )
@@ -297,7 +346,12 @@ def main(out_dir: str) -> None:
             set_global_state()
             torch.set_default_dtype(torch.float64)
             model = ModelFromCheckpoint(str(ckpt))["sole_model"]
-            reference = {"variant": name, "options": options, "source": f"{name}.ckpt", "structures": reference_outputs(model, options)}
+            reference = {
+                "variant": name,
+                "options": options,
+                "source": f"{name}.ckpt",
+                "structures": reference_outputs(model, options),
+            }
             xz(ckpt, out / f"{name}.ckpt.xz")
             with open(out / f"{name}.reference.json", "w") as f:
                 json.dump(reference, f)
@@ -308,7 +362,12 @@ def main(out_dir: str) -> None:
                 from nequip.model import ModelFromPackage
 
                 packaged = ModelFromPackage(str(package))["sole_model"]
-                reference = {"variant": name, "options": options, "source": f"{name}.nequip.zip", "structures": reference_outputs(packaged, options)}
+                reference = {
+                    "variant": name,
+                    "options": options,
+                    "source": f"{name}.nequip.zip",
+                    "structures": reference_outputs(packaged, options),
+                }
                 xz(package, out / f"{name}.nequip.zip.xz")
                 with open(out / f"{name}.package_reference.json", "w") as f:
                     json.dump(reference, f)

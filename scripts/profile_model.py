@@ -57,8 +57,10 @@ def main(argv=None) -> int:
         def step():  # the harness's training step (bench_common.main)
             optimizer.zero_grad(set_to_none=True)
             energy, forces = adapter.train_forward(batch)
-            loss = bc.ENERGY_LOSS_WEIGHT * ((energy.reshape(-1) - energy_ref) / n_per_frame).square().mean() \
+            loss = (
+                bc.ENERGY_LOSS_WEIGHT * ((energy.reshape(-1) - energy_ref) / n_per_frame).square().mean()
                 + bc.FORCE_LOSS_WEIGHT * (forces - forces_ref).square().mean()
+            )
             loss.backward()
             optimizer.step()
 
@@ -68,7 +70,11 @@ def main(argv=None) -> int:
             step()
     print(f"# {args.model}-s {args.workload} {args.measurement}: {args.repeats} calls, {args.threads} threads")
     averages = prof.key_averages(group_by_input_shape=args.shapes)
-    print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40, max_shapes_column_width=60))
+    print(
+        averages.table(
+            sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40, max_shapes_column_width=60
+        )
+    )
     if args.trace:
         prof.export_chrome_trace(args.trace)
     return 0

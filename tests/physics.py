@@ -12,7 +12,7 @@ the ratio defined when a quantity vanishes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ def model_inputs(structures: Atoms | Sequence[Atoms]) -> dict[str, torch.Tensor]
     return to_inputs(collate([AtomicGraph.from_atoms(a) for a in frames]))
 
 
-def evaluate(model, structures: Atoms | Sequence[Atoms], *, compute_forces: bool = True, compute_stress: bool = True) -> dict[str, torch.Tensor]:
+def evaluate(
+    model, structures: Atoms | Sequence[Atoms], *, compute_forces: bool = True, compute_stress: bool = True
+) -> dict[str, torch.Tensor]:
     """Model outputs (energy [B], node_energy [N], forces [N,3], stress/virial [B,3,3]) as detached float64."""
     out = model(model_inputs(structures), compute_forces=compute_forces, compute_stress=compute_stress)
     return {key: value.detach().to(torch.float64) for key, value in out.items()}
@@ -65,14 +67,32 @@ def assert_close(actual, expected, *, rtol: float, what: str, structure: str, fl
         raise AssertionError(f"{what} of structure {structure!r}: relative error {error:.3e} > tolerance {rtol:.1e}")
 
 
-def assert_outputs_close(actual: dict, expected: dict, *, rtol: float, what: str, structure: str, floor: float = FLOOR) -> None:
+def assert_outputs_close(
+    actual: dict, expected: dict, *, rtol: float, what: str, structure: str, floor: float = FLOOR
+) -> None:
     """Compare energy (scaled by Σ|node energies|), node energies, forces, and stress/virial where present."""
     energy_scale = max(float(expected["node_energy"].abs().sum()), floor)
-    assert_close(actual["energy"], expected["energy"], rtol=rtol, what=f"energy ({what})", structure=structure, floor=energy_scale)
-    assert_close(actual["node_energy"], expected["node_energy"], rtol=rtol, what=f"node energies ({what})", structure=structure, floor=floor)
+    assert_close(
+        actual["energy"],
+        expected["energy"],
+        rtol=rtol,
+        what=f"energy ({what})",
+        structure=structure,
+        floor=energy_scale,
+    )
+    assert_close(
+        actual["node_energy"],
+        expected["node_energy"],
+        rtol=rtol,
+        what=f"node energies ({what})",
+        structure=structure,
+        floor=floor,
+    )
     for key in ("forces", "stress", "virial"):
         if key in expected:
-            assert_close(actual[key], expected[key], rtol=rtol, what=f"{key} ({what})", structure=structure, floor=floor)
+            assert_close(
+                actual[key], expected[key], rtol=rtol, what=f"{key} ({what})", structure=structure, floor=floor
+            )
 
 
 def random_orthogonal_matrices(seed: int = 0) -> list[tuple[str, np.ndarray]]:
@@ -100,7 +120,9 @@ def _transformed(atoms: Atoms, matrix: np.ndarray) -> Atoms:
     return out
 
 
-def check_rotation_equivariance(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR) -> None:
+def check_rotation_equivariance(
+    model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR
+) -> None:
     """Energy invariant, forces F Rᵀ, stress and virial R S Rᵀ under proper and improper rotations of positions and cell."""
     name = structure_name(atoms)
     reference = evaluate(model, atoms)
@@ -111,25 +133,47 @@ def check_rotation_equivariance(model, atoms: Atoms, *, rtol: float = 1e-10, see
         expected["forces"] = reference["forces"] @ r.T
         expected["stress"] = r @ reference["stress"] @ r.T
         expected["virial"] = r @ reference["virial"] @ r.T
-        assert_outputs_close(out, expected, rtol=rtol, what=f"under {kind} (det {np.linalg.det(matrix):+.0f})", structure=name, floor=floor)
+        assert_outputs_close(
+            out,
+            expected,
+            rtol=rtol,
+            what=f"under {kind} (det {np.linalg.det(matrix):+.0f})",
+            structure=name,
+            floor=floor,
+        )
 
 
-def check_translation_invariance(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR) -> None:
+def check_translation_invariance(
+    model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR
+) -> None:
     """Translating every atom by one random vector (no wrapping) changes no output."""
     shifted = atoms.copy()
     shifted.positions = atoms.positions + np.random.default_rng(seed).normal(scale=3.0, size=3)
-    assert_outputs_close(evaluate(model, shifted), evaluate(model, atoms), rtol=rtol, what="under translation", structure=structure_name(atoms), floor=floor)
+    assert_outputs_close(
+        evaluate(model, shifted),
+        evaluate(model, atoms),
+        rtol=rtol,
+        what="under translation",
+        structure=structure_name(atoms),
+        floor=floor,
+    )
 
 
-def check_permutation_equivariance(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR) -> None:
+def check_permutation_equivariance(
+    model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR
+) -> None:
     """Reordering the atoms reorders node energies and forces; energy and stress are unchanged."""
     permutation = np.random.default_rng(seed).permutation(len(atoms))
     if len(atoms) > 1 and np.all(permutation == np.arange(len(atoms))):
         permutation = np.roll(permutation, 1)
     reference = evaluate(model, atoms)
-    expected = dict(reference, node_energy=reference["node_energy"][permutation], forces=reference["forces"][permutation])
+    expected = dict(
+        reference, node_energy=reference["node_energy"][permutation], forces=reference["forces"][permutation]
+    )
     out = evaluate(model, atoms[permutation])
-    assert_outputs_close(out, expected, rtol=rtol, what="under permutation of atoms", structure=structure_name(atoms), floor=floor)
+    assert_outputs_close(
+        out, expected, rtol=rtol, what="under permutation of atoms", structure=structure_name(atoms), floor=floor
+    )
 
 
 #: 4th-order central stencil: dE/dt ≈ Σ_k w_k E(k h) / h.
@@ -163,7 +207,9 @@ def _central_differences(model, atoms: Atoms, deformations: Sequence, step: floa
             p, c = deformation(k * step)
             pos.append(p)
             cell.append(c)
-    energies = _energies_of_copies(model, atoms, torch.stack(pos), torch.stack(cell)).reshape(len(deformations), len(_STENCIL))
+    energies = _energies_of_copies(model, atoms, torch.stack(pos), torch.stack(cell)).reshape(
+        len(deformations), len(_STENCIL)
+    )
     weights = torch.tensor([w for _, w in _STENCIL], dtype=torch.float64)
     return ((energies * weights).sum(-1) / step).numpy()
 
@@ -180,7 +226,12 @@ def check_forces_finite_differences(
     scale = max(float(forces.abs().max()), FLOOR)
     pos0 = torch.as_tensor(atoms.positions, dtype=torch.float64)
     cell0 = torch.as_tensor(atoms.cell.array, dtype=torch.float64)
-    chosen = [divmod(int(flat), 3) for flat in np.random.default_rng(seed).choice(3 * len(atoms), size=min(num_components, 3 * len(atoms)), replace=False)]
+    chosen = [
+        divmod(int(flat), 3)
+        for flat in np.random.default_rng(seed).choice(
+            3 * len(atoms), size=min(num_components, 3 * len(atoms)), replace=False
+        )
+    ]
 
     def displacement(atom: int, axis: int):
         def deformation(t: float):
@@ -246,7 +297,9 @@ def check_stress_finite_differences(model, atoms: Atoms, *, step: float = 1e-4, 
 
 def _dimer(a: str, b: str, distance: float) -> Atoms:
     """Two atoms on the x axis, so that the distance is exact in floating point."""
-    return Atoms(f"{a}{b}", positions=[[0.0, 0.0, 0.0], [distance, 0.0, 0.0]], info={"name": f"{a}-{b} dimer at {distance!r} Å"})
+    return Atoms(
+        f"{a}{b}", positions=[[0.0, 0.0, 0.0], [distance, 0.0, 0.0]], info={"name": f"{a}-{b} dimer at {distance!r} Å"}
+    )
 
 
 def check_cutoff_smoothness(
@@ -310,7 +363,14 @@ def check_batch_consistency(model, structures: Sequence[Atoms], *, rtol: float =
     """A batch of frames gives the same energy, node energies, forces, stress and virial as each frame alone."""
     batched = _split(evaluate(model, structures), [len(a) for a in structures])
     for atoms, out in zip(structures, batched):
-        assert_outputs_close(out, evaluate(model, atoms), rtol=rtol, what="in a batch vs alone", structure=structure_name(atoms), floor=floor)
+        assert_outputs_close(
+            out,
+            evaluate(model, atoms),
+            rtol=rtol,
+            what="in a batch vs alone",
+            structure=structure_name(atoms),
+            floor=floor,
+        )
 
 
 def check_no_gradient_between_frames(model, structures: Sequence[Atoms], *, seed: int = 0, rtol: float = 1e-12) -> None:
@@ -340,7 +400,10 @@ def check_no_gradient_between_frames(model, structures: Sequence[Atoms], *, seed
         for a in range(len(structures)):
             if a != b:
                 assert_close(
-                    moved[a]["forces"], reference[a]["forces"], rtol=rtol, structure=names[a],
+                    moved[a]["forces"],
+                    reference[a]["forces"],
+                    rtol=rtol,
+                    structure=names[a],
                     what=f"forces when the atoms of another frame ({names[b]!r}) move",
                 )
 
@@ -353,7 +416,9 @@ def _integer_lattice_shifts(atoms: Atoms, rng: np.random.Generator) -> np.ndarra
     return multiples @ atoms.cell.array
 
 
-def check_periodic_image_invariance(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR) -> None:
+def check_periodic_image_invariance(
+    model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR
+) -> None:
     """Wrapping atoms into the cell, or moving atoms by lattice vectors, changes no output."""
     if not atoms.pbc.any():
         raise ValueError(f"structure {structure_name(atoms)!r} has no periodic direction")
@@ -366,7 +431,11 @@ def check_periodic_image_invariance(model, atoms: Atoms, *, rtol: float = 1e-10,
     all_moved.positions += _integer_lattice_shifts(atoms, rng)
     wrapped = all_moved.copy()
     wrapped.wrap()
-    for label, variant in (("one atom moved by a lattice vector", one_moved), ("every atom moved by lattice vectors", all_moved), ("atoms wrapped into the cell", wrapped)):
+    for label, variant in (
+        ("one atom moved by a lattice vector", one_moved),
+        ("every atom moved by lattice vectors", all_moved),
+        ("atoms wrapped into the cell", wrapped),
+    ):
         assert_outputs_close(evaluate(model, variant), reference, rtol=rtol, what=label, structure=name, floor=floor)
 
 
@@ -385,10 +454,14 @@ def check_supercell_extensivity(model, atoms: Atoms, *, rtol: float = 1e-10, flo
         "virial": 2 * reference["virial"],
     }
     out = evaluate(model, atoms.repeat(repeat))
-    assert_outputs_close(out, expected, rtol=rtol, what=f"of the {tuple(repeat)} supercell", structure=structure_name(atoms), floor=floor)
+    assert_outputs_close(
+        out, expected, rtol=rtol, what=f"of the {tuple(repeat)} supercell", structure=structure_name(atoms), floor=floor
+    )
 
 
-def check_separated_molecules_additive(model, first: Atoms, second: Atoms, *, distance: float = 30.0, rtol: float = 1e-10, floor: float = FLOOR) -> None:
+def check_separated_molecules_additive(
+    model, first: Atoms, second: Atoms, *, distance: float = 30.0, rtol: float = 1e-10, floor: float = FLOOR
+) -> None:
     """Two molecules ``distance`` Å apart: energy, node energies and forces are those of each alone."""
     if first.pbc.any() or second.pbc.any():
         raise ValueError("separated-molecule check needs non-periodic structures")
@@ -403,7 +476,9 @@ def check_separated_molecules_additive(model, first: Atoms, second: Atoms, *, di
         "virial": a["virial"] + b["virial"],
     }
     name = f"{structure_name(first)} + {structure_name(second)} {distance} Å apart"
-    assert_outputs_close(evaluate(model, together), expected, rtol=rtol, what="vs the sum of each alone", structure=name, floor=floor)
+    assert_outputs_close(
+        evaluate(model, together), expected, rtol=rtol, what="vs the sum of each alone", structure=name, floor=floor
+    )
 
 
 def check_isolated_atoms(model, e0s: dict[str, float], *, rtol: float = 1e-10, zero_tolerance: float = 1e-12) -> None:
@@ -412,12 +487,16 @@ def check_isolated_atoms(model, e0s: dict[str, float], *, rtol: float = 1e-10, z
         out = evaluate(model, Atoms(symbol, positions=[[0.3, -0.2, 0.1]]))
         e, f = float(out["energy"][0]), float(out["forces"].abs().max())
         if not abs(e - e0) <= rtol * max(abs(e0), 1.0):
-            raise AssertionError(f"lone {symbol} atom: energy {e:.12g} eV differs from its E0 {e0:.12g} eV by {e - e0:.3e} eV")
+            raise AssertionError(
+                f"lone {symbol} atom: energy {e:.12g} eV differs from its E0 {e0:.12g} eV by {e - e0:.3e} eV"
+            )
         if not f <= zero_tolerance:
             raise AssertionError(f"lone {symbol} atom: force {f:.3e} eV/Å, expected 0")
 
 
-def check_float32_matches_float64(model64, model32, structures: Sequence[Atoms], *, rtol: float = 1e-4, floor: float = 1e-6) -> None:
+def check_float32_matches_float64(
+    model64, model32, structures: Sequence[Atoms], *, rtol: float = 1e-4, floor: float = 1e-6
+) -> None:
     """The same model in float32 (``model32``) reproduces its float64 outputs (``model64``) within ``rtol``."""
     if model64.dtype != torch.float64 or model32.dtype != torch.float32:
         raise ValueError(f"expected a float64 and a float32 model, got {model64.dtype} and {model32.dtype}")
@@ -427,7 +506,14 @@ def check_float32_matches_float64(model64, model32, structures: Sequence[Atoms],
         if wrong:
             raise AssertionError(f"float32 model returned {wrong} for structure {structure_name(atoms)!r}")
         out32 = {key: value.detach().to(torch.float64) for key, value in out32.items()}
-        assert_outputs_close(out32, evaluate(model64, atoms), rtol=rtol, what="float32 vs float64", structure=structure_name(atoms), floor=floor)
+        assert_outputs_close(
+            out32,
+            evaluate(model64, atoms),
+            rtol=rtol,
+            what="float32 vs float64",
+            structure=structure_name(atoms),
+            floor=floor,
+        )
 
 
 def check_atomic_virials(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int = 0, floor: float = FLOOR) -> None:
@@ -441,12 +527,35 @@ def check_atomic_virials(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int 
         return {key: value.detach().to(torch.float64) for key, value in out.items()}
 
     out = atomic(atoms)
-    assert_outputs_close(out, evaluate(model, atoms), rtol=rtol, what="with atomic virials on", structure=name, floor=floor)
-    assert_close(out["atomic_virial"].sum(dim=0), out["virial"][0], rtol=rtol, what="sum of atomic virials vs virial", structure=name, floor=floor)
+    assert_outputs_close(
+        out, evaluate(model, atoms), rtol=rtol, what="with atomic virials on", structure=name, floor=floor
+    )
+    assert_close(
+        out["atomic_virial"].sum(dim=0),
+        out["virial"][0],
+        rtol=rtol,
+        what="sum of atomic virials vs virial",
+        structure=name,
+        floor=floor,
+    )
     for kind, matrix in random_orthogonal_matrices(seed):
         r = torch.as_tensor(matrix)
         rotated = atomic(_transformed(atoms, matrix))["atomic_virial"]
-        assert_close(rotated, r @ out["atomic_virial"] @ r.T, rtol=rtol, what=f"atomic virials under {kind}", structure=name, floor=floor)
+        assert_close(
+            rotated,
+            r @ out["atomic_virial"] @ r.T,
+            rtol=rtol,
+            what=f"atomic virials under {kind}",
+            structure=name,
+            floor=floor,
+        )
     permutation = np.random.default_rng(seed).permutation(len(atoms))
     permuted = atomic(atoms[permutation])["atomic_virial"]
-    assert_close(permuted, out["atomic_virial"][permutation], rtol=rtol, what="atomic virials under permutation", structure=name, floor=floor)
+    assert_close(
+        permuted,
+        out["atomic_virial"][permutation],
+        rtol=rtol,
+        what="atomic virials under permutation",
+        structure=name,
+        floor=floor,
+    )

@@ -7,7 +7,7 @@ package's polynomial cutoff envelope so that energy and forces vanish smoothly a
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch_geometric.utils import scatter

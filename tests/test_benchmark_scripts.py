@@ -14,14 +14,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str) -> list[dict]:
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args, "--threads", "1"],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args, "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
 def test_md_benchmark_reports_steps_per_second_and_graph_rebuilds():
-    (record,) = _run("benchmark_md.py", "--code", "ours", "--size", "tiny", "--atoms", "32", "--steps", "3", "--skin", "1.0")
+    (record,) = _run(
+        "benchmark_md.py", "--code", "ours", "--size", "tiny", "--atoms", "32", "--steps", "3", "--skin", "1.0"
+    )
     assert record["code"] == "ours" and record["atoms"] == 32 and record["steps"] == 3
     assert record["steps_per_s"] > 0 and record["s_per_step"] == pytest.approx(1 / record["steps_per_s"])
     assert 0 < record["graph_rebuild_fraction"] <= 1
@@ -37,8 +44,12 @@ def test_torchsim_benchmark_runs_many_cells_both_ways(mode):
 BENCH_DIR = REPO.parent / "shared" / "bench"
 
 
-@pytest.mark.skipif(not (BENCH_DIR / "bench_common.py").exists(), reason="../shared/bench (the peers' harness) is not beside the repo")
+@pytest.mark.skipif(
+    not (BENCH_DIR / "bench_common.py").exists(), reason="../shared/bench (the peers' harness) is not beside the repo"
+)
 def test_flop_count_on_a_harness_workload():
     """scripts/benchmark_flops.py (and the harness set-up it shares with scripts/profile_model.py)."""
-    (record,) = _run("benchmark_flops.py", "--model", "nequip", "--workload", "cu256", "--repeats", "1", "--gemm", "256")
+    (record,) = _run(
+        "benchmark_flops.py", "--model", "nequip", "--workload", "cu256", "--repeats", "1", "--gemm", "256"
+    )
     assert record["gflop_per_call"] > 1 and 0 < record["fraction_of_sgemm"] < 1

@@ -6,14 +6,16 @@ import copy
 import itertools
 
 import numpy as np
-import torch
-
 import physics
+import torch
 from conftest import E0S, SPECIES, make_molecule, make_slab, make_triclinic_crystal
+
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate, to_inputs
 from mpnn_ip.models import build_model
 
-SMALL = dict(r_max=4.0, radial_shifts=[1.0, 2.0, 3.0], radial_etas=[1.5], angular_etas=[0.05, 0.2], zetas=[1, 2], hidden=[8])
+SMALL = dict(
+    r_max=4.0, radial_shifts=[1.0, 2.0, 3.0], radial_etas=[1.5], angular_etas=[0.05, 0.2], zetas=[1, 2], hidden=[8]
+)
 
 
 def _fc(r, rc):
@@ -45,8 +47,14 @@ def _numpy_symmetry_functions(atoms, species, model):
                 cos = np.dot(pos[j] - pos[i], pos[k] - pos[i]) / (rij * rik)
                 channel = pairs.index(tuple(sorted((index[j], index[k]))))
                 for f, (eta, zeta, lam) in enumerate(angular):
-                    g4[channel, f] += (2 ** (1 - zeta) * (1 + lam * cos) ** zeta * np.exp(-eta * (rij**2 + rik**2 + rjk**2))
-                                       * _fc(rij, rc) * _fc(rik, rc) * _fc(rjk, rc))
+                    g4[channel, f] += (
+                        2 ** (1 - zeta)
+                        * (1 + lam * cos) ** zeta
+                        * np.exp(-eta * (rij**2 + rik**2 + rjk**2))
+                        * _fc(rij, rc)
+                        * _fc(rik, rc)
+                        * _fc(rjk, rc)
+                    )
         out.append(np.concatenate([g2.ravel(), g4.ravel()]))
     return np.array(out)
 
@@ -100,4 +108,6 @@ def test_config_rebuilds_and_quick_physics():
         physics.check_stress_finite_differences(model, make_triclinic_crystal())
         physics.check_cutoff_smoothness(model, [("H", "O"), ("Cu", "Au")])
         physics.check_isolated_atoms(_model(), E0S)
-        physics.check_float32_matches_float64(model, copy.deepcopy(model).to(torch.float32), [make_molecule(), make_slab()])
+        physics.check_float32_matches_float64(
+            model, copy.deepcopy(model).to(torch.float32), [make_molecule(), make_slab()]
+        )

@@ -12,11 +12,11 @@ from ase import Atoms  # noqa: E402
 from ase.calculators.calculator import PropertyNotImplementedError  # noqa: E402
 from ase.stress import full_3x3_to_voigt_6_stress  # noqa: E402
 from conftest import make_molecule, make_slab, make_triclinic_crystal  # noqa: E402
+from tiny_checkpoint import build_tiny_model, tiny_checkpoint  # noqa: E402
 
 from mpnn_ip.calculators import MPNNCalculator  # noqa: E402
 from mpnn_ip.data import AtomicGraph  # noqa: E402
 from mpnn_ip.errors import DataError  # noqa: E402
-from tiny_checkpoint import build_tiny_model, tiny_checkpoint  # noqa: E402
 
 
 def _direct(model, atoms, stress):
@@ -24,7 +24,9 @@ def _direct(model, atoms, stress):
 
 
 @pytest.mark.parametrize("dtype", [None, "float64"])
-@pytest.mark.parametrize("make", [make_triclinic_crystal, make_molecule, make_slab], ids=["crystal", "molecule", "slab"])
+@pytest.mark.parametrize(
+    "make", [make_triclinic_crystal, make_molecule, make_slab], ids=["crystal", "molecule", "slab"]
+)
 def test_calculator_matches_the_model(make, dtype):
     model = build_tiny_model().eval()
     calc = MPNNCalculator(model, dtype=dtype)
@@ -141,6 +143,9 @@ def test_misspelt_keywords_are_refused_with_the_known_ones(tmp_path, keyword):
     from mpnn_ip.errors import ConfigError
 
     path = tiny_checkpoint(tmp_path / "tiny.ckpt")
-    with pytest.raises(ConfigError, match=rf"MPNNCalculator: unknown keyword\(s\) {keyword}; the keywords are model, device, dtype, skin"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"MPNNCalculator: unknown keyword\(s\) {keyword}; the keywords are model, device, dtype, skin",
+    ):
         MPNNCalculator.from_checkpoint(path, **{keyword: 1.0})
     assert MPNNCalculator.from_checkpoint(path, skin=1.0, label="run").neighbor_list.skin == 1.0

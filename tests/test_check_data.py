@@ -39,7 +39,17 @@ BAD_FRAMES = [f for f, (_, severity) in EXPECTED.items() if severity == "error"]
 NUM_FRAMES = 15
 
 
-def _frame_text(rng, *, symbols=("Cu", "Cu", "Cu", "Au"), energy_shift=0.0, energy=True, forces=None, lattice=None, close=False, force_columns=3):
+def _frame_text(
+    rng,
+    *,
+    symbols=("Cu", "Cu", "Cu", "Au"),
+    energy_shift=0.0,
+    energy=True,
+    forces=None,
+    lattice=None,
+    close=False,
+    force_columns=3,
+):
     a = 3.7
     pos = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) * a + rng.normal(0, 0.05, (4, 3))
     if close:
@@ -99,8 +109,15 @@ def test_checker_reports_every_problem_at_its_frame(crafted):
     assert stats["frames"] == NUM_FRAMES - len(BAD_FRAMES)
     assert stats["labels"] == {"energy": stats["frames"] - 1, "forces": stats["frames"], "stress": 0}
     assert stats["atoms"] == {"total": 4 * stats["frames"], "min": 4, "max": 4}
-    assert stats["elements"] == {"Cu": {"atoms": 3 * stats["frames"], "frames": stats["frames"]}, "Au": {"atoms": stats["frames"], "frames": stats["frames"]}}
-    assert stats["force_rms"] > 0 and stats["neighbours"]["mean"] > 0 and stats["neighbours"]["min"] <= stats["neighbours"]["max"]
+    assert stats["elements"] == {
+        "Cu": {"atoms": 3 * stats["frames"], "frames": stats["frames"]},
+        "Au": {"atoms": stats["frames"], "frames": stats["frames"]},
+    }
+    assert (
+        stats["force_rms"] > 0
+        and stats["neighbours"]["mean"] > 0
+        and stats["neighbours"]["min"] <= stats["neighbours"]["max"]
+    )
 
 
 def test_raise_lists_every_bad_frame_in_one_error(crafted):
@@ -200,7 +217,15 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 def test_cli_reports_errors_with_exit_code_1_and_writes_json(crafted, tmp_path, capsys):
     report_path = tmp_path / "report.json"
     code, out, _ = run_cli(
-        [str(crafted), "data.energy_key=REF_energy", "forces_key=REF_forces", "species=[Cu,Au]", "r_max=4.0", f"report={report_path}"], capsys
+        [
+            str(crafted),
+            "data.energy_key=REF_energy",
+            "forces_key=REF_forces",
+            "species=[Cu,Au]",
+            "r_max=4.0",
+            f"report={report_path}",
+        ],
+        capsys,
     )
     assert code == 1
     assert f"{len(BAD_FRAMES)} error(s), 3 warning(s)" in out
@@ -214,16 +239,17 @@ def test_cli_reports_errors_with_exit_code_1_and_writes_json(crafted, tmp_path, 
 
 
 def test_cli_exit_code_0_with_warnings_only(crafted, tmp_path, capsys):
-    kept = "".join(
-        chunk for k, chunk in enumerate(_split_frames(crafted.read_text())) if k not in BAD_FRAMES
-    )
+    kept = "".join(chunk for k, chunk in enumerate(_split_frames(crafted.read_text())) if k not in BAD_FRAMES)
     path = tmp_path / "warnings_only.xyz"
     path.write_text(kept)
     code, out, _ = run_cli([str(path), "energy_key=REF_energy", "forces_key=REF_forces", "batch_size=4"], capsys)
     assert code == 0 and "0 error(s), 3 warning(s)" in out
 
 
-@pytest.mark.parametrize("argv, fragment", [(["x.xyz", "energy_kee=E"], "unknown option 'energy_kee'"), (["r_max=4.0"], "no data file given")])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [(["x.xyz", "energy_kee=E"], "unknown option 'energy_kee'"), (["r_max=4.0"], "no data file given")],
+)
 def test_cli_usage_errors_exit_with_code_2(argv, fragment, capsys):
     code, _, err = run_cli(argv, capsys)
     assert code == 2 and fragment in err and "Traceback" not in err
@@ -249,12 +275,29 @@ def test_mpnn_train_with_on_error_skip_writes_skipped_frames_csv(crafted, tmp_pa
     run = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(sys, "argv", [
-        "mpnn-train", "model=nequip_tiny", "model.num_layers=1", "model.num_features=4", "data=extxyz",
-        f"data.train_path={crafted}", "data.on_error=skip", "data.energy_key=REF_energy", "data.forces_key=REF_forces",
-        "data.species=[Cu,Au]", "data.batch_size=4", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "callbacks.ema=null", f"hydra.run.dir={run}",
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "mpnn-train",
+            "model=nequip_tiny",
+            "model.num_layers=1",
+            "model.num_features=4",
+            "data=extxyz",
+            f"data.train_path={crafted}",
+            "data.on_error=skip",
+            "data.energy_key=REF_energy",
+            "data.forces_key=REF_forces",
+            "data.species=[Cu,Au]",
+            "data.batch_size=4",
+            "logger=csv",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "callbacks.ema=null",
+            f"hydra.run.dir={run}",
+        ],
+    )
     try:
         main()
     finally:

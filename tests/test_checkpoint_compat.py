@@ -53,8 +53,13 @@ def test_rewritten_metadata_rebuilds_the_same_model(name, tmp_path):
     """Old file -> model -> current metadata -> model: same arguments, same weights."""
     model = load_model(DATA / f"checkpoint_v1_{name}.ckpt")
     path = tmp_path / "current.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "mpnn_ip": checkpoint_metadata(model, {})}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "mpnn_ip": checkpoint_metadata(model, {}),
+        },
+        path,
+    )
     again = load_model(path)
     assert read_checkpoint(path)["mpnn_ip"]["format_version"] == FORMAT_VERSION
     assert again.config == model.config

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_cli_train import COMMON, load, mpnn_train
 
 pytest.importorskip("lightning")
@@ -60,8 +59,9 @@ def workdir(tmp_path_factory) -> Path:
 def sweep(workdir) -> Path:
     """Job 0 SchNet and job 1 BPNN (one epoch each), job 2 GAP (closed-form fit)."""
     path = workdir / "sweep"
-    mpnn_train(["-m", "model=schnet_cli,bpnn_cli,gap_cli", "trainer.max_epochs=1", f"hydra.sweep.dir={path}", *COMMON],
-               workdir)
+    mpnn_train(
+        ["-m", "model=schnet_cli,bpnn_cli,gap_cli", "trainer.max_epochs=1", f"hydra.sweep.dir={path}", *COMMON], workdir
+    )
     return path
 
 

@@ -65,7 +65,14 @@ def _one_paragraph_error(result: subprocess.CompletedProcess, prog: str, *words:
 
 def test_eval_writes_metrics_and_parity_plots(workdir):
     out = workdir / "eval"
-    result = _run("mpnn_ip.cli.evaluate", f"ckpt_path={workdir / 'tiny.ckpt'}", "data.path=frames.extxyz", f"out_dir={out}", "batch_size=2", cwd=workdir)
+    result = _run(
+        "mpnn_ip.cli.evaluate",
+        f"ckpt_path={workdir / 'tiny.ckpt'}",
+        "data.path=frames.extxyz",
+        f"out_dir={out}",
+        "batch_size=2",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "forces" in result.stdout and "RMSE" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -81,8 +88,16 @@ def test_nve_md_writes_trajectory_and_log_and_reports_drift(workdir):
 
     out = workdir / "nve"
     result = _run(
-        "mpnn_ip.cli.md", f"ckpt_path={workdir / 'tiny.ckpt'}", "structure=frames.extxyz", "ensemble=nve",
-        "temperature=300", "timestep=1.0", "steps=6", "log_interval=2", f"out_dir={out}", cwd=workdir,
+        "mpnn_ip.cli.md",
+        f"ckpt_path={workdir / 'tiny.ckpt'}",
+        "structure=frames.extxyz",
+        "ensemble=nve",
+        "temperature=300",
+        "timestep=1.0",
+        "steps=6",
+        "log_interval=2",
+        f"out_dir={out}",
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "drift" in result.stdout and "eV/atom/ps" in result.stdout
@@ -144,15 +159,22 @@ def test_bad_input_exits_with_code_2_and_one_paragraph(bad_files, case, monkeypa
 def test_nvt_run_md_in_process_reaches_finite_temperatures(tmp_path):
     """Langevin path of run_md (in process: no subprocess start-up)."""
     from ase.build import bulk
+    from tiny_checkpoint import build_tiny_model
 
     from mpnn_ip.calculators import MPNNCalculator
     from mpnn_ip.md import run_md
-    from tiny_checkpoint import build_tiny_model
 
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     summary = run_md(
-        atoms, MPNNCalculator(build_tiny_model()), ensemble="nvt", temperature=500, steps=4, log_interval=2,
-        out_dir=tmp_path, trajectory="nvt.traj", seed=1,
+        atoms,
+        MPNNCalculator(build_tiny_model()),
+        ensemble="nvt",
+        temperature=500,
+        steps=4,
+        log_interval=2,
+        out_dir=tmp_path,
+        trajectory="nvt.traj",
+        seed=1,
     )
     assert (tmp_path / "nvt.traj").stat().st_size > 0
     assert len(summary["log_rows"]) == 3

@@ -61,7 +61,9 @@ def mpnn_train(args, cwd: Path, check: bool = True) -> subprocess.CompletedProce
         [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"mpnn-train {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"mpnn-train {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -78,7 +80,10 @@ def workdir(tmp_path_factory) -> Path:
 def multirun(workdir) -> Path:
     """One epoch of each model as a 2-job multirun (job 0 nequip, job 1 mace)."""
     sweep = workdir / "sweep"
-    mpnn_train(["-m", "model=nequip_clitest,mace_clitest", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", *COMMON], workdir)
+    mpnn_train(
+        ["-m", "model=nequip_clitest,mace_clitest", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", *COMMON],
+        workdir,
+    )
     return sweep
 
 
@@ -141,7 +146,10 @@ def test_resume_from_last_checkpoint_equals_uninterrupted_run(workdir, multirun)
     full, resumed = workdir / "full", workdir / "resumed"
     mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", f"hydra.run.dir={full}", *COMMON], workdir)
     last = multirun / "0" / "checkpoints" / "last.ckpt"
-    mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={resumed}", *COMMON], workdir)
+    mpnn_train(
+        ["model=nequip_clitest", "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={resumed}", *COMMON],
+        workdir,
+    )
     a, b = load(full / "checkpoints" / "last.ckpt"), load(resumed / "checkpoints" / "last.ckpt")
     assert a["epoch"] == b["epoch"] == 1
     for key, value in a["state_dict"].items():
@@ -162,8 +170,17 @@ def test_lean_training_memory_with_small_edge_chunks_trains_the_same_weights(wor
     full, lean = workdir / "full", workdir / "lean"
     if not (full / "checkpoints" / "last.ckpt").exists():
         mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", f"hydra.run.dir={full}", *COMMON], workdir)
-    mpnn_train(["model=nequip_clitest", "trainer.max_epochs=2", "edge_chunk_size=16", "lean_training_memory=true",
-                f"hydra.run.dir={lean}", *COMMON], workdir)
+    mpnn_train(
+        [
+            "model=nequip_clitest",
+            "trainer.max_epochs=2",
+            "edge_chunk_size=16",
+            "lean_training_memory=true",
+            f"hydra.run.dir={lean}",
+            *COMMON,
+        ],
+        workdir,
+    )
     a, b = load(full / "checkpoints" / "last.ckpt"), load(lean / "checkpoints" / "last.ckpt")
     for key, value in a["state_dict"].items():
         assert torch.allclose(value, b["state_dict"][key], rtol=1e-5, atol=1e-6), key
@@ -194,7 +211,9 @@ def run_until_user_error(args, workdir: Path, monkeypatch, capsys) -> str:
 @pytest.fixture
 def error_of(workdir, monkeypatch, capsys):
     """``error_of(ARGS)``: :func:`run_until_user_error` with a run folder of its own."""
-    return lambda args: run_until_user_error([*args, f"hydra.run.dir={workdir / 'failed'}"], workdir, monkeypatch, capsys)
+    return lambda args: run_until_user_error(
+        [*args, f"hydra.run.dir={workdir / 'failed'}"], workdir, monkeypatch, capsys
+    )
 
 
 def test_unknown_config_key_is_a_one_paragraph_error(workdir):
@@ -213,7 +232,9 @@ def test_missing_required_setting_is_named(error_of):
 
 
 def test_missing_data_file_is_named(error_of):
-    message = error_of(["model=nequip_clitest", "data=extxyz", "data.train_path=/nonexistent/frames.xyz", "logger=none"])
+    message = error_of(
+        ["model=nequip_clitest", "data=extxyz", "data.train_path=/nonexistent/frames.xyz", "logger=none"]
+    )
     assert "/nonexistent/frames.xyz" in message
 
 

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-
 from conftest import make_molecule, make_triclinic_crystal
+from tiny_checkpoint import build_tiny_model, write_checkpoint
+
 from mpnn_ip import MPNNCalculator
 from mpnn_ip.data import collate, read_dataset
 from mpnn_ip.data.atomic_graph import AtomicGraph, to_inputs
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.models.committee import Committee
-from tiny_checkpoint import build_tiny_model, write_checkpoint
 
 CU_AU = ["Cu", "Au"]
 
@@ -49,7 +49,9 @@ def fitted(tmp_path_factory):
         model.train()
         for _ in range(40):
             out = model(batch, compute_forces=True)
-            loss = (((out["energy"] - batch["energy"]) / num_atoms) ** 2).mean() + ((out["forces"] - batch["forces"]) ** 2).mean()
+            loss = (((out["energy"] - batch["energy"]) / num_atoms) ** 2).mean() + (
+                (out["forces"] - batch["forces"]) ** 2
+            ).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -170,11 +172,20 @@ def test_eval_of_a_committee_writes_uncertainty_beside_the_errors_and_the_plot(f
     pool = _write_pool(root / "eval_frames.extxyz")
     out = root / "eval"
     members = "[" + ",".join(str(p) for p in fitted["paths"][:2]) + "]"
-    cfg = compose_config("eval", [f"ckpt_path={members}", f"data.path={pool}", "data.stress_key=null", f"out_dir={out}", "progress=false"])
+    cfg = compose_config(
+        "eval",
+        [f"ckpt_path={members}", f"data.path={pool}", "data.stress_key=null", f"out_dir={out}", "progress=false"],
+    )
     run_evaluation(cfg)
     rows = list(csv.DictReader((out / "per_frame.csv").open()))
     assert len(rows) == 8
-    for column in ("energy_error", "forces_rmse", "energy_uncertainty", "forces_uncertainty_mean", "forces_uncertainty_max"):
+    for column in (
+        "energy_error",
+        "forces_rmse",
+        "energy_uncertainty",
+        "forces_uncertainty_mean",
+        "forces_uncertainty_max",
+    ):
         assert all(np.isfinite(float(row[column])) for row in rows), column
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["checkpoint"] == [str(p) for p in fitted["paths"][:2]]
@@ -194,7 +205,9 @@ def test_select_writes_the_n_most_uncertain_frames(fitted):
     pool = _write_pool(root / "pool.extxyz")
     out = root / "picked.extxyz"
     pattern = str(root / "member*.ckpt")  # the three members, by a quoted glob pattern as on a command line
-    run_selection(compose_config("select", [f"ckpts='{pattern}'", f"pool={pool}", "n=3", f"out={out}", "progress=false"]))
+    run_selection(
+        compose_config("select", [f"ckpts='{pattern}'", f"pool={pool}", "n=3", f"out={out}", "progress=false"])
+    )
 
     committee = Committee([MPNNCalculator.from_checkpoint(p).model for p in fitted["paths"]])
     graphs = [AtomicGraph.from_atoms(a) for a in ase.io.read(pool, ":")]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 from ase.build import bulk
+from test_physics import build_test_model
 
 from mpnn_ip.calculators import MPNNCalculator
 from mpnn_ip.data import AtomicGraph, collate, to_inputs
 from mpnn_ip.models.compiled import compile_potential, is_compiled, normalize_mode, uncompile
 from mpnn_ip.train.lightning_module import PotentialModule
-from test_physics import build_test_model
 
 
 def _copper():
@@ -35,6 +35,7 @@ def _forces(model, inputs):
 @pytest.fixture
 def no_compiler(monkeypatch):
     """torch.compile that must not be called."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("torch.compile was called")
 
@@ -55,25 +56,40 @@ def _stand_in_compiler(monkeypatch, make):
 
 def _failing(message: str):
     """A stand-in compiler whose compiled function raises ``RuntimeError(message)``."""
+
     def make(fn):
         def broken(*args, **kwargs):
             raise RuntimeError(message)
+
         return broken
 
     return make
 
 
 def test_modes_are_normalized_and_unknown_ones_refused():
-    assert [normalize_mode(m) for m in (None, True, False, "AUTO", " true ", "false")] == ["auto", "true", "false", "auto", "true", "false"]
+    assert [normalize_mode(m) for m in (None, True, False, "AUTO", " true ", "false")] == [
+        "auto",
+        "true",
+        "false",
+        "auto",
+        "true",
+        "false",
+    ]
     with pytest.raises(ValueError, match="compile must be one of auto, true, false"):
         normalize_mode("maybe")
 
 
 @pytest.mark.parametrize(
     "mode, training, reason",
-    [("auto", False, "stays eager on cpu below 1000 atoms (8:"), ("auto", True, "trains eager on cpu"), (False, False, "compile=false")],
+    [
+        ("auto", False, "stays eager on cpu below 1000 atoms (8:"),
+        ("auto", True, "trains eager on cpu"),
+        (False, False, "compile=false"),
+    ],
 )
-def test_auto_on_cpu_for_small_structures_or_training_and_false_stay_eager_without_compiling(mode, training, reason, no_compiler):
+def test_auto_on_cpu_for_small_structures_or_training_and_false_stay_eager_without_compiling(
+    mode, training, reason, no_compiler
+):
     model = build_test_model("nequip")
     decision = compile_potential(model, _inputs(), mode, training=training)
     assert not decision.compiled and not is_compiled(model)
@@ -108,6 +124,7 @@ def test_a_compiled_model_that_differs_from_eager_is_refused(monkeypatch):
         def off(graph):
             out = fn(graph)
             return {**out, "node_energy": out["node_energy"] * (1 + 1e-6)}
+
         return off
 
     model = build_test_model("mace")
@@ -150,7 +167,10 @@ def test_training_module_decides_on_its_first_batch_and_prints_the_outcome(monke
     batch = collate([AtomicGraph.from_atoms(_copper())])
     task._decide_compile(batch)
     assert not task.compile_decision.compiled
-    assert "torch.compile: off (eager): the compiled step failed (RuntimeError: backward of a compiled graph" in capsys.readouterr().out
+    assert (
+        "torch.compile: off (eager): the compiled step failed (RuntimeError: backward of a compiled graph"
+        in capsys.readouterr().out
+    )
     assert PotentialModule(build_test_model("nequip")).compile_mode == "false"
 
 
@@ -162,7 +182,9 @@ def test_real_compile_equals_eager_in_float64(name):
     model = build_test_model(name)
     inputs = _inputs()
     expected = model(inputs, compute_forces=True, compute_stress=True)
-    decision = compile_potential(model, inputs, True, compute_stress=True, backend="aot_eager", repeats=1, min_speedup=0.0)
+    decision = compile_potential(
+        model, inputs, True, compute_stress=True, backend="aot_eager", repeats=1, min_speedup=0.0
+    )
     try:
         assert decision.compiled, decision.reason
         moved = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))  # another size: 16 atoms, not 8

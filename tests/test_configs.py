@@ -51,9 +51,7 @@ def test_every_experiment_config_file_is_listed():
     assert options("experiment") == sorted(EXPERIMENTS)
 
 
-@pytest.mark.parametrize(
-    "group", ["model", "data", "optim", "scheduler", "trainer", "logger", "callbacks"]
-)
+@pytest.mark.parametrize("group", ["model", "data", "optim", "scheduler", "trainer", "logger", "callbacks"])
 def test_every_group_option_composes(group, tmp_path):
     for option in options(group):
         overrides = [f"{group}={option}"]
@@ -166,8 +164,12 @@ def test_wheel_carries_the_configs_and_its_install_finds_them(tmp_path):
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "mpnn_ip", source / "mpnn_ip", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    build = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
-                           capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("mpnn_ip-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -177,8 +179,9 @@ def test_wheel_carries_the_configs_and_its_install_finds_them(tmp_path):
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
 
     site = tmp_path / "site"
-    install = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=600
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     code = (
         f"import sys; sys.path.insert(0, {str(site)!r}); sys.argv = ['mpnn-train', '--cfg', 'job']\n"
@@ -186,13 +189,17 @@ def test_wheel_carries_the_configs_and_its_install_finds_them(tmp_path):
         "from mpnn_ip.cli.train import main; main()"
     )
     env = {k: v for k, v in os.environ.items() if k != "MPNN_IP_CONFIG_DIR"}
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"config_dir {site / 'mpnn_ip' / 'configs'}" in run.stdout
     assert "mpnn_ip.models.nequip.NequIP" in run.stdout
 
 
-@pytest.mark.parametrize(("model", "dtype"), [("gap_tiny", torch.float64), ("nequip_tiny", torch.float32), ("mace_tiny", torch.float32)])
+@pytest.mark.parametrize(
+    ("model", "dtype"), [("gap_tiny", torch.float64), ("nequip_tiny", torch.float32), ("mace_tiny", torch.float32)]
+)
 def test_dtype_auto_builds_each_model_in_its_own_default_precision(model, dtype, tmp_path):
     """GAP's kernels and closed-form fit need float64 (float32 energies are noisy at ~4e-4 eV); the
     networks train in float32 by default. An explicit dtype wins."""

@@ -33,8 +33,13 @@ print(json.dumps({"applied": applied, "faults": faults}))
 
 def _faults(mode: str, **env) -> dict:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", FAULTS_OF_REPEATED_ALLOCATIONS, mode], env={**environ, **env},
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_OF_REPEATED_ALLOCATIONS, mode],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import copy
 
+import physics
 import pytest
 import torch
-
-import physics
 from conftest import make_molecule, make_small_cell, make_triclinic_crystal
 from test_physics import MODEL_NAMES, build_test_model
 
@@ -28,7 +27,9 @@ def test_model_on_cuda_equals_cpu_in_float64(name):
     actual = model_gpu(_on("cuda", inputs), compute_forces=True, compute_stress=True)
     for key in ("energy", "forces", "stress"):
         assert actual[key].device.type == "cuda"
-        torch.testing.assert_close(actual[key].cpu(), expected[key].detach(), rtol=1e-9, atol=1e-10, msg=f"{name} {key}")
+        torch.testing.assert_close(
+            actual[key].cpu(), expected[key].detach(), rtol=1e-9, atol=1e-10, msg=f"{name} {key}"
+        )
 
 
 @pytest.mark.parametrize("name", ["nequip", "mace"])

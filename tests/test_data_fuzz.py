@@ -29,7 +29,9 @@ def _valid_extxyz(path) -> bytes:
     rng = np.random.default_rng(0)
     frames = []
     for k in range(3):
-        atoms = Atoms("Cu2Au", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]], cell=np.eye(3) * 4.0, pbc=True)
+        atoms = Atoms(
+            "Cu2Au", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]], cell=np.eye(3) * 4.0, pbc=True
+        )
         atoms.positions += rng.normal(0, 0.05, size=(3, 3))
         atoms.calc = SinglePointCalculator(
             atoms, energy=-10.0 - k, forces=rng.normal(0, 0.1, size=(3, 3)), stress=rng.normal(0, 0.01, size=6)
@@ -62,7 +64,11 @@ def _mutations(valid: bytes, rng: np.random.Generator) -> list[tuple[str, bytes]
     text = valid.decode()
     lines = text.splitlines(keepends=True)
     count_lines = [i for i, line in enumerate(lines) if line.strip().isdigit()]
-    atom_lines = [i for i in range(len(lines)) if i not in count_lines and not lines[i].startswith(("Lattice", " Lattice")) and "=" not in lines[i]]
+    atom_lines = [
+        i
+        for i in range(len(lines))
+        if i not in count_lines and not lines[i].startswith(("Lattice", " Lattice")) and "=" not in lines[i]
+    ]
     numbers = _numeric_token_spans(text)
     out: list[tuple[str, bytes]] = []
 
@@ -167,7 +173,9 @@ def test_mutated_extxyz_files_end_in_a_correct_read_or_a_data_error(tmp_path):
                     assert bool(getattr(g, label).isfinite().all()), f"{name}: non-finite {label} in a successful read"
         else:
             assert str(path) in str(value), f"{name}: the DataError does not name the file: {value}"
-    print(f"\nfuzzed {len(mutations)} files: {counts['ok']} ok, {counts['DataError']} DataError, {len(escaped)} escaped")
+    print(
+        f"\nfuzzed {len(mutations)} files: {counts['ok']} ok, {counts['DataError']} DataError, {len(escaped)} escaped"
+    )
     assert not escaped, "other exceptions escaped:\n" + "\n".join(escaped)
     assert not slow, "reads slower than the bound:\n" + "\n".join(slow)
 
@@ -176,7 +184,11 @@ def test_mutated_extxyz_files_end_in_a_correct_read_or_a_data_error(tmp_path):
     "name, content, problem",
     [
         ("binary.xyz", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 20, "not a text"),
-        ("latin.xyz", "1\nProperties=species:S:1:pos:R:3 energy=-1.0 note=caf\xe9\nCu 0 0 0\n".encode("latin-1"), "not a text"),
+        (
+            "latin.xyz",
+            "1\nProperties=species:S:1:pos:R:3 energy=-1.0 note=caf\xe9\nCu 0 0 0\n".encode("latin-1"),
+            "not a text",
+        ),
     ],
 )
 def test_binary_or_non_utf8_file_is_a_data_error_naming_the_file(tmp_path, name, content, problem):

@@ -59,7 +59,9 @@ def test_custom_keys_come_from_info_and_arrays(tmp_path):
     atoms.info.update(REF_energy=-3.25, REF_stress=stress.reshape(9), config_type="bulk", config_weight=2.5)
     atoms.arrays["REF_forces"] = forces
     ase.io.write(tmp_path / "ref.xyz", atoms, format="extxyz")
-    (graph,) = read_dataset(tmp_path / "ref.xyz", energy_key="REF_energy", forces_key="REF_forces", stress_key="REF_stress")
+    (graph,) = read_dataset(
+        tmp_path / "ref.xyz", energy_key="REF_energy", forces_key="REF_forces", stress_key="REF_stress"
+    )
     assert graph.energy.item() == pytest.approx(-3.25)
     np.testing.assert_allclose(graph.forces.numpy(), forces, atol=1e-12)
     np.testing.assert_allclose(graph.stress[0].numpy(), stress, atol=1e-12)

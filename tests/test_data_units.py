@@ -9,8 +9,15 @@ from mpnn_ip.errors import ConfigError, DataError
 
 @pytest.mark.parametrize(
     "unit, ev_per_a3",
-    [("eV/A^3", 1.0), ("eV/Å^3", 1.0), ("eV/Ang^3", 1.0), ("eV/Å³", 1.0), ("GPa", 1 / 160.21766208),
-     ("kbar", 0.1 / 160.21766208), ("bar", 1e-4 / 160.21766208)],
+    [
+        ("eV/A^3", 1.0),
+        ("eV/Å^3", 1.0),
+        ("eV/Ang^3", 1.0),
+        ("eV/Å³", 1.0),
+        ("GPa", 1 / 160.21766208),
+        ("kbar", 0.1 / 160.21766208),
+        ("bar", 1e-4 / 160.21766208),
+    ],
 )
 def test_stress_unit_factor_is_size_of_unit_in_ev_per_cubic_angstrom(unit, ev_per_a3):
     assert stress_unit_factor(unit) == pytest.approx(ev_per_a3, rel=1e-6)

@@ -6,9 +6,8 @@ import pytest
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mpnn_ip.data import AtomicDataModule
+from mpnn_ip.data import AtomicDataModule, synthetic
 from mpnn_ip.data import datamodule as datamodule_module
-from mpnn_ip.data import synthetic
 from mpnn_ip.errors import ConfigError, DataError
 
 
@@ -21,7 +20,10 @@ def make_frames(num_frames, seed=0):
         atoms.numbers[rng.permutation(8)[: k % 5]] = 79
         atoms.positions += rng.normal(0, 0.05, size=(8, 3))
         atoms.calc = SinglePointCalculator(
-            atoms, energy=-30.0 - k - rng.uniform(0, 0.5), forces=rng.normal(size=(8, 3)), stress=rng.normal(size=6) * 1e-3
+            atoms,
+            energy=-30.0 - k - rng.uniform(0, 0.5),
+            forces=rng.normal(size=(8, 3)),
+            stress=rng.normal(size=6) * 1e-3,
         )
         frames.append(atoms)
     return frames
@@ -73,7 +75,9 @@ def test_too_many_requested_frames_is_a_config_error(train_file):
 
 def test_separate_validation_and_test_files(train_file, tmp_path):
     ase.io.write(tmp_path / "val.xyz", make_frames(6, seed=7), format="extxyz")
-    dm = AtomicDataModule(train_path=str(train_file), val_path=str(tmp_path / "val.xyz"), test_path=str(tmp_path / "val.xyz"))
+    dm = AtomicDataModule(
+        train_path=str(train_file), val_path=str(tmp_path / "val.xyz"), test_path=str(tmp_path / "val.xyz")
+    )
     dm.setup()
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (40, 6, 6)
 
@@ -113,7 +117,9 @@ def test_glob_patterns_concatenate_the_matching_files_in_sorted_order(tmp_path):
     ase.io.write(tmp_path / "b.xyz", make_frames(3, seed=2), format="extxyz")
     ase.io.write(tmp_path / "a.xyz", make_frames(4, seed=3), format="extxyz")
     ase.io.write(tmp_path / "val_1.xyz", make_frames(2, seed=4), format="extxyz")
-    dm = AtomicDataModule(train_path=str(tmp_path / "[ab].xyz"), val_path=str(tmp_path / "val_*.xyz"), test_fraction=0.0)
+    dm = AtomicDataModule(
+        train_path=str(tmp_path / "[ab].xyz"), val_path=str(tmp_path / "val_*.xyz"), test_fraction=0.0
+    )
     graphs = dm._read(str(tmp_path / "[ab].xyz"))
     expected = [round(a.get_potential_energy(), 10) for a in make_frames(4, seed=3) + make_frames(3, seed=2)]
     assert [round(g.energy.item(), 10) for g in graphs] == expected

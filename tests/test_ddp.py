@@ -37,7 +37,7 @@ l_max: 1
 num_features: 4
 radial_mlp: [8]
 """
-PROBE = '''\
+PROBE = """\
 import json
 from pathlib import Path
 
@@ -70,7 +70,7 @@ class Probe(L.Callback):
 
         (ema,) = [c for c in trainer.callbacks if isinstance(c, ExponentialMovingAverage)]
         torch.save(ema.ema, self.out / f"ema_rank{trainer.global_rank}.pt")
-'''
+"""
 #: 8 training frames: one global batch of 4 = 1 process x 4 frames = 2 processes x 2 frames; 2 steps per epoch.
 COMMON = [
     "model=nequip_ddptest",
@@ -93,7 +93,9 @@ def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -103,7 +105,11 @@ def mpnn_train(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProc
 
 
 def probe(out: Path, fail_rank: int = -1) -> list[str]:
-    return ["+callbacks.probe._target_=ddp_probe.Probe", f"+callbacks.probe.out={out}", f"+callbacks.probe.fail_rank={fail_rank}"]
+    return [
+        "+callbacks.probe._target_=ddp_probe.Probe",
+        f"+callbacks.probe.out={out}",
+        f"+callbacks.probe.fail_rank={fail_rank}",
+    ]
 
 
 def epochs(run_dir: Path, *names: str) -> dict[int, dict[str, float]]:
@@ -127,13 +133,37 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     (root / "configs" / "model" / "nequip_ddptest.yaml").write_text(TINY_NEQUIP)
     (root / "ddp_probe.py").write_text(PROBE)
     paths = {name: root / name for name in ("one", "ddp")}
-    mpnn_train([*COMMON, *ONE, "trainer.max_epochs=3", "test_after_fit=false", f"hydra.run.dir={paths['one']}",
-                *probe(root / "probe_one")], root)
-    mpnn_train([*COMMON, *DDP, "trainer.max_epochs=2", f"hydra.run.dir={paths['ddp']}", *probe(root / "probe_ddp")], root)
+    mpnn_train(
+        [
+            *COMMON,
+            *ONE,
+            "trainer.max_epochs=3",
+            "test_after_fit=false",
+            f"hydra.run.dir={paths['one']}",
+            *probe(root / "probe_one"),
+        ],
+        root,
+    )
+    mpnn_train(
+        [*COMMON, *DDP, "trainer.max_epochs=2", f"hydra.run.dir={paths['ddp']}", *probe(root / "probe_ddp")], root
+    )
     ddp_files = {str(p.relative_to(paths["ddp"])) for p in paths["ddp"].rglob("*")}
     (root / "metrics_before_resume.json").write_bytes((paths["ddp"] / "metrics.json").read_bytes())
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mpnn_ip.cli.train",
-         f"resume={paths['ddp']}", "trainer.max_epochs=3", "test_after_fit=false"], root)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "mpnn_ip.cli.train",
+            f"resume={paths['ddp']}",
+            "trainer.max_epochs=3",
+            "test_after_fit=false",
+        ],
+        root,
+    )
     return dict(paths, root=root, ddp_files=ddp_files)
 
 
@@ -172,9 +202,20 @@ def test_only_one_set_of_output_files_is_written(runs):
     files = {name for name in runs["ddp_files"] if not name.startswith("plots/")}
     # the second process leaves only its log: no second config, metrics, plots or Hydra record
     assert files == {
-        "checkpoints", "checkpoints/best.ckpt", "checkpoints/last.ckpt", ".hydra", ".hydra/config.yaml",
-        ".hydra/hydra.yaml", ".hydra/overrides.yaml", "config.yaml", "hparams.yaml", "metrics.csv", "metrics.json",
-        "plots", "train.log", "train_ddp_process_1.log",
+        "checkpoints",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        ".hydra",
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+        "config.yaml",
+        "hparams.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "plots",
+        "train.log",
+        "train_ddp_process_1.log",
     }
     report = json.loads((runs["root"] / "metrics_before_resume.json").read_text())
     assert report["num_frames"] == 4 and report["split"] == "test"
@@ -192,14 +233,22 @@ def test_resume_under_ddp_equals_the_uninterrupted_run(runs):
 def test_torchrun_launch_completes_in_the_run_folder(runs):
     run_dir = runs["ddp"]  # resumed there by `torchrun --nproc_per_node=2 -m mpnn_ip.cli.train resume=...`
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (run_dir / "train_rank1.log").read_text()
-    assert {p.name for p in (run_dir / ".hydra" / "resume").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert {p.name for p in (run_dir / ".hydra" / "resume").iterdir()} == {
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    }
     assert not (run_dir / "outputs").exists() and not (runs["root"] / "outputs").exists()
 
 
 def test_a_failing_process_stops_the_whole_job_with_its_error(runs):
     root = runs["root"]
-    proc = mpnn_train([*COMMON, *DDP, "trainer.max_epochs=1", f"hydra.run.dir={root / 'fails'}", *probe(root / "probe_fail", 1)],
-                      root, check=False, timeout=300)
+    proc = mpnn_train(
+        [*COMMON, *DDP, "trainer.max_epochs=1", f"hydra.run.dir={root / 'fails'}", *probe(root / "probe_fail", 1)],
+        root,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "probe failure on rank 1" in proc.stderr
 
@@ -212,8 +261,19 @@ def test_submitit_local_runs_the_jobs_of_a_sweep_in_parallel_processes(tmp_path)
     (tmp_path / "configs" / "model").mkdir(parents=True)
     (tmp_path / "configs" / "model" / "nequip_ddptest.yaml").write_text(TINY_NEQUIP)
     sweep = tmp_path / "sweep"
-    mpnn_train(["-m", "hydra/launcher=submitit_local", *COMMON, *ONE, "seed=1,2", "trainer.max_epochs=1",
-                "test_after_fit=false", f"hydra.sweep.dir={sweep}"], tmp_path)
+    mpnn_train(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            *COMMON,
+            *ONE,
+            "seed=1,2",
+            "trainer.max_epochs=1",
+            "test_after_fit=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == ["0", "1"]
     for job in jobs:
@@ -246,7 +306,10 @@ def test_processes_of_one_torchrun_or_srun_job_share_one_run_folder():
 
     torchrun = {"WORLD_SIZE": "2", "RANK": "1", "TORCHELASTIC_RUN_ID": "abc"}
     assert _one_run_dir_per_job(["seed=1"], torchrun) == [
-        "seed=1", "hydra.run.dir=outputs/${run_name}/torchrun-abc", "hydra.output_subdir=null", "hydra.job.name=train_rank1"
+        "seed=1",
+        "hydra.run.dir=outputs/${run_name}/torchrun-abc",
+        "hydra.output_subdir=null",
+        "hydra.job.name=train_rank1",
     ]
     srun = {"SLURM_NTASKS": "8", "SLURM_PROCID": "0", "SLURM_JOB_ID": "77"}
     assert _one_run_dir_per_job(["hydra.run.dir=x"], srun) == ["hydra.run.dir=x"]
@@ -261,8 +324,13 @@ def test_slurm_script_starts_one_ddp_process_per_gpu_with_srun(tmp_path):
     assert "#SBATCH --nodes=" in text and "#SBATCH --ntasks-per-node=" in text and "#SBATCH --gpus-per-node=" in text
     (tmp_path / "srun").write_text('#!/bin/bash\necho "srun $*"\n')  # prints what sbatch's srun would start
     (tmp_path / "srun").chmod(0o755)
-    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_NNODES="2", SLURM_NTASKS_PER_NODE="4",
-               SLURM_GPUS_PER_NODE="a100:4")
+    env = dict(
+        os.environ,
+        PATH=f"{tmp_path}:{os.environ['PATH']}",
+        SLURM_NNODES="2",
+        SLURM_NTASKS_PER_NODE="4",
+        SLURM_GPUS_PER_NODE="a100:4",
+    )
 
     def started(*args: str, **extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(script), *args], env=dict(env, **extra), capture_output=True, text=True)
@@ -270,7 +338,10 @@ def test_slurm_script_starts_one_ddp_process_per_gpu_with_srun(tmp_path):
     assert started("experiment=acac").stdout.strip() == (
         "srun --kill-on-bad-exit=1 mpnn-train trainer=ddp trainer.num_nodes=2 trainer.devices=4 experiment=acac"
     )
-    assert started("resume=outputs/acac/slurm-1").stdout.strip() == "srun --kill-on-bad-exit=1 mpnn-train resume=outputs/acac/slurm-1"
+    assert (
+        started("resume=outputs/acac/slurm-1").stdout.strip()
+        == "srun --kill-on-bad-exit=1 mpnn-train resume=outputs/acac/slurm-1"
+    )
     missing = started("experiment=acac", SLURM_NNODES="")
     assert missing.returncode != 0 and "SLURM_NNODES is not set" in missing.stderr
 
@@ -284,9 +355,16 @@ def test_global_count_normalisation_makes_two_half_batches_one_batch_for_frames_
     from mpnn_ip.data import AtomicGraph, collate
     from mpnn_ip.train.losses import WeightedPropertyLoss
 
-    frames = [molecule("H2O"), bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2), molecule("CH4"), bulk("Cu", "fcc", a=3.6)]
+    frames = [
+        molecule("H2O"),
+        bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2),
+        molecule("CH4"),
+        bulk("Cu", "fcc", a=3.6),
+    ]
     graphs = [
-        AtomicGraph.from_atoms(a, energy=-1.0 * len(a), forces=np.full((len(a), 3), 0.1 * k), stress=np.full(6, 0.01 * k))
+        AtomicGraph.from_atoms(
+            a, energy=-1.0 * len(a), forces=np.full((len(a), 3), 0.1 * k), stress=np.full(6, 0.01 * k)
+        )
         for k, a in enumerate(frames)
     ]
     loss = WeightedPropertyLoss(energy={"weight": 1.0}, forces={"weight": 10.0}, stress={"weight": 2.0, "fn": "huber"})
@@ -294,7 +372,11 @@ def test_global_count_normalisation_makes_two_half_batches_one_batch_for_frames_
     def gradient(batch, normaliser=None):
         shift = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
         n_atoms = (batch.ptr[1:] - batch.ptr[:-1]).double()
-        pred = {"energy": batch.energy + shift * n_atoms, "forces": batch.forces * (1 + shift), "stress": batch.stress + shift}
+        pred = {
+            "energy": batch.energy + shift * n_atoms,
+            "forces": batch.forces * (1 + shift),
+            "stress": batch.stress + shift,
+        }
         total, _ = loss(pred, batch, normaliser)
         (grad,) = torch.autograd.grad(total, shift)
         return float(total.detach()), float(grad)
@@ -323,14 +405,41 @@ def test_srun_launch_through_lightnings_slurm_environment_completes_in_one_run_f
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    slurm = dict(SLURM_NTASKS="2", SLURM_NNODES="1", SLURM_NTASKS_PER_NODE="2", SLURM_NODEID="0", SLURM_JOB_ID="4242",
-                 SLURM_JOB_NAME="mpnn-train", SLURM_NODELIST="127.0.0.1", MASTER_PORT=str(port))
-    command = [sys.executable, "-m", "mpnn_ip.cli.train", *COMMON, *DDP, "trainer.num_nodes=1", "trainer.max_epochs=1",
-               "data.max_atoms_per_batch=70", "test_after_fit=false", "run_name=srun"]
+    slurm = dict(
+        SLURM_NTASKS="2",
+        SLURM_NNODES="1",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NODEID="0",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="mpnn-train",
+        SLURM_NODELIST="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mpnn_ip.cli.train",
+        *COMMON,
+        *DDP,
+        "trainer.num_nodes=1",
+        "trainer.max_epochs=1",
+        "data.max_atoms_per_batch=70",
+        "test_after_fit=false",
+        "run_name=srun",
+    ]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "LOCAL_RANK", "WORLD_SIZE"))}
     base.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **slurm)
-    procs = [subprocess.Popen(command, cwd=root, env=dict(base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=root,
+            env=dict(base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     (run_dir,) = (root / "outputs" / "srun").iterdir()

@@ -78,8 +78,11 @@ def test_every_page_is_in_the_navigation():
 
 
 def test_api_pages_name_modules_that_exist():
-    names = [name for page in (DOCS / "api").glob("*.md")
-             for name in re.findall(r"^::: ([\w.]+)", page.read_text(encoding="utf-8"), flags=re.MULTILINE)]
+    names = [
+        name
+        for page in (DOCS / "api").glob("*.md")
+        for name in re.findall(r"^::: ([\w.]+)", page.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    ]
     assert "mpnn_ip.models" in names
     for name in names:
         path = REPO.joinpath(*name.split("."))

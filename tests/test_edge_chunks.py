@@ -7,13 +7,13 @@ gradients (the force loss's double backward) to 1e-10 in float64.
 
 from __future__ import annotations
 
+import physics
 import pytest
 import torch
+from test_physics import build_test_model
 from torch.fx.experimental.proxy_tensor import make_fx
 
-import physics
 from mpnn_ip.nn.edge_chunks import edge_chunk_bounds, sum_over_edge_chunks
-from test_physics import build_test_model
 
 
 def _sorted_centres(counts):
@@ -105,7 +105,9 @@ def test_automatic_chunk_holds_a_fixed_budget_of_intermediates_and_can_be_restor
         assert len(convolutions) == 2
         for conv in convolutions:
             assert conv.floats_per_edge() > 0
-            assert conv.edge_chunking.chunk_size == max(MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // conv.floats_per_edge())
+            assert conv.edge_chunking.chunk_size == max(
+                MIN_EDGE_CHUNK_SIZE, EDGE_CHUNK_FLOATS // conv.floats_per_edge()
+            )
         model.set_edge_chunk_size(5)
         assert all(conv.edge_chunking.chunk_size == 5 for conv in convolutions)
         model.set_edge_chunk_size(None)
@@ -116,12 +118,19 @@ def test_automatic_setting_leaves_small_graphs_whole_unless_training_is_lean():
     """Automatic: graphs up to UNCHUNKED_EDGE_FLOATS of intermediates stay whole. Lean training:
     chunks of a third of the forward's budget (a double backward holds ~3 forwards per chunk),
     applied to every graph above one chunk. An explicit size applies to every graph above it."""
-    from mpnn_ip.nn.edge_chunks import EDGE_CHUNK_FLOATS, LEAN_CHUNK_FLOATS_FACTOR, MIN_EDGE_CHUNK_SIZE, UNCHUNKED_EDGE_FLOATS
+    from mpnn_ip.nn.edge_chunks import (
+        EDGE_CHUNK_FLOATS,
+        LEAN_CHUNK_FLOATS_FACTOR,
+        MIN_EDGE_CHUNK_SIZE,
+        UNCHUNKED_EDGE_FLOATS,
+    )
 
     model = build_test_model("mace")
     chunkings = [m.edge_chunking for m in model.modules() if hasattr(m, "edge_chunking")]
     for chunking in chunkings:
-        assert chunking.unchunked_edge_limit == max(chunking.chunk_size, UNCHUNKED_EDGE_FLOATS // chunking.floats_per_edge)
+        assert chunking.unchunked_edge_limit == max(
+            chunking.chunk_size, UNCHUNKED_EDGE_FLOATS // chunking.floats_per_edge
+        )
         assert chunking.unchunked_edge_limit > chunking.chunk_size
         assert not chunking.lean_double_backward
     model.set_edge_chunk_size(None, lean_double_backward=True)

@@ -89,8 +89,13 @@ def test_a_fresh_model_starts_with_mean_energy_error_near_zero_on_its_training_d
 
 @pytest.mark.parametrize("preset", MODELS_WITH_A_SHIFT)
 def test_the_default_shift_is_the_energy_shifts_statistic(preset):
-    stats = {"species": [29, 79], "e0s": {29: -3.5, 79: -3.0}, "avg_num_neighbors": 12.0, "force_rms": 0.5,
-             "energy_shifts": {29: -0.25, 79: -0.75}}
+    stats = {
+        "species": [29, 79],
+        "e0s": {29: -3.5, 79: -3.0},
+        "avg_num_neighbors": 12.0,
+        "force_rms": 0.5,
+        "energy_shifts": {29: -0.25, 79: -0.75},
+    }
     _cls, kwargs = model_arguments(_model_config(preset), stats)
     assert kwargs["energy_shift"] == {29: -0.25, 79: -0.75}
 
@@ -103,8 +108,13 @@ def test_statistics_of_old_checkpoints_give_no_shift():
 
 @pytest.mark.parametrize("preset", MODELS_WITH_A_SHIFT)
 def test_a_lone_atom_keeps_exactly_e0_and_a_dimer_gets_the_shift(preset):
-    stats = {"species": [29, 79], "e0s": {29: -3.5, 79: -3.0}, "avg_num_neighbors": 12.0, "force_rms": 0.5,
-             "energy_shifts": {29: -2.0, 79: -3.0}}
+    stats = {
+        "species": [29, 79],
+        "e0s": {29: -3.5, 79: -3.0},
+        "avg_num_neighbors": 12.0,
+        "force_rms": 0.5,
+        "energy_shifts": {29: -2.0, 79: -3.0},
+    }
     torch.manual_seed(0)
     model = build_model(_model_config(preset), stats, "float64").eval()
     lone = model(AtomicGraph.from_atoms(Atoms("Au", positions=[[0.0, 0.0, 0.0]])), compute_forces=False)["energy"]

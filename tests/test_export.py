@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import E0S, SPECIES, make_molecule, make_triclinic_crystal
+from tiny_checkpoint import tiny_checkpoint
 
 import mpnn_ip.export
-from conftest import E0S, SPECIES, make_molecule, make_triclinic_crystal
 from mpnn_ip.calculators import MPNNCalculator
 from mpnn_ip.calculators.exported import ExportedCalculator, ExportedModel
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.export import PARITY_RTOL, ExportMismatch, export_model, sample_structures
 from mpnn_ip.models import build_model
-from tiny_checkpoint import tiny_checkpoint
 
 #: The smallest model of each family that still has every block (tracing time grows with the layers).
 EXPORT_KWARGS = {
@@ -148,7 +148,9 @@ def test_mpnn_export_head_exports_that_head_of_a_multi_head_model(tmp_path):
     source.write_bytes(lzma.decompress(fixture.read_bytes()))
     write_imported_checkpoint(source, tmp_path / "heads.ckpt")
     out = tmp_path / "r2scan.pt2"
-    run_export(compose_config("export", [f"ckpt_path={tmp_path / 'heads.ckpt'}", f"out={out}", "compile=false", "head=r2scan"]))
+    run_export(
+        compose_config("export", [f"ckpt_path={tmp_path / 'heads.ckpt'}", f"out={out}", "compile=false", "head=r2scan"])
+    )
     from ase.build import molecule
 
     atoms = molecule("CH3OH")

@@ -30,8 +30,11 @@ SHIFTED_EMT = {
 #: eV per atom added to the new energies: another code's zero of energy.
 REFERENCE_OFFSET = {28: 0.0, 29: -0.30, 47: 0.10, 79: 0.20}
 QUIET = [
-    "logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    "trainer.log_every_n_steps=1", "callbacks.ema.decay=0.9",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "callbacks.ema.decay=0.9",
 ]
 SMALL_DATA = ["data=extxyz", "data.train_count=8", "data.val_count=4", "data.test_count=0", "data.batch_size=4"]
 
@@ -49,7 +52,9 @@ def labelled(frames, parameters=None):
             atoms = atoms.copy()
             atoms.calc = emt.EMT()
             energy = atoms.get_potential_energy() + sum(REFERENCE_OFFSET[int(z)] for z in atoms.numbers)
-            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=atoms.get_forces(), stress=atoms.get_stress())
+            atoms.calc = SinglePointCalculator(
+                atoms, energy=energy, forces=atoms.get_forces(), stress=atoms.get_stress()
+            )
             out.append(atoms)
     return out
 
@@ -123,8 +128,15 @@ def pretrained(folder) -> Path:
 
     torch.manual_seed(0)
     model = build_model(
-        "nequip", species=[29, 47, 79], r_max=3.0, num_layers=2, l_max=1, num_features=4, radial_mlp=[8],
-        avg_num_neighbors=8.0, e0s={29: -1.0, 79: -2.0},
+        "nequip",
+        species=[29, 47, 79],
+        r_max=3.0,
+        num_layers=2,
+        l_max=1,
+        num_features=4,
+        radial_mlp=[8],
+        avg_num_neighbors=8.0,
+        e0s={29: -1.0, 79: -2.0},
     )
     statistics = {"species": [29, 79], "e0s": {29: -1.0, 79: -2.0}, "avg_num_neighbors": 8.0, "force_rms": 0.8}
     path = folder / "pretrained.ckpt"
@@ -170,8 +182,16 @@ def weights(run_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_finetuning_beats_training_from_scratch_on_50_frames_of_a_shifted_emt(shifted_emt_file, folder, monkeypatch):
     data = [f"data.train_path={shifted_emt_file}", "data.train_count=50", "data.val_count=20", "data.test_count=0"]
-    budget = ["data=extxyz", *data, "data.batch_size=5", "dtype=float32", "trainer.max_epochs=2", "optim.lr=0.01",
-              "test_after_fit=false", *QUIET]
+    budget = [
+        "data=extxyz",
+        *data,
+        "data.batch_size=5",
+        "dtype=float32",
+        "trainer.max_epochs=2",
+        "optim.lr=0.01",
+        "test_after_fit=false",
+        *QUIET,
+    ]
     finetuned = mpnn_train(
         [f"finetune_from={QUICKSTART_CHECKPOINT}", "finetune.lr=0.005", *budget], folder / "finetuned", monkeypatch
     )
@@ -224,8 +244,14 @@ def frozen_run(pretrained, old_file, cu_au_file, folder) -> Path:
     with pytest.MonkeyPatch.context() as monkeypatch:
         return mpnn_train(
             [
-                f"finetune_from={pretrained}", "finetune.freeze=[species_embedding,layers.0]", f"data.train_path={cu_au_file}",
-                f"finetune.replay_path={old_file}", "finetune.replay_fraction=0.5", "trainer.max_epochs=1", *SMALL_DATA, *QUIET,
+                f"finetune_from={pretrained}",
+                "finetune.freeze=[species_embedding,layers.0]",
+                f"data.train_path={cu_au_file}",
+                f"finetune.replay_path={old_file}",
+                "finetune.replay_fraction=0.5",
+                "trainer.max_epochs=1",
+                *SMALL_DATA,
+                *QUIET,
             ],
             folder / "frozen",
             monkeypatch,
@@ -283,8 +309,16 @@ def test_resume_continues_a_finetuning_run_with_its_groups_still_frozen(frozen_r
 
 def test_unknown_group_is_refused_with_the_list_of_groups(pretrained, cu_au_file, folder, monkeypatch, capsys):
     message = user_error(
-        [f"finetune_from={pretrained}", "finetune.freeze=[embedding]", f"data.train_path={cu_au_file}", *SMALL_DATA, *QUIET],
-        folder / "unknown_group", monkeypatch, capsys,
+        [
+            f"finetune_from={pretrained}",
+            "finetune.freeze=[embedding]",
+            f"data.train_path={cu_au_file}",
+            *SMALL_DATA,
+            *QUIET,
+        ],
+        folder / "unknown_group",
+        monkeypatch,
+        capsys,
     )
     assert "embedding" in message
     for group in ("species_embedding", "layers", "layers.0", "layers.1", "readout", "scale_shift"):
@@ -295,10 +329,20 @@ def test_parameter_groups_come_from_the_module_tree():
     from mpnn_ip.models import build_model
     from mpnn_ip.train.finetune import freeze, parameter_groups
 
-    model = build_model("mace", species=[29, 79], r_max=3.0, num_interactions=2, hidden_irreps="4x0e+4x1o", max_ell=1,
-                        correlation=2, radial_mlp=[8])
+    model = build_model(
+        "mace",
+        species=[29, 79],
+        r_max=3.0,
+        num_interactions=2,
+        hidden_irreps="4x0e+4x1o",
+        max_ell=1,
+        correlation=2,
+        radial_mlp=[8],
+    )
     groups = parameter_groups(model)
-    assert {"species_embedding", "interactions", "interactions.0", "interactions.1", "products.1", "readouts.0"} <= set(groups)
+    assert {"species_embedding", "interactions", "interactions.0", "interactions.1", "products.1", "readouts.0"} <= set(
+        groups
+    )
     trainable, total = freeze(model, ["species_embedding", "interactions.0"])
     assert total == sum(p.numel() for p in model.parameters())
     assert trainable == total - sum(p.numel() for name in ("species_embedding", "interactions.0") for p in groups[name])
@@ -310,13 +354,21 @@ def test_model_settings_that_differ_from_the_checkpoint_are_named():
     from mpnn_ip.train.finetune import ignored_model_settings
 
     meta = torch.load(QUICKSTART_CHECKPOINT, weights_only=True)["mpnn_ip"]
-    model_cfg = OmegaConf.create({
-        "_target_": "mpnn_ip.models.nequip.NequIP", "species": "${training_data_stats:species}", "r_max": 4.5,
-        "num_layers": 4, "radial_mlp": [32], "e0s": {29: 1.0},
-    })
+    model_cfg = OmegaConf.create(
+        {
+            "_target_": "mpnn_ip.models.nequip.NequIP",
+            "species": "${training_data_stats:species}",
+            "r_max": 4.5,
+            "num_layers": 4,
+            "radial_mlp": [32],
+            "e0s": {29: 1.0},
+        }
+    )
     assert ignored_model_settings(model_cfg, meta) == ["num_layers=4 (checkpoint: 2)"]
     model_cfg._target_ = "mpnn_ip.models.mace.MACE"
-    assert ignored_model_settings(model_cfg, meta) == ["_target_=mpnn_ip.models.mace.MACE (checkpoint: mpnn_ip.models.nequip.NequIP)"]
+    assert ignored_model_settings(model_cfg, meta) == [
+        "_target_=mpnn_ip.models.mace.MACE (checkpoint: mpnn_ip.models.nequip.NequIP)"
+    ]
 
 
 # --- species and E0 --------------------------------------------------------------------------------------
@@ -325,15 +377,21 @@ def test_model_settings_that_differ_from_the_checkpoint_are_named():
 def test_element_outside_the_pretrained_species_is_refused(pretrained, folder, monkeypatch, capsys):
     nickel = alloy_file(folder, "cu_au_ni.xyz", "Ni")
     message = user_error(
-        [f"finetune_from={pretrained}", f"data.train_path={nickel}", *SMALL_DATA, *QUIET], folder / "nickel", monkeypatch, capsys
+        [f"finetune_from={pretrained}", f"data.train_path={nickel}", *SMALL_DATA, *QUIET],
+        folder / "nickel",
+        monkeypatch,
+        capsys,
     )
     assert "Ni" in message and "built with them in species" in message
 
 
 def test_element_in_species_but_not_in_pretraining_is_accepted_and_gets_its_e0(pretrained, folder, monkeypatch):
     silver = alloy_file(folder, "cu_au_ag.xyz", "Ag")
-    run = mpnn_train([f"finetune_from={pretrained}", f"data.train_path={silver}", "trainer.max_epochs=1", *SMALL_DATA, *QUIET],
-                     folder / "silver", monkeypatch)
+    run = mpnn_train(
+        [f"finetune_from={pretrained}", f"data.train_path={silver}", "trainer.max_epochs=1", *SMALL_DATA, *QUIET],
+        folder / "silver",
+        monkeypatch,
+    )
     e0 = dict(zip([29, 47, 79], weights(run)["e0"].tolist()))
     assert all(abs(e0[z] - old) > 1e-3 for z, old in ((29, -1.0), (47, 0.0), (79, -2.0)))  # re-fitted, Ag too
     meta = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["mpnn_ip"]
@@ -345,9 +403,16 @@ def test_element_in_species_but_not_in_pretraining_is_accepted_and_gets_its_e0(p
 
 def test_refit_e0_false_keeps_the_pretrained_e0(pretrained, cu_au_file, folder, monkeypatch):
     run = mpnn_train(
-        [f"finetune_from={pretrained}", "finetune.refit_e0=false", f"data.train_path={cu_au_file}",
-         "trainer.max_epochs=1", *SMALL_DATA, *QUIET],
-        folder / "keep_e0", monkeypatch,
+        [
+            f"finetune_from={pretrained}",
+            "finetune.refit_e0=false",
+            f"data.train_path={cu_au_file}",
+            "trainer.max_epochs=1",
+            *SMALL_DATA,
+            *QUIET,
+        ],
+        folder / "keep_e0",
+        monkeypatch,
     )
     assert weights(run)["e0"].tolist() == [-1.0, 0.0, -2.0]
 
@@ -362,8 +427,16 @@ def test_refit_recovers_a_per_species_change_of_reference_energy():
     from mpnn_ip.train.finetune import predicted_energies, refit_energy_references
 
     torch.manual_seed(1)
-    model = build_model("nequip", species=[29, 47, 79], r_max=4.5, num_layers=1, l_max=1, num_features=4, radial_mlp=[8],
-                        e0s={29: -1.0, 79: -2.0}).double()  # r_max: every atom has its full per-species shift
+    model = build_model(
+        "nequip",
+        species=[29, 47, 79],
+        r_max=4.5,
+        num_layers=1,
+        l_max=1,
+        num_features=4,
+        radial_mlp=[8],
+        e0s={29: -1.0, 79: -2.0},
+    ).double()  # r_max: every atom has its full per-species shift
     frames = ase.io.read(default_dataset_path(), index=":10")
     graphs = [AtomicGraph.from_atoms(a) for a in frames]
     predicted = predicted_energies(model, graphs)
@@ -387,7 +460,9 @@ def test_refit_recovers_a_per_species_change_of_reference_energy():
 
 
 def test_finetune_from_with_ckpt_path_is_refused(pretrained, folder, monkeypatch, capsys):
-    message = user_error([f"finetune_from={pretrained}", f"ckpt_path={pretrained}", *QUIET], folder / "both", monkeypatch, capsys)
+    message = user_error(
+        [f"finetune_from={pretrained}", f"ckpt_path={pretrained}", *QUIET], folder / "both", monkeypatch, capsys
+    )
     assert "finetune_from" in message and "ckpt_path" in message and "resume=" in message
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import physics
 import pytest
 import torch
 from ase.build import molecule
-
-import physics
 from conftest import E0S, SPECIES, make_molecule, make_triclinic_crystal
+
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate, to_inputs
 from mpnn_ip.models import model_class
 from mpnn_ip.models.gap import GAP
@@ -36,7 +36,11 @@ def _frames(count: int, seed: int) -> list[AtomicGraph]:
         atoms = molecule("CH3OH")
         atoms.rattle(stdev=0.1, seed=seed + k)
         energy, forces = _reference_energy(atoms)
-        graphs.append(AtomicGraph.from_atoms(atoms, energy=energy + sum(E0S[s] for s in atoms.get_chemical_symbols()), forces=forces))
+        graphs.append(
+            AtomicGraph.from_atoms(
+                atoms, energy=energy + sum(E0S[s] for s in atoms.get_chemical_symbols()), forces=forces
+            )
+        )
     return graphs
 
 

@@ -1,4 +1,5 @@
 """Cheap CPU checks of the GPU set-up scripts: shell syntax, and the torch-cluster trimming on a fake sdist."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,18 +29,37 @@ def _builder():
 
 def _fake_sdist(root: Path) -> Path:
     top = root / "torch_cluster-1.6.3"
-    files = ["setup.py", "setup.cfg", "LICENSE", "CMakeLists.txt", "test/test_radius.py", ".github/x.yml",
-             "torch_cluster.egg-info/SOURCES.txt", "csrc/extensions.h", "csrc/macros.h", "csrc/cluster.h",
-             "csrc/cpu/utils.h", "csrc/cpu/utils/nanoflann.hpp", "csrc/cuda/utils.cuh"]
+    files = [
+        "setup.py",
+        "setup.cfg",
+        "LICENSE",
+        "CMakeLists.txt",
+        "test/test_radius.py",
+        ".github/x.yml",
+        "torch_cluster.egg-info/SOURCES.txt",
+        "csrc/extensions.h",
+        "csrc/macros.h",
+        "csrc/cluster.h",
+        "csrc/cpu/utils.h",
+        "csrc/cpu/utils/nanoflann.hpp",
+        "csrc/cuda/utils.cuh",
+    ]
     for op in ["radius", "knn", "fps", "grid"]:
-        files += [f"csrc/{op}.cpp", f"csrc/cpu/{op}_cpu.cpp", f"csrc/cpu/{op}_cpu.h",
-                  f"csrc/cuda/{op}_cuda.cu", f"csrc/cuda/{op}_cuda.h", f"torch_cluster/{op}.py"]
+        files += [
+            f"csrc/{op}.cpp",
+            f"csrc/cpu/{op}_cpu.cpp",
+            f"csrc/cpu/{op}_cpu.h",
+            f"csrc/cuda/{op}_cuda.cu",
+            f"csrc/cuda/{op}_cuda.h",
+            f"torch_cluster/{op}.py",
+        ]
     files += ["csrc/version.cpp", "torch_cluster/__init__.py", "torch_cluster/typing.py", "torch_cluster/testing.py"]
     for f in files:
         (top / f).parent.mkdir(parents=True, exist_ok=True)
         (top / f).write_text("x\n")
     (top / "setup.py").write_text(
-        "__version__ = '1.6.3'\nBuildExtension.with_options(no_python_abi_suffix=True, use_ninja=False)\n")
+        "__version__ = '1.6.3'\nBuildExtension.with_options(no_python_abi_suffix=True, use_ninja=False)\n"
+    )
     return top
 
 
@@ -51,7 +71,11 @@ def test_trim_keeps_only_radius_and_version(tmp_path):
     assert sources == ["csrc/cpu/radius_cpu.cpp", "csrc/cuda/radius_cuda.cu", "csrc/radius.cpp", "csrc/version.cpp"]
     assert (top / "csrc/cpu/utils/nanoflann.hpp").exists() and (top / "csrc/cuda/utils.cuh").exists()
     assert sorted(p.name for p in (top / "torch_cluster").glob("*.py")) == [
-        "__init__.py", "radius.py", "testing.py", "typing.py"]
+        "__init__.py",
+        "radius.py",
+        "testing.py",
+        "typing.py",
+    ]
     init = (top / "torch_cluster/__init__.py").read_text()
     assert "['_version', '_radius']" in init and "from .radius import radius, radius_graph" in init
     compile(init, "__init__.py", "exec")

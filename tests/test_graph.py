@@ -29,10 +29,15 @@ def random_triclinic(seed: int, n_atoms: int = 12) -> Atoms:
 
 def tiny_cells() -> list[Atoms]:
     one = Atoms("Cu", positions=[[0.3, 0.2, 0.1]], cell=np.diag([1.9, 2.3, 2.1]), pbc=True)
-    two = Atoms("CuAu", scaled_positions=[[0.1, 0.2, 0.3], [0.6, 0.5, 0.9]],
-                cell=[[2.2, 0.0, 0.0], [1.5, 1.9, 0.0], [0.7, -0.9, 2.4]], pbc=True)
-    flat = Atoms("Cu", positions=[[0.0, 0.0, 0.0]], cell=[[6.0, 0, 0], [5.8, 0.9, 0], [0, 0, 7.0]],
-                 pbc=True)  # very skewed: thin plane spacing along the second axis
+    two = Atoms(
+        "CuAu",
+        scaled_positions=[[0.1, 0.2, 0.3], [0.6, 0.5, 0.9]],
+        cell=[[2.2, 0.0, 0.0], [1.5, 1.9, 0.0], [0.7, -0.9, 2.4]],
+        pbc=True,
+    )
+    flat = Atoms(
+        "Cu", positions=[[0.0, 0.0, 0.0]], cell=[[6.0, 0, 0], [5.8, 0.9, 0], [0, 0, 7.0]], pbc=True
+    )  # very skewed: thin plane spacing along the second axis
     for atoms, name in zip((one, two, flat), ("1-atom cell", "2-atom triclinic", "skewed cell")):
         atoms.info["name"] = name
     return [one, two, flat]
@@ -49,8 +54,12 @@ def slab() -> Atoms:
 
 def wire() -> Atoms:
     rng = np.random.default_rng(5)
-    atoms = Atoms("Cu6", positions=rng.random((6, 3)) * [4.0, 4.0, 2.5],
-                  cell=[[0, 0, 0], [0, 0, 0], [0.3, 0.2, 2.5]], pbc=[False, False, True])
+    atoms = Atoms(
+        "Cu6",
+        positions=rng.random((6, 3)) * [4.0, 4.0, 2.5],
+        cell=[[0, 0, 0], [0, 0, 0], [0.3, 0.2, 2.5]],
+        pbc=[False, False, True],
+    )
     atoms.info["name"] = "wire"
     return atoms
 
@@ -87,8 +96,16 @@ def copper(repeat: int, rattle: float = 0.05) -> Atoms:
 
 
 def mixed_batch() -> list[Atoms]:
-    return [random_triclinic(0), *tiny_cells(), slab(), wire(), molecule_in_box(True),
-            molecule_in_box(False), unwrapped(), isolated_atom()]
+    return [
+        random_triclinic(0),
+        *tiny_cells(),
+        slab(),
+        wire(),
+        molecule_in_box(True),
+        molecule_in_box(False),
+        unwrapped(),
+        isolated_atom(),
+    ]
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -129,7 +146,8 @@ def assert_same_graph_as_ase(frames, r_max, dtype=torch.float64, **kwargs):
     assert len(ours) == edge_index.shape[1], f"duplicate edges in {names}"
     assert ours == expected, (
         f"{names}: {len(ours - expected)} extra, {len(expected - ours)} missing, e.g. "
-        f"extra {sorted(ours - expected)[:3]} missing {sorted(expected - ours)[:3]}")
+        f"extra {sorted(ours - expected)[:3]} missing {sorted(expected - ours)[:3]}"
+    )
     lengths = edge_vectors(pos, cell, edge_index, shifts, batch).norm(dim=1)
     assert bool((lengths < r_max * (1 + 1e-6)).all())
     assert bool((edge_index[0][1:] >= edge_index[0][:-1]).all()), "edges not sorted by centre"
@@ -215,8 +233,12 @@ def test_sufficient_neighbour_bound_matches_ase():
 
 def test_empty_input_gives_empty_graph():
     edge_index, shifts = radius_graph_pbc(
-        torch.zeros(0, 3), torch.zeros(1, 3, 3), torch.ones(1, 3, dtype=torch.bool),
-        torch.zeros(0, dtype=torch.long), 5.0)
+        torch.zeros(0, 3),
+        torch.zeros(1, 3, 3),
+        torch.ones(1, 3, dtype=torch.bool),
+        torch.zeros(0, dtype=torch.long),
+        5.0,
+    )
     assert edge_index.shape == (2, 0) and shifts.shape == (0, 3)
 
 
@@ -239,8 +261,7 @@ def test_cuda_graph_equals_cpu_graph(block_min_points):
     frames = [copper(4), *mixed_batch()]
     pos, cell, pbc, batch = as_inputs(frames, torch.float32)
     cpu = radius_graph_pbc(pos, cell, pbc, batch, 4.0)
-    cuda = radius_graph_pbc(pos.cuda(), cell.cuda(), pbc.cuda(), batch.cuda(), 4.0,
-                            _block_min_points=block_min_points)
+    cuda = radius_graph_pbc(pos.cuda(), cell.cuda(), pbc.cuda(), batch.cuda(), 4.0, _block_min_points=block_min_points)
     assert edge_triples(*cpu) == edge_triples(*cuda)
 
 
@@ -251,5 +272,4 @@ def test_edge_vectors_match_finite_differences():
     assert edge_index.shape[1] > 20
     pos.requires_grad_(True)
     cell.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda p, c: edge_vectors(p, c, edge_index, shifts, batch), (pos, cell))
+    assert torch.autograd.gradcheck(lambda p, c: edge_vectors(p, c, edge_index, shifts, batch), (pos, cell))

@@ -7,10 +7,11 @@ import torch
 
 pytest.importorskip("torch_cluster")
 
+from tiny_checkpoint import build_tiny_model, tiny_checkpoint, write_checkpoint  # noqa: E402
+
+from mpnn_ip.checkpoint import load_model  # noqa: E402
 from mpnn_ip.data import AtomicGraph, collate  # noqa: E402
 from mpnn_ip.errors import ConfigError  # noqa: E402
-from mpnn_ip.checkpoint import load_model  # noqa: E402
-from tiny_checkpoint import build_tiny_model, tiny_checkpoint, write_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,16 @@ def test_a_disagreeing_original_stops_the_import_and_writes_no_checkpoint(tmp_pa
     def shifted_peer(python, path, package, structures, head):
         assert package == "mace-torch" and python == "/peer/bin/python"
         ours = check.our_results(import_model_once(path), structures)
-        return {"results": [{"energy": r["energy"] + 1e-3 * len(a), "forces": r["forces"].tolist(),
-                             "stress": None if r["stress"] is None else r["stress"].tolist()} for r, a in zip(ours, structures)]}
+        return {
+            "results": [
+                {
+                    "energy": r["energy"] + 1e-3 * len(a),
+                    "forces": r["forces"].tolist(),
+                    "stress": None if r["stress"] is None else r["stress"].tolist(),
+                }
+                for r, a in zip(ours, structures)
+            ]
+        }
 
     def import_model_once(path):
         from mpnn_ip.interop import import_model
@@ -72,8 +80,16 @@ def test_an_agreeing_original_is_recorded_in_the_checkpoint(tmp_path, monkeypatc
         from mpnn_ip.interop import import_model
 
         ours = check.our_results(import_model(path), structures)
-        return {"results": [{"energy": r["energy"], "forces": r["forces"].tolist(),
-                             "stress": None if r["stress"] is None else r["stress"].tolist()} for r in ours]}
+        return {
+            "results": [
+                {
+                    "energy": r["energy"],
+                    "forces": r["forces"].tolist(),
+                    "stress": None if r["stress"] is None else r["stress"].tolist(),
+                }
+                for r in ours
+            ]
+        }
 
     monkeypatch.setattr(check, "peer_results", same_peer)
     write_imported_checkpoint(source, tmp_path / "out.ckpt", check=check.compare_with_peer("/peer/bin/python", source))
@@ -82,9 +98,14 @@ def test_an_agreeing_original_is_recorded_in_the_checkpoint(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture, peer", [
-    ("mace/scaleshift_residual_l3_c3.model.xz", "mace"), ("mace/multihead.model.xz", "mace"), ("nequip/nequip_s.ckpt.xz", "nequip"),
-])
+@pytest.mark.parametrize(
+    "fixture, peer",
+    [
+        ("mace/scaleshift_residual_l3_c3.model.xz", "mace"),
+        ("mace/multihead.model.xz", "mace"),
+        ("nequip/nequip_s.ckpt.xz", "nequip"),
+    ],
+)
 def test_check_with_the_real_original_package_agrees(fixture, peer, tmp_path, capsys):
     python = PEERS / peer / "bin" / "python"
     if not python.exists():

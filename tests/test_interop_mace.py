@@ -34,7 +34,12 @@ def _record(variant: str, tmp_path: Path):
 def _structures() -> dict[str, Atoms]:
     data = np.load(FIXTURES / "structures.npz")
     return {
-        str(name): Atoms(numbers=data[f"{name}.numbers"], positions=data[f"{name}.positions"], cell=data[f"{name}.cell"], pbc=data[f"{name}.pbc"])
+        str(name): Atoms(
+            numbers=data[f"{name}.numbers"],
+            positions=data[f"{name}.positions"],
+            cell=data[f"{name}.cell"],
+            pbc=data[f"{name}.pbc"],
+        )
         for name in data["names"]
     }
 
@@ -51,7 +56,9 @@ def _parity(variant: str, tmp_path: Path, head: str | None = None) -> dict[str, 
     ]
     for item in theirs:
         item["energy"] = float(item["energy"])
-    errors = parity_errors(our_results(imported.potential, list(structures.values())), theirs, list(structures.values()))
+    errors = parity_errors(
+        our_results(imported.potential, list(structures.values())), theirs, list(structures.values())
+    )
     print(variant, head, errors)
     return errors
 
@@ -95,11 +102,13 @@ def _head_results(model, structures: list[Atoms], head: int) -> list[dict]:
         inputs = to_inputs(collate([AtomicGraph.from_atoms(atoms)]))
         inputs["head"] = torch.tensor([head])
         result = model(inputs, compute_forces=True, compute_stress=periodic)
-        out.append({
-            "energy": float(result["energy"][0].detach()),
-            "forces": result["forces"].detach().numpy(),
-            "stress": result["stress"][0].detach().numpy() if periodic else None,
-        })
+        out.append(
+            {
+                "energy": float(result["energy"][0].detach()),
+                "forces": result["forces"].detach().numpy(),
+                "stress": result["stress"][0].detach().numpy() if periodic else None,
+            }
+        )
     return out
 
 
@@ -110,10 +119,14 @@ def test_all_heads_import_into_one_model_whose_frames_use_their_own_head(tmp_pat
     reference = np.load(FIXTURES / "multihead.npz")
     structures = _structures()
     for index, head in enumerate(model.heads):
-        theirs = [{key: reference[f"{head}.{name}.{key}"] for key in ("energy", "forces", "stress")} for name in structures]
+        theirs = [
+            {key: reference[f"{head}.{name}.{key}"] for key in ("energy", "forces", "stress")} for name in structures
+        ]
         for item in theirs:
             item["energy"] = float(item["energy"])
-        errors = parity_errors(_head_results(model, list(structures.values()), index), theirs, list(structures.values()))
+        errors = parity_errors(
+            _head_results(model, list(structures.values()), index), theirs, list(structures.values())
+        )
         print(head, errors)
         _assert_within_tolerances(errors)
 
@@ -132,7 +145,9 @@ def test_multihead_checkpoint_keeps_its_heads_and_the_calculator_picks_one(tmp_p
     atoms = _structures()["bulk"]
     for head, expected_head in ((None, "pbe"), ("pbe", "pbe"), ("r2scan", "r2scan")):
         atoms.calc = MPNNCalculator.from_checkpoint(tmp_path / "multihead.ckpt", head=head, compile=False)
-        assert atoms.get_potential_energy() == pytest.approx(float(reference[f"{expected_head}.bulk.energy"]), abs=1e-6 * len(atoms))
+        assert atoms.get_potential_energy() == pytest.approx(
+            float(reference[f"{expected_head}.bulk.energy"]), abs=1e-6 * len(atoms)
+        )
         np.testing.assert_allclose(atoms.get_forces(), reference[f"{expected_head}.bulk.forces"], atol=1e-5)
     with pytest.raises(ConfigError, match=r"no head 'pw91'.*\['pbe', 'r2scan'\]"):
         MPNNCalculator.from_checkpoint(tmp_path / "multihead.ckpt", head="pw91")
@@ -144,7 +159,10 @@ def test_unknown_head_is_refused(tmp_path):
 
 
 def test_density_interaction_is_refused_by_name(tmp_path):
-    with pytest.raises(UnsupportedModelError, match=r"module model\.interactions\.0 of class mace\.modules\.blocks\.RealAgnosticDensityInteractionBlock"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"module model\.interactions\.0 of class mace\.modules\.blocks\.RealAgnosticDensityInteractionBlock",
+    ):
         convert_mace(_record("refused_density", tmp_path))
 
 
@@ -197,4 +215,8 @@ def test_imported_model_is_rotation_invariant_and_runs_in_float32(tmp_path):
     model = convert_mace(_record("scaleshift_gaussian_agnesi_zbl", tmp_path)).potential
     structures = _structures()
     physics.check_rotation_equivariance(model, structures["triclinic"])
-    physics.check_float32_matches_float64(model, convert_mace(_record("scaleshift_gaussian_agnesi_zbl", tmp_path)).potential.float(), [structures["bulk"], structures["molecule"]])
+    physics.check_float32_matches_float64(
+        model,
+        convert_mace(_record("scaleshift_gaussian_agnesi_zbl", tmp_path)).potential.float(),
+        [structures["bulk"], structures["molecule"]],
+    )

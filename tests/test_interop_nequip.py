@@ -46,7 +46,9 @@ def _reference(path: Path) -> tuple[list[Atoms], list[dict]]:
     data = json.loads(path.read_text())
     structures, results = [], []
     for entry in data["structures"].values():
-        structures.append(Atoms(numbers=entry["numbers"], positions=entry["positions"], cell=entry["cell"], pbc=entry["pbc"]))
+        structures.append(
+            Atoms(numbers=entry["numbers"], positions=entry["positions"], cell=entry["cell"], pbc=entry["pbc"])
+        )
         results.append({"energy": entry["energy"], "forces": entry["forces"], "stress": entry.get("stress")})
     return structures, results
 
@@ -81,13 +83,22 @@ def test_checkpoint_import_reproduces_nequip(variant, tmp_path):
 def test_package_import_reproduces_nequip(variant, tmp_path):
     path = _unpacked(f"{variant}.nequip.zip", tmp_path)
     assert looks_like_nequip_package(SafeArchive(path))
-    imported = read_source(path)  # parity=True gates pickle torch.tanh as getattr(torch._VariableFunctionsClass, "tanh")
+    imported = read_source(
+        path
+    )  # parity=True gates pickle torch.tanh as getattr(torch._VariableFunctionsClass, "tanh")
     assert imported.package == "nequip" and imported.package_version == "0.19.1"
     _assert_parity(imported.potential, FIXTURES / f"{variant}.package_reference.json")
 
 
 def test_fixtures_cover_the_priority_variants():
-    assert {"nequip_s", "parity_false_l1", "l3_one_layer", "five_layers_extras", "zbl_three_layers", "ema_per_type_neighbors"} <= set(CHECKPOINTS)
+    assert {
+        "nequip_s",
+        "parity_false_l1",
+        "l3_one_layer",
+        "five_layers_extras",
+        "zbl_three_layers",
+        "ema_per_type_neighbors",
+    } <= set(CHECKPOINTS)
     assert {"nequip_s", "parity_false_l1"} <= set(PACKAGES)
     assert PACKAGES, "no nequip-package fixture"
     assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 900_000
@@ -114,11 +125,19 @@ def _with_model_option(ckpt: dict, **options) -> dict:
     "option, value, named",
     [
         ("pair_potential", {"_target_": "nequip.nn.pair_potential.LennardJones", "lj_sigma": 1.0}, "pair_potential"),
-        ("pair_potential", {"_target_": "nequip.nn.pair_potential.ZBL", "units": "real", "chemical_species": ["H", "C", "O"]}, "pair_potential.units"),
+        (
+            "pair_potential",
+            {"_target_": "nequip.nn.pair_potential.ZBL", "units": "real", "chemical_species": ["H", "C", "O"]},
+            "pair_potential.units",
+        ),
         ("convnet_nonlinearity_type", "norm", "convnet_nonlinearity_type"),
         ("avg_num_neighbors", {"H": 3.0, "C": 4.0}, "avg_num_neighbors"),
         ("per_edge_type_cutoff", {"H": 2.0}, "per_edge_type_cutoff"),
-        ("categorical_graph_field_embed", [{"field": "total_charge", "num_features": 2, "min": -1, "max": 1}], "categorical_graph_field_embed"),
+        (
+            "categorical_graph_field_embed",
+            [{"field": "total_charge", "num_features": 2, "min": -1, "max": 1}],
+            "categorical_graph_field_embed",
+        ),
         ("learnable_shift", True, "learnable_shift"),
         ("compile_mode", "compile", "compile_mode"),
         ("some_future_option", 1, "some_future_option"),
@@ -205,11 +224,22 @@ def test_preset_builder_resolves_to_its_preset_options():
     from mpnn_ip.interop.nequip_config import nequip_options
 
     options = nequip_options(
-        {"_target_": "nequip.model.PresetNequIPGNNModel", "preset": "s", "type_names": ["H"], "r_max": 5.0, "avg_num_neighbors": 3.0, "num_features": 8},
+        {
+            "_target_": "nequip.model.PresetNequIPGNNModel",
+            "preset": "s",
+            "type_names": ["H"],
+            "r_max": 5.0,
+            "avg_num_neighbors": 3.0,
+            "num_features": 8,
+        },
         "test",
     )
     assert (options["num_layers"], options["l_max"], options["parity"], options["num_features"]) == (2, 1, False, 8)
-    assert (options["type_embed_num_features"], options["radial_mlp_depth"], options["radial_mlp_width"]) == (32, 1, 128)
+    assert (options["type_embed_num_features"], options["radial_mlp_depth"], options["radial_mlp_width"]) == (
+        32,
+        1,
+        128,
+    )
 
 
 def test_package_with_an_accelerated_tensor_product_is_refused(tmp_path):
@@ -220,7 +250,9 @@ def test_package_with_an_accelerated_tensor_product_is_refused(tmp_path):
     archive = SafeArchive(_unpacked("parity_false_l1.nequip.zip", tmp_path))
     root = archive.load_pickle(next(n for n in archive.names if n.endswith("/model/eager_model.pkl")))
     check_package_modules(root, "package")
-    convnet = module_children(module_children(module_children(module_children(root)["sole_model"])["model"])["func"])["layer0_convnet"]
+    convnet = module_children(module_children(module_children(module_children(root)["sole_model"])["model"])["func"])[
+        "layer0_convnet"
+    ]
     interaction = module_children(convnet)["conv"]
     foreign = next(r for r in module_children(interaction).values() if r.qualname.endswith("TensorProductScatter"))
     object.__setattr__(foreign, "qualname", "nequip.nn._tp_scatter_oeq.OpenEquivarianceTensorProductScatter")

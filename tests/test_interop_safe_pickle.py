@@ -188,10 +188,13 @@ def test_a_torch_function_named_through_getattr_is_an_inert_record(tmp_path):
     assert isinstance(record, type) and issubclass(record, Record) and record.qualname == "torch.tanh"
 
 
-@pytest.mark.parametrize("payload", [
-    b"cbuiltins\ngetattr\n(cposix\nsystem\nS'__call__'\ntR.",
-    b"cbuiltins\ngetattr\n(ctorch._C\n_VariableFunctionsClass\nS'__class__.__init__'\ntR.",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"cbuiltins\ngetattr\n(cposix\nsystem\nS'__call__'\ntR.",
+        b"cbuiltins\ngetattr\n(ctorch._C\n_VariableFunctionsClass\nS'__class__.__init__'\ntR.",
+    ],
+)
 def test_getattr_on_anything_but_a_torch_function_namespace_is_refused(tmp_path, payload):
     with pytest.raises(UnsafeFileError, match="getattr"):
         load_torch_file(_pickle_in_zip(tmp_path / "evil.pt", payload))

@@ -37,7 +37,9 @@ def structures() -> list:
 
     data = np.load(FIXTURES / "mace" / "structures.npz")
     return [
-        Atoms(numbers=data[f"{n}.numbers"], positions=data[f"{n}.positions"], cell=data[f"{n}.cell"], pbc=data[f"{n}.pbc"])
+        Atoms(
+            numbers=data[f"{n}.numbers"], positions=data[f"{n}.positions"], cell=data[f"{n}.cell"], pbc=data[f"{n}.pbc"]
+        )
         for n in data["names"]
     ]
 
@@ -76,7 +78,9 @@ def test_the_calculator_committee_and_loader_give_the_imported_models_numbers(im
     committee = MPNNCalculator.from_checkpoints([ckpt_path, ckpt_path])
     for atoms in structures():
         expected = float(direct(_inputs(atoms), compute_forces=False)["energy"][0].detach())
-        assert float(loaded(_inputs(atoms), compute_forces=False)["energy"][0].detach()) == pytest.approx(expected, abs=1e-10)
+        assert float(loaded(_inputs(atoms), compute_forces=False)["energy"][0].detach()) == pytest.approx(
+            expected, abs=1e-10
+        )
         for calc in (single, committee):
             copy = atoms.copy()
             copy.calc = calc
@@ -110,8 +114,15 @@ def test_mpnn_md_runs_an_imported_model(imported, tmp_path):
     atoms = structures()[0]
     atoms.center(vacuum=4.0)
     summary = run_md(
-        atoms, MPNNCalculator.from_checkpoint(ckpt_path), ensemble="nve", temperature=100, steps=4, log_interval=2,
-        out_dir=tmp_path, trajectory="md.extxyz", seed=0,
+        atoms,
+        MPNNCalculator.from_checkpoint(ckpt_path),
+        ensemble="nve",
+        temperature=100,
+        steps=4,
+        log_interval=2,
+        out_dir=tmp_path,
+        trajectory="md.extxyz",
+        seed=0,
     )
     assert len(summary["log_rows"]) == 3 and all(np.isfinite(row).all() for row in summary["log_rows"])
     assert len(ase.io.read(tmp_path / "md.extxyz", ":")) == 3
@@ -150,7 +161,9 @@ def _emt_frames(path: Path, symbols_per_frame: list[list[str]], seed: int = 0) -
 
 
 @pytest.mark.slow
-def test_an_imported_model_fine_tunes_and_elements_absent_from_the_new_data_keep_working(imported, tmp_path, monkeypatch):
+def test_an_imported_model_fine_tunes_and_elements_absent_from_the_new_data_keep_working(
+    imported, tmp_path, monkeypatch
+):
     from hydra.core.global_hydra import GlobalHydra
 
     from mpnn_ip.checkpoint import load_model
@@ -161,12 +174,26 @@ def test_an_imported_model_fine_tunes_and_elements_absent_from_the_new_data_keep
     run_dir = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(sys, "argv", [
-        "mpnn-train", f"finetune_from={ckpt_path}", "data=extxyz", f"data.train_path={data}", "data.train_count=8",
-        "data.val_count=4", "data.test_count=0", "data.batch_size=4", "trainer.max_epochs=1", "logger=csv",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test_after_fit=false",
-        f"hydra.run.dir={run_dir}",
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "mpnn-train",
+            f"finetune_from={ckpt_path}",
+            "data=extxyz",
+            f"data.train_path={data}",
+            "data.train_count=8",
+            "data.val_count=4",
+            "data.test_count=0",
+            "data.batch_size=4",
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "test_after_fit=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+    )
     try:
         main()
     finally:

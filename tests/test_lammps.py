@@ -65,7 +65,16 @@ def _write_data(atoms: Atoms, path: Path) -> Path:
     """LAMMPS data file (metal, atomic, types Cu=1 Au=2, masses, velocities) of an orthogonal cell."""
     from ase.io import write
 
-    write(path, atoms, format="lammps-data", specorder=["Cu", "Au"], masses=True, velocities=True, units="metal", atom_style="atomic")
+    write(
+        path,
+        atoms,
+        format="lammps-data",
+        specorder=["Cu", "Au"],
+        masses=True,
+        velocities=True,
+        units="metal",
+        atom_style="atomic",
+    )
     return path
 
 
@@ -107,9 +116,18 @@ def test_step_zero_energy_pressure_forces_and_per_atom_terms_equal_the_calculato
     from mpnn_ip.lammps import attach
 
     lmp = _lammps(
-        "units metal", "boundary p p p", "lattice fcc 3.7", "region box prism 0 3 0 3 0 3 0.4 0.3 -0.2", "create_box 2 box",
-        "create_atoms 1 box", "set type 1 type/fraction 2 0.3 11", "mass 1 63.546", "mass 2 196.97",
-        "displace_atoms all random 0.1 0.1 0.1 7", "fix mpnn all external pf/callback 1 1", PER_ATOM,
+        "units metal",
+        "boundary p p p",
+        "lattice fcc 3.7",
+        "region box prism 0 3 0 3 0 3 0.4 0.3 -0.2",
+        "create_box 2 box",
+        "create_atoms 1 box",
+        "set type 1 type/fraction 2 0.3 11",
+        "mass 1 63.546",
+        "mass 2 196.97",
+        "displace_atoms all random 0.1 0.1 0.1 7",
+        "fix mpnn all external pf/callback 1 1",
+        PER_ATOM,
     )
     potential = attach(lmp, model, compile=False)
     lmp.command("run 0")
@@ -124,7 +142,9 @@ def test_step_zero_energy_pressure_forces_and_per_atom_terms_equal_the_calculato
         assert lmp.get_thermo(name) / nktv2p == pytest.approx(-stress[i, j], abs=1e-10)
     np.testing.assert_allclose(_forces(lmp), forces, atol=1e-8)
 
-    per_atom_energies = np.array(lmp.numpy.extract_compute("pea", 1, 1))[np.argsort(np.array(lmp.numpy.extract_atom("id")[:n]))]
+    per_atom_energies = np.array(lmp.numpy.extract_compute("pea", 1, 1))[
+        np.argsort(np.array(lmp.numpy.extract_atom("id")[:n]))
+    ]
     np.testing.assert_allclose(per_atom_energies, atoms.get_potential_energies(), atol=1e-8)
     assert lmp.numpy.extract_compute("pe_sum", 0, 0) == pytest.approx(lmp.get_thermo("pe"), abs=1e-8)
     virial = -stress * atoms.get_volume()  # eV; stress/atom is -virial * nktv2p per atom
@@ -139,9 +159,18 @@ def test_non_periodic_boundaries_are_non_periodic_directions_of_the_cell(model, 
     from mpnn_ip.lammps import attach
 
     lmp = _lammps(
-        "units metal", f"boundary {boundary}", "lattice fcc 3.7", "region box block 0 3 0 3 0 3", "create_box 2 box",
-        "region inner block 0.1 2.9 0.1 2.9 0.1 2.9", "create_atoms 1 region inner", "set type 1 type/fraction 2 0.3 11",
-        "mass 1 63.546", "mass 2 196.97", "displace_atoms all random 0.1 0.1 0.1 7", "fix mpnn all external pf/callback 1 1",
+        "units metal",
+        f"boundary {boundary}",
+        "lattice fcc 3.7",
+        "region box block 0 3 0 3 0 3",
+        "create_box 2 box",
+        "region inner block 0.1 2.9 0.1 2.9 0.1 2.9",
+        "create_atoms 1 region inner",
+        "set type 1 type/fraction 2 0.3 11",
+        "mass 1 63.546",
+        "mass 2 196.97",
+        "displace_atoms all random 0.1 0.1 0.1 7",
+        "fix mpnn all external pf/callback 1 1",
     )
     potential = attach(lmp, model, elements=["Cu", "Au"], compile=False)
     lmp.command("run 0")
@@ -157,9 +186,19 @@ def test_npt_changes_the_volume_and_the_graph_follows_the_box(model):
     from mpnn_ip.lammps import attach
 
     lmp = _lammps(
-        "units metal", "boundary p p p", "lattice fcc 3.7", "region box block 0 3 0 3 0 3", "create_box 2 box", "create_atoms 1 box",
-        "set type 1 type/fraction 2 0.25 3", "mass 1 63.546", "mass 2 196.97", "velocity all create 300 5 loop geom",
-        "fix mpnn all external pf/callback 1 1", "fix npt all npt temp 300 300 0.1 iso 0 0 0.5", "thermo 10",
+        "units metal",
+        "boundary p p p",
+        "lattice fcc 3.7",
+        "region box block 0 3 0 3 0 3",
+        "create_box 2 box",
+        "create_atoms 1 box",
+        "set type 1 type/fraction 2 0.25 3",
+        "mass 1 63.546",
+        "mass 2 196.97",
+        "velocity all create 300 5 loop geom",
+        "fix mpnn all external pf/callback 1 1",
+        "fix npt all npt temp 300 300 0.1 iso 0 0 0.5",
+        "thermo 10",
     )
     potential = attach(lmp, model, compile=False)
     volume = lmp.get_thermo("vol")
@@ -234,7 +273,9 @@ def test_nve_equals_ase_velocity_verlet_and_two_ranks_equal_one(model, tmp_path)
         folder.mkdir()
         _write_data(start, folder / "start.data")
         (folder / "in.nve").write_text(NVE_SCRIPT)
-        done = _run_cli(["in.nve", f"model={CKPT}", "dtype=float64", "-screen", "none", "elements=[Cu,Au]"], folder, ranks)
+        done = _run_cli(
+            ["in.nve", f"model={CKPT}", "dtype=float64", "-screen", "none", "elements=[Cu,Au]"], folder, ranks
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert "mpnn-lammps: in.nve done" in done.stdout
         assert (folder / "log.lammps").is_file() and not (folder / ".log.lammps.partial").exists()
@@ -255,7 +296,9 @@ def _dump_positions(path: Path, cell: np.ndarray) -> np.ndarray:
 def test_a_committee_exposes_positive_uncertainties_and_fix_halt_stops_on_them(tmp_path):
     from mpnn_ip.lammps import run_script
 
-    paths = [write_checkpoint(build_tiny_model(["Cu", "Au"], seed=seed), tmp_path / f"m{seed}.ckpt") for seed in (0, 1, 2)]
+    paths = [
+        write_checkpoint(build_tiny_model(["Cu", "Au"], seed=seed), tmp_path / f"m{seed}.ckpt") for seed in (0, 1, 2)
+    ]
     _write_data(_cu_au(repeat=2, seed=2), tmp_path / "start.data")
     (tmp_path / "in.committee").write_text(
         "units metal\nread_data start.data\nfix mpnn all external pf/callback 1 1\nfix nve all nve\n"
@@ -266,8 +309,20 @@ def test_a_committee_exposes_positive_uncertainties_and_fix_halt_stops_on_them(t
     cwd = Path.cwd()
     try:
         os.chdir(tmp_path)
-        result = run_script("in.committee", [str(p) for p in paths], lammps_args=["-var", "limit", "1e9", "-screen", "none"], log="free.log", device="cpu")
-        halted = run_script("in.committee", [str(p) for p in paths], lammps_args=["-var", "limit", "0", "-screen", "none"], log="halted.log", device="cpu")
+        result = run_script(
+            "in.committee",
+            [str(p) for p in paths],
+            lammps_args=["-var", "limit", "1e9", "-screen", "none"],
+            log="free.log",
+            device="cpu",
+        )
+        halted = run_script(
+            "in.committee",
+            [str(p) for p in paths],
+            lammps_args=["-var", "limit", "0", "-screen", "none"],
+            log="halted.log",
+            device="cpu",
+        )
     finally:
         os.chdir(cwd)
     final = _final_uncertainties(tmp_path / "free.log")
@@ -312,17 +367,39 @@ FIX = "fix mpnn all external pf/callback 1 1\n"
     [
         (GOOD_HEAD + FIX, ["elements=[Cu,Xx]"], "'Xx' (type 2) is not a chemical symbol"),
         (GOOD_HEAD + FIX, ["elements=[Cu]"], "type 2 has no element"),
-        (GOOD_HEAD + FIX, ["elements=[Cu,Ag]"], "LAMMPS type 2 is Ag, an element the model was not trained on (it knows"),
-        (GOOD_HEAD + "mass 2 2.014\n" + FIX, [], "LAMMPS type 2 has mass 2.014, which is no element's standard atomic mass"),
-        (GOOD_HEAD + "fix nve all nve\nrun 10\n", [], "declares no fix 'mpnn' (it declares the fixes nve; choose one with fix_id=)"),
+        (
+            GOOD_HEAD + FIX,
+            ["elements=[Cu,Ag]"],
+            "LAMMPS type 2 is Ag, an element the model was not trained on (it knows",
+        ),
+        (
+            GOOD_HEAD + "mass 2 2.014\n" + FIX,
+            [],
+            "LAMMPS type 2 has mass 2.014, which is no element's standard atomic mass",
+        ),
+        (
+            GOOD_HEAD + "fix nve all nve\nrun 10\n",
+            [],
+            "declares no fix 'mpnn' (it declares the fixes nve; choose one with fix_id=)",
+        ),
         (GOOD_HEAD.replace("metal", "real") + FIX, [], "`units real`: mpnn_ip potentials need `units metal`"),
         (GOOD_HEAD + "fix mpnn all nve\n", [], "fix mpnn is `all nve`"),
         (GOOD_HEAD + FIX + "run 0\n", ["fix_id=other"], "declares no fix 'other' (it declares the fixes mpnn"),
         (GOOD_HEAD + FIX + "run 0\n", ["skin=thin"], "skin=thin: not a number"),
         (GOOD_HEAD + FIX + "run 0\n", ["skn=1"], "unknown option 'skn'"),
     ],
-    ids=["unknown-symbol", "type-without-element", "element-not-in-model", "mass-of-no-element", "no-fix", "real-units",
-         "fix-of-another-style", "other-fix-id", "bad-skin", "misspelt-option"],
+    ids=[
+        "unknown-symbol",
+        "type-without-element",
+        "element-not-in-model",
+        "mass-of-no-element",
+        "no-fix",
+        "real-units",
+        "fix-of-another-style",
+        "other-fix-id",
+        "bad-skin",
+        "misspelt-option",
+    ],
 )
 def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(tmp_path, capsys, script, extra, expected):
     from mpnn_ip.cli.lammps import main
@@ -374,7 +451,9 @@ def test_scan_splits_the_script_after_the_fix_declaration():
     assert parts.fix_line == 5 and parts.rest == "run 10\n" and parts.head + parts.rest == text
 
 
-@pytest.mark.skipif(shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(), reason="no mpiexec")
+@pytest.mark.skipif(
+    shutil.which("mpiexec") is None and not (Path(sys.executable).parent / "mpiexec").exists(), reason="no mpiexec"
+)
 def test_mpi_library_is_found_without_ld_library_path():
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     code = "from mpnn_ip.lammps import is_available; assert is_available()"

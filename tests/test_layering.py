@@ -16,9 +16,24 @@ import mpnn_ip
 
 PACKAGE = Path(mpnn_ip.__file__).parent
 LAYERS = {
-    "errors": 0, "elements": 0, "outputs": 0, "cpu_allocator": 0,
-    "graph": 1, "data": 2, "nn": 3, "models": 4, "checkpoint": 5,
-    "train": 6, "calculators": 6, "evaluation": 6, "export": 6, "torchsim": 6, "interop": 6, "lammps": 6, "md": 6, "cli": 7,
+    "errors": 0,
+    "elements": 0,
+    "outputs": 0,
+    "cpu_allocator": 0,
+    "graph": 1,
+    "data": 2,
+    "nn": 3,
+    "models": 4,
+    "checkpoint": 5,
+    "train": 6,
+    "calculators": 6,
+    "evaluation": 6,
+    "export": 6,
+    "torchsim": 6,
+    "interop": 6,
+    "lammps": 6,
+    "md": 6,
+    "cli": 7,
 }
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import physics
 import pytest
 import torch
+from conftest import make_molecule, make_triclinic_crystal, make_water
 from e3nn import o3
 
-import physics
-from conftest import make_molecule, make_triclinic_crystal, make_water
 from mpnn_ip.models import build_model
 from mpnn_ip.models.mace import MACE, PRESETS
 from mpnn_ip.nn import MACEInteraction
@@ -42,7 +42,15 @@ def test_defaults_build_and_run():
 
 def test_config_rebuilds_the_same_model():
     torch.manual_seed(0)
-    model = build_model("mace", species=["H", "C", "O"], r_max=4.0, e0s={"H": -1.0}, avg_num_neighbors=7.5, correlation=[3, 2], **{k: v for k, v in TINY.items() if k != "correlation"})
+    model = build_model(
+        "mace",
+        species=["H", "C", "O"],
+        r_max=4.0,
+        e0s={"H": -1.0},
+        avg_num_neighbors=7.5,
+        correlation=[3, 2],
+        **{k: v for k, v in TINY.items() if k != "correlation"},
+    )
     rebuilt = type(model)(**model.config)
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.config == model.config
@@ -68,7 +76,12 @@ def test_energy_is_rotation_invariant_and_forces_match_finite_differences():
 
 MACE_TORCH_OPTIONS = [
     dict(first_interaction_skip="residual", shift_every_atom=True, energy_shift=0.3),
-    dict(first_interaction_skip="species_linear", radial_type="gaussian", distance_transform="agnesi", pair_repulsion=True),
+    dict(
+        first_interaction_skip="species_linear",
+        radial_type="gaussian",
+        distance_transform="agnesi",
+        pair_repulsion=True,
+    ),
     dict(distance_transform="soft", pair_repulsion=True, shift_every_atom=True),
 ]
 
@@ -78,7 +91,9 @@ def test_mace_torch_options_are_invariant_with_exact_forces_and_rebuild(options)
     """The options that reproduce mace-torch models (for mpnn-import) keep the physics: rotation
     invariance, forces = -dE/dx, and a rebuild from the config (stress: the parity tests of tests/test_interop_mace.py)."""
     torch.manual_seed(0)
-    model = build_model("mace", species=["C", "O", "H", "Cu", "Au"], r_max=4.0, **TINY, **options).to(torch.float64).eval()
+    model = (
+        build_model("mace", species=["C", "O", "H", "Cu", "Au"], r_max=4.0, **TINY, **options).to(torch.float64).eval()
+    )
     physics.check_rotation_equivariance(model, make_triclinic_crystal())
     physics.check_forces_finite_differences(model, make_molecule())
     rebuilt = type(model)(**model.config).to(torch.float64)
@@ -100,10 +115,14 @@ def test_edge_tensor_product_matches_e3nn(node_irreps):
     paths = message_paths(irreps_node, irreps_sh, irreps_target)
     instructions = [(i, j, k, "uvu", True) for k, (i, j, _) in enumerate(paths)]
     irreps_mid = o3.Irreps([(channels, ir) for _, _, ir in paths])
-    reference = o3.TensorProduct(irreps_node, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False).to(torch.float64)
+    reference = o3.TensorProduct(
+        irreps_node, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
+    ).to(torch.float64)
 
     generator = torch.Generator().manual_seed(1)
-    features = torch.randn(n_atoms, dim_node, channels, dtype=torch.float64, generator=generator)  # channels-last [n, D, C]
+    features = torch.randn(
+        n_atoms, dim_node, channels, dtype=torch.float64, generator=generator
+    )  # channels-last [n, D, C]
     vectors = torch.randn(n_edges, 3, dtype=torch.float64, generator=generator)
     edge_sh = o3.spherical_harmonics(irreps_sh, vectors, normalize=True, normalization="component")
     weights = torch.randn(n_edges, len(paths), channels, dtype=torch.float64, generator=generator)

@@ -22,8 +22,8 @@ from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from mpnn_ip.md import StopConditions, run_md
 from mpnn_ip.errors import DataError, MDStopped
+from mpnn_ip.md import StopConditions, run_md
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART_CHECKPOINT = REPO / "tests" / "data" / "quickstart_nequip_tiny.ckpt"
@@ -60,20 +60,33 @@ def test_nve_with_quickstart_potential_conserves_total_energy_within_1_mev_per_a
     atoms = cu_au_supercell()
     calculator = MPNNCalculator(load_model(QUICKSTART_CHECKPOINT, dtype="float64"), skin=1.0)
     start = time.perf_counter()
-    summary = run_md(atoms, calculator, ensemble="nve", temperature=300.0, timestep=1.0, steps=2000, seed=0,
-                     log_interval=10, out_dir=tmp_path)
+    summary = run_md(
+        atoms,
+        calculator,
+        ensemble="nve",
+        temperature=300.0,
+        timestep=1.0,
+        steps=2000,
+        seed=0,
+        log_interval=10,
+        out_dir=tmp_path,
+    )
     seconds = time.perf_counter() - start
 
     assert summary["stopped"] is None and len(atoms) >= 108
     assert summary["graph_rebuild_fraction"] < 0.2
-    assert 0 < summary["wall_time_s"] <= seconds and summary["steps_per_second"] == pytest.approx(2000 / summary["wall_time_s"])
+    assert 0 < summary["wall_time_s"] <= seconds and summary["steps_per_second"] == pytest.approx(
+        2000 / summary["wall_time_s"]
+    )
     log = np.asarray(summary["log_rows"])
     assert log.shape == (201, 5) and log[-1, 0] == pytest.approx(2000.0)
     total_per_atom = log[:, 3] / len(atoms)
     max_deviation = float(np.max(np.abs(total_per_atom - total_per_atom[0])))
     drift = summary["energy_drift_ev_per_atom_per_ps"]
-    report = (f"max |Etot(t) - Etot(0)| = {max_deviation * 1e3:.2e} meV/atom, linear-fit drift = "
-              f"{drift * 1e3:.2e} meV/atom/ps, mean T = {summary['mean_temperature_K']:.0f} K, {seconds:.0f} s")
+    report = (
+        f"max |Etot(t) - Etot(0)| = {max_deviation * 1e3:.2e} meV/atom, linear-fit drift = "
+        f"{drift * 1e3:.2e} meV/atom/ps, mean T = {summary['mean_temperature_K']:.0f} K, {seconds:.0f} s"
+    )
     print(report)
     assert max_deviation < 1e-3, report  # the bound
     assert abs(drift) * 2.0 < 1e-6, report  # drift over the 2 ps below 0.001 meV/atom, as measured when it was set
@@ -192,8 +205,7 @@ class _BreaksDown(_EnergyStep):
 def test_potential_breaking_down_stops_md_at_that_step(tmp_path, how, reason):
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
     with pytest.raises(MDStopped) as stop:
-        run_md(atoms, _BreaksDown(at_step=4, how=how), steps=20, log_interval=1, out_dir=tmp_path,
-               max_energy_jump=0)
+        run_md(atoms, _BreaksDown(at_step=4, how=how), steps=20, log_interval=1, out_dir=tmp_path, max_energy_jump=0)
     stopped = stop.value.summary["stopped"]
     assert (stopped["step"], stopped["reason"]) == (4, reason)
     assert "MD stopped at step 4" in str(stop.value)
@@ -225,9 +237,9 @@ def test_closest_pair_with_skin_matches_a_fresh_neighbour_search():
 def test_mpnn_md_stop_is_a_one_paragraph_error_with_exit_code_2(tmp_path, monkeypatch, capsys):
     import ase.io
     from hydra.core.global_hydra import GlobalHydra
+    from tiny_checkpoint import tiny_checkpoint
 
     from mpnn_ip.cli import md
-    from tiny_checkpoint import tiny_checkpoint
 
     tiny_checkpoint(tmp_path / "tiny.ckpt")
     start = bulk("Cu", "fcc", a=3.61, cubic=True)
@@ -235,8 +247,15 @@ def test_mpnn_md_stop_is_a_one_paragraph_error_with_exit_code_2(tmp_path, monkey
     ase.io.write(tmp_path / "start.extxyz", start)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPNN_IP_CONFIG_DIR", str(REPO / "configs"))
-    argv = [md.PROG, "ckpt_path=tiny.ckpt", "structure=start.extxyz", "steps=5", f"out_dir={tmp_path / 'out'}",
-            f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false"]
+    argv = [
+        md.PROG,
+        "ckpt_path=tiny.ckpt",
+        "structure=start.extxyz",
+        "steps=5",
+        f"out_dir={tmp_path / 'out'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "progress=false",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     try:
         with pytest.raises(SystemExit) as exit_info:

@@ -62,9 +62,16 @@ def test_callback_logs_rss_every_epoch_in_process(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
-    trainer = L.Trainer(max_epochs=2, logger=CSVLogger(tmp_path, name="", version=""), callbacks=[ResidentMemoryMonitor()],
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        callbacks=[ResidentMemoryMonitor()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(Tiny(), loader)
     rows = [r for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r.get("memory/rss_mb")]
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -101,8 +108,23 @@ def test_benchmark_script_end_to_end_on_a_tiny_run(tmp_path):
     run_dir, out = tmp_path / "run", tmp_path / "memory.json"
     small = ["data.train_count=8", "data.val_count=4", "data.test_count=4", "test_after_fit=false"]
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(SCRIPT), "--epochs", "3", "--model", "nequip_tiny", "--run-dir", str(run_dir),
-           "--out", str(out), "--max-growth-mb", "1e9", "--threads", "1", *small]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--epochs",
+        "3",
+        "--model",
+        "nequip_tiny",
+        "--run-dir",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--max-growth-mb",
+        "1e9",
+        "--threads",
+        "1",
+        *small,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PASS" in proc.stdout and "slope over epochs 2-3" in proc.stdout

@@ -15,13 +15,30 @@ from mpnn_ip.models.mace import MACE
 from mpnn_ip.models.nequip import NequIP
 
 SMALL = dict(
-    species=["Cu", "Ag", "Au"], r_max=4.0, num_interactions=2, hidden_irreps="8x0e+8x1o", max_ell=2, correlation=2,
-    radial_mlp=[8], mlp_readout_irreps="4x0e", e0s={"Cu": -1.0, "Au": -2.0}, energy_shift={"Cu": 0.1, "Au": 0.2},
+    species=["Cu", "Ag", "Au"],
+    r_max=4.0,
+    num_interactions=2,
+    hidden_irreps="8x0e+8x1o",
+    max_ell=2,
+    correlation=2,
+    radial_mlp=[8],
+    mlp_readout_irreps="4x0e",
+    e0s={"Cu": -1.0, "Au": -2.0},
+    energy_shift={"Cu": 0.1, "Au": 0.2},
     energy_scale=0.7,
 )
 SMALL_NEQUIP = dict(
-    species=["Cu", "Ag", "Au"], r_max=4.0, num_layers=2, l_max=1, num_features=4, num_bessel=4, radial_mlp=[8],
-    avg_num_neighbors=8.0, e0s={"Cu": -1.0, "Au": -2.0}, energy_shift={"Cu": 0.1, "Au": 0.2}, energy_scale=0.7,
+    species=["Cu", "Ag", "Au"],
+    r_max=4.0,
+    num_layers=2,
+    l_max=1,
+    num_features=4,
+    num_bessel=4,
+    radial_mlp=[8],
+    avg_num_neighbors=8.0,
+    e0s={"Cu": -1.0, "Au": -2.0},
+    energy_shift={"Cu": 0.1, "Au": 0.2},
+    energy_scale=0.7,
 )
 #: Models with heads: registry name, class and small constructor arguments (NequIP with both readouts).
 MODELS = {
@@ -89,7 +106,9 @@ def test_selecting_a_head_gives_a_one_head_model_with_that_heads_outputs(model, 
     for index, name in enumerate(two.heads):
         single = two.with_heads([name])
         assert single.heads == [name] and single.e0.dim() == 1
-        torch.testing.assert_close(single(batch)["energy"], two(_with_heads(batch, [index] * 3))["energy"], rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            single(batch)["energy"], two(_with_heads(batch, [index] * 3))["energy"], rtol=0, atol=1e-12
+        )
     assert not torch.allclose(two.with_heads(["new"])(batch)["energy"], two.with_heads(["Default"])(batch)["energy"])
 
 
@@ -115,7 +134,9 @@ def test_per_head_e0_scale_and_shift_are_recorded_and_rebuild_the_model(batch, k
     assert two.head_e0s(1) == {29: -3.0, 47: 0.0, 79: -2.0}
     rebuilt = build_model(registry_name, **two.config).double()
     rebuilt.load_state_dict(two.state_dict())
-    torch.testing.assert_close(rebuilt(_with_heads(batch, [1, 0, 1]))["energy"], two(_with_heads(batch, [1, 0, 1]))["energy"])
+    torch.testing.assert_close(
+        rebuilt(_with_heads(batch, [1, 0, 1]))["energy"], two(_with_heads(batch, [1, 0, 1]))["energy"]
+    )
 
 
 def test_a_head_index_outside_the_model_is_refused(model, batch):

@@ -38,7 +38,13 @@ def data(tmp_path_factory) -> dict:
     ase.io.write(folder / "new.xyz", new)
     ase.io.write(folder / "replay.xyz", replay)
     validation = recipe.validation_frames(folder / "new.xyz", TRAIN, VAL)
-    return {"folder": folder, "new": folder / "new.xyz", "replay_file": folder / "replay.xyz", "replay": replay, "validation": validation}
+    return {
+        "folder": folder,
+        "new": folder / "new.xyz",
+        "replay_file": folder / "replay.xyz",
+        "replay": replay,
+        "validation": validation,
+    }
 
 
 def _train(data: dict, heads: bool, monkeypatch) -> Path:
@@ -67,7 +73,9 @@ def test_the_pretrained_head_keeps_the_old_data_where_plain_finetuning_forgets_i
     before = recipe.errors(load_model(PRETRAINED), data["replay"])
     kept = recipe.errors(load_model(multihead_ckpt), data["replay"], head="Default")
     plain = recipe.errors(load_model(plain_ckpt), data["replay"])
-    print(f"\nreplay frames, forces eV/Å and energy eV/atom: before {before}; multi-head 'Default' {kept}; plain {plain}")
+    print(
+        f"\nreplay frames, forces eV/Å and energy eV/atom: before {before}; multi-head 'Default' {kept}; plain {plain}"
+    )
     # one head cannot serve two zeros of energy: plain fine-tuning trades the old frames' energies for the new
     # ones; the kept head stays where it was (it even improves on the replayed frames)
     assert kept["energy_per_atom_rmse"] < before["energy_per_atom_rmse"] + 0.01
@@ -93,10 +101,15 @@ def test_the_new_head_learns_the_new_data_and_is_the_default_head(data, multihea
     zero_shot = recipe.errors(pretrained, data["validation"])
     learned = recipe.errors(finetuned, data["validation"], head="new")
     print(f"\nnew validation frames: pretrained {zero_shot}; new head {learned}")
-    assert learned["forces_rmse"] < zero_shot["forces_rmse"] and learned["energy_per_atom_rmse"] < 0.5 * zero_shot["energy_per_atom_rmse"]
+    assert (
+        learned["forces_rmse"] < zero_shot["forces_rmse"]
+        and learned["energy_per_atom_rmse"] < 0.5 * zero_shot["energy_per_atom_rmse"]
+    )
     atoms = data["validation"][0].copy()
     default = MPNNCalculator.from_checkpoint(multihead_ckpt, compile=False).get_potential_energy(atoms)
-    assert default == pytest.approx(MPNNCalculator.from_checkpoint(multihead_ckpt, head="new", compile=False).get_potential_energy(atoms))
+    assert default == pytest.approx(
+        MPNNCalculator.from_checkpoint(multihead_ckpt, head="new", compile=False).get_potential_energy(atoms)
+    )
 
 
 def test_an_element_absent_from_the_new_data_keeps_working_and_its_pretrained_e0(data, multihead_ckpt):
@@ -115,13 +128,17 @@ def test_an_element_absent_from_the_new_data_keeps_working_and_its_pretrained_e0
 def test_replayed_frames_are_evaluated_with_the_pretrained_head(data):
     from mpnn_ip.data.datamodule import AtomicDataModule
 
-    module = AtomicDataModule(str(data["new"]), train_count=TRAIN, val_count=VAL, test_count=0, batch_size=8, outlier_sigma=None)
+    module = AtomicDataModule(
+        str(data["new"]), train_count=TRAIN, val_count=VAL, test_count=0, batch_size=8, outlier_sigma=None
+    )
     module.add_replay(str(data["replay_file"]), 0.5, head=1)
     heads = torch.cat([batch.head for batch in module.train_dataloader()])
     assert int((heads == 0).sum()) == TRAIN and int((heads == 1).sum()) == TRAIN  # half of the epoch replayed
     new, replayed = module.val_dataloader()  # validation on the new head (no head = 0), and val_replay
     assert getattr(next(iter(new)), "head", None) is None
-    assert sum(len(batch.head) for batch in replayed) == REPLAY and all(bool((batch.head == 1).all()) for batch in replayed)
+    assert sum(len(batch.head) for batch in replayed) == REPLAY and all(
+        bool((batch.head == 1).all()) for batch in replayed
+    )
 
 
 def _user_error(args: list[str], data: dict, monkeypatch, capsys) -> str:
@@ -135,20 +152,28 @@ def _user_error(args: list[str], data: dict, monkeypatch, capsys) -> str:
 
 
 def test_a_new_head_without_replay_frames_is_refused(data, monkeypatch, capsys):
-    args = [a for a in recipe.finetune_args(PRETRAINED, data["new"], data["replay_file"], heads=True, **BUDGET) if "replay" not in a]
+    args = [
+        a
+        for a in recipe.finetune_args(PRETRAINED, data["new"], data["replay_file"], heads=True, **BUDGET)
+        if "replay" not in a
+    ]
     err = _user_error(args, data, monkeypatch, capsys)
     assert "finetune.new_head=new trains a new head" in err and "finetune.replay_path=" in err
 
 
 def test_an_unknown_pretrained_head_is_refused_listing_the_heads(data, monkeypatch, capsys):
-    args = [*recipe.finetune_args(PRETRAINED, data["new"], data["replay_file"], heads=True, **BUDGET), "finetune.pretrained_head=pbe"]
+    args = [
+        *recipe.finetune_args(PRETRAINED, data["new"], data["replay_file"], heads=True, **BUDGET),
+        "finetune.pretrained_head=pbe",
+    ]
     err = _user_error(args, data, monkeypatch, capsys)
     assert "finetune.pretrained_head=pbe is not a head of the pretrained model; its heads are ['Default']" in err
 
 
 def test_a_model_without_heads_is_refused_with_a_clear_message(data, monkeypatch, capsys):
-    from mpnn_ip.models import build_model
     from tiny_checkpoint import write_checkpoint
+
+    from mpnn_ip.models import build_model
 
     torch.manual_seed(0)
     schnet = write_checkpoint(build_model("schnet", species=["Cu", "Au"], r_max=3.5), data["folder"] / "schnet.ckpt")
@@ -157,8 +182,9 @@ def test_a_model_without_heads_is_refused_with_a_clear_message(data, monkeypatch
 
 
 def test_a_nequip_checkpoint_gets_a_new_head_and_keeps_its_pretrained_one(data, monkeypatch):
-    from mpnn_ip.checkpoint import load_model
     from tiny_checkpoint import build_tiny_model, write_checkpoint
+
+    from mpnn_ip.checkpoint import load_model
 
     pretrained = write_checkpoint(
         build_tiny_model(["Cu", "Au"], e0s={"Cu": -3.7, "Au": -3.2}), data["folder"] / "nequip_tiny.ckpt"
@@ -184,7 +210,9 @@ def _cli(module: str, args: list[str], data: dict, monkeypatch) -> int:
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.chdir(data["folder"])
-    monkeypatch.setattr(sys, "argv", [module, *args, "progress=false", "device=cpu", f"hydra.run.dir={data['folder'] / 'cli'}"])
+    monkeypatch.setattr(
+        sys, "argv", [module, *args, "progress=false", "device=cpu", f"hydra.run.dir={data['folder'] / 'cli'}"]
+    )
     try:
         importlib.import_module(module).main()
     except SystemExit as stop:
@@ -203,12 +231,21 @@ def test_eval_and_md_run_the_head_they_are_given(data, multihead_ckpt, monkeypat
     args = [f"ckpt_path={multihead_ckpt}", f"data.path={data['replay_file']}", f"out_dir={out}", "head=Default"]
     assert _cli("mpnn_ip.cli.evaluate", args, data, monkeypatch) == 0
     expected = recipe.errors(load_model(multihead_ckpt), data["replay"], head="Default")
-    assert json.loads((out / "metrics.json").read_text())["metrics"]["forces_rmse"] == pytest.approx(expected["forces_rmse"], rel=1e-4)
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["forces_rmse"] == pytest.approx(
+        expected["forces_rmse"], rel=1e-4
+    )
     capsys.readouterr()
     assert _cli("mpnn_ip.cli.evaluate", [*args[:3], "head=pbe"], data, monkeypatch) == 2
     assert "no head 'pbe'; its heads are ['new', 'Default']" in capsys.readouterr().err
-    md = [f"ckpt_path={multihead_ckpt}", f"structure={data['replay_file']}", "steps=2", "log_interval=1",
-          f"out_dir={data['folder'] / 'md'}", "head=Default", "compile=false"]
+    md = [
+        f"ckpt_path={multihead_ckpt}",
+        f"structure={data['replay_file']}",
+        "steps=2",
+        "log_interval=1",
+        f"out_dir={data['folder'] / 'md'}",
+        "head=Default",
+        "compile=false",
+    ]
     assert _cli("mpnn_ip.cli.md", md, data, monkeypatch) == 0
     assert json.loads((data["folder"] / "md" / "md_summary.json").read_text())["stopped"] is None
 

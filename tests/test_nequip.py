@@ -66,8 +66,13 @@ def test_parameter_count_matches_formula(species, kwargs):
     n_params = sum(p.numel() for p in model.parameters())
     config = {**dict(num_layers=4, l_max=2, parity=True, num_features=32, num_bessel=8, radial_mlp=[64, 64]), **kwargs}
     expected = expected_parameter_count(
-        len(species), config["num_layers"], config["l_max"], config["parity"], config["num_features"],
-        config["num_bessel"], config["radial_mlp"],
+        len(species),
+        config["num_layers"],
+        config["l_max"],
+        config["parity"],
+        config["num_features"],
+        config["num_bessel"],
+        config["radial_mlp"],
     )
     print(f"NequIP {species} {kwargs}: {n_params} parameters")
     assert n_params == expected
@@ -172,7 +177,9 @@ def test_nequip_019_options_keep_energy_rotation_invariant_and_forces_gradients(
         moved = atoms.copy()
         moved.positions[atom, axis] += sign * delta
         energies.append(float(model(_inputs(moved), compute_forces=False)["energy"][0].detach()))
-    np.testing.assert_allclose(float(out["forces"][atom, axis]), -(energies[0] - energies[1]) / (2 * delta), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        float(out["forces"][atom, axis]), -(energies[0] - energies[1]) / (2 * delta), rtol=1e-6, atol=1e-8
+    )
 
 
 def test_zbl_must_be_a_known_variant():
@@ -183,10 +190,16 @@ def test_zbl_must_be_a_known_variant():
 def test_per_species_avg_num_neighbors_equal_to_global_gives_the_same_model():
     torch.manual_seed(3)
     shared = NequIP(["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors=4.0).double().eval()
-    per_species = NequIP(["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors={"H": 4.0, "C": 4.0, "O": 4.0}).double()
+    per_species = NequIP(
+        ["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors={"H": 4.0, "C": 4.0, "O": 4.0}
+    ).double()
     per_species.load_state_dict(shared.state_dict())
     atoms = _molecule()
-    torch.testing.assert_close(per_species.eval()(_inputs(atoms))["energy"], shared(_inputs(atoms))["energy"], rtol=1e-12, atol=1e-12)
-    different = NequIP(["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors=[1.0, 4.0, 9.0]).double()
+    torch.testing.assert_close(
+        per_species.eval()(_inputs(atoms))["energy"], shared(_inputs(atoms))["energy"], rtol=1e-12, atol=1e-12
+    )
+    different = NequIP(
+        ["H", "C", "O"], num_layers=2, l_max=1, num_features=4, avg_num_neighbors=[1.0, 4.0, 9.0]
+    ).double()
     different.load_state_dict(shared.state_dict())
     assert not torch.allclose(different.eval()(_inputs(atoms))["energy"], shared(_inputs(atoms))["energy"])

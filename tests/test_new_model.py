@@ -9,14 +9,14 @@ then work without a line elsewhere. (For ``mpnn-train model=NAME`` it also needs
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import lightning as L
+import physics
 import pytest
 import torch
-
-import physics
 from conftest import E0S, SPECIES, make_molecule, make_triclinic_crystal
+
 from mpnn_ip.checkpoint import checkpoint_metadata, load_model
 from mpnn_ip.data import AtomicGraph, collate
 from mpnn_ip.models import MODEL_REGISTRY, Potential
@@ -35,8 +35,14 @@ class PairPotential(Potential):
         e0s: per-species isolated-atom energies (eV).
     """
 
-    def __init__(self, species: Sequence[int | str], r_max: float = 4.0, r0: float = 2.5, stiffness: float = 1.5,
-                 e0s: Mapping | None = None):
+    def __init__(
+        self,
+        species: Sequence[int | str],
+        r_max: float = 4.0,
+        r0: float = 2.5,
+        stiffness: float = 1.5,
+        e0s: Mapping | None = None,
+    ):
         super().__init__(species, r_max, e0s)
         self.r0, self.stiffness = float(r0), float(stiffness)
         self.depth = torch.nn.Parameter(0.1 * torch.ones(self.num_species, self.num_species))
@@ -66,21 +72,39 @@ def test_new_model_passes_the_physics_checks(registered):
 
 
 def test_new_model_trains_and_round_trips_through_a_checkpoint(registered, tmp_path):
-    graphs = [AtomicGraph.from_atoms(a, energy=-10.0, forces=torch.zeros(len(a), 3).numpy())
-              for a in (make_molecule(), make_triclinic_crystal())]
+    graphs = [
+        AtomicGraph.from_atoms(a, energy=-10.0, forces=torch.zeros(len(a), 3).numpy())
+        for a in (make_molecule(), make_triclinic_crystal())
+    ]
     loader = torch.utils.data.DataLoader(graphs, batch_size=2, collate_fn=collate)
     task = PotentialModule(registered, optimizer=lambda params: torch.optim.SGD(params, lr=0.01))
     before = registered.depth.detach().clone()
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, inference_mode=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+    )
     trainer.fit(task, train_dataloaders=loader)
     assert not torch.equal(registered.depth.detach(), before)
 
-    assert registered.config == {"species": registered.species, "r_max": 4.0, "r0": 2.5, "stiffness": 1.5,
-                                 "e0s": {int(k): v for k, v in registered.config["e0s"].items()}}
+    assert registered.config == {
+        "species": registered.species,
+        "r_max": 4.0,
+        "r0": 2.5,
+        "stiffness": 1.5,
+        "e0s": {int(k): v for k, v in registered.config["e0s"].items()},
+    }
     path = tmp_path / "pair.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in registered.state_dict().items()},
-                "mpnn_ip": checkpoint_metadata(registered, {})}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in registered.state_dict().items()},
+            "mpnn_ip": checkpoint_metadata(registered, {}),
+        },
+        path,
+    )
     loaded = load_model(path)
     batch = collate(graphs)
     assert torch.allclose(loaded(batch)["forces"], registered.eval()(batch)["forces"], rtol=0, atol=1e-12)

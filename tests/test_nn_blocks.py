@@ -12,7 +12,6 @@ from mpnn_ip.nn import (
     LinearReadout,
     MLPReadout,
     PerSpeciesScaleShift,
-    neighbour_gate,
     RadialEmbedding,
     RadialMLP,
     SpeciesEmbedding,
@@ -21,6 +20,7 @@ from mpnn_ip.nn import (
     ZBLRepulsion,
     check_same_irreps,
     convolution_paths,
+    neighbour_gate,
 )
 
 IRREPS_SH = o3.Irreps.spherical_harmonics(2)
@@ -67,7 +67,6 @@ def test_radial_mlp_output_vanishes_at_cutoff():
     assert torch.all(weights[:2].abs().sum(-1) > 0)
 
 
-
 def test_radial_mlp_columns_are_those_of_the_full_output_in_the_order_asked():
     torch.manual_seed(0)
     mlp = RadialMLP(num_basis=8, hidden=[16, 16], num_out=7).double()
@@ -107,9 +106,7 @@ def test_convolution_is_parity_equivariant():
     inversion = -torch.eye(3, dtype=torch.float64)
     lengths = vectors.norm(dim=-1)
     out = conv(x, sh(vectors), radial(lengths), edge_index)
-    out_inverted = conv(
-        x @ conv.irreps_in.D_from_matrix(inversion).T, sh(-vectors), radial(lengths), edge_index
-    )
+    out_inverted = conv(x @ conv.irreps_in.D_from_matrix(inversion).T, sh(-vectors), radial(lengths), edge_index)
     torch.testing.assert_close(out_inverted, out @ conv.irreps_out.D_from_matrix(inversion).T, **EQUIVARIANCE_TOL)
 
 
@@ -132,18 +129,24 @@ def test_convolution_neighbor_normalization_divides_by_sqrt_or_mean():
 )
 def test_channelwise_tensor_product_equals_e3nn_tensor_product(irreps_in, irreps_target):
     irreps_mid, instructions = convolution_paths(irreps_in, IRREPS_SH, irreps_target)
-    reference = o3.TensorProduct(irreps_in, IRREPS_SH, irreps_mid, instructions, shared_weights=False, internal_weights=False)
+    reference = o3.TensorProduct(
+        irreps_in, IRREPS_SH, irreps_mid, instructions, shared_weights=False, internal_weights=False
+    )
     fused = ChannelwiseTensorProduct(irreps_in, IRREPS_SH, irreps_mid, instructions).double()
     assert fused.weight_numel == reference.weight_numel and fused.irreps_out == reference.irreps_out
     torch.manual_seed(0)
     x = o3.Irreps(irreps_in).randn(9, -1, dtype=torch.float64)
-    sh = o3.SphericalHarmonics(IRREPS_SH, normalize=True, normalization="component")(torch.randn(9, 3, dtype=torch.float64))
+    sh = o3.SphericalHarmonics(IRREPS_SH, normalize=True, normalization="component")(
+        torch.randn(9, 3, dtype=torch.float64)
+    )
     weights = torch.randn(9, reference.weight_numel, dtype=torch.float64)
     # e3nn keeps its Clebsch-Gordan coefficients in float32
     torch.testing.assert_close(fused(x, sh, weights), reference.double()(x, sh, weights), rtol=1e-5, atol=1e-5)
     edge_index = torch.tensor([[0, 0, 1, 2, 2, 2, 3, 4, 4], [1, 2, 0, 0, 1, 3, 2, 3, 0]])
     summed = fused.sum_messages(x[:5], sh, weights[:, fused.weight_columns()], edge_index)
-    expected = torch.zeros(5, fused.irreps_out.dim, dtype=torch.float64).index_add_(0, edge_index[0], fused(x[edge_index[1]], sh, weights))
+    expected = torch.zeros(5, fused.irreps_out.dim, dtype=torch.float64).index_add_(
+        0, edge_index[0], fused(x[edge_index[1]], sh, weights)
+    )
     torch.testing.assert_close(summed, expected)
 
 
@@ -160,7 +163,9 @@ def test_channelwise_tensor_product_is_exact_in_float64_after_a_float32_build():
     for (_, ir_out), path in zip(irreps_mid, range(len(instructions))):
         cg = o3.wigner_3j(1, 1, ir_out.l, dtype=torch.float64) * (2 * ir_out.l + 1) ** 0.5
         expected = torch.einsum("eui,ej,ijk->euk", x, sh, cg) * weights[:, 2 * path : 2 * path + 2, None]
-        torch.testing.assert_close(out[:, start : start + 2 * ir_out.dim], expected.reshape(5, -1), rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(
+            out[:, start : start + 2 * ir_out.dim], expected.reshape(5, -1), rtol=1e-14, atol=1e-14
+        )
         start += 2 * ir_out.dim
 
 
@@ -168,7 +173,9 @@ def test_channelwise_tensor_product_loads_state_dicts_that_stored_its_coefficien
     irreps_mid, instructions = convolution_paths("2x0e+2x1o", IRREPS_SH, "2x0e+2x1o")
     fused = ChannelwiseTensorProduct("2x0e+2x1o", IRREPS_SH, irreps_mid, instructions)
     assert fused.state_dict() == {}
-    fused.load_state_dict({"coupling_0": torch.zeros(1), "weight_index_0": torch.zeros(1), "permutation": torch.zeros(1)})
+    fused.load_state_dict(
+        {"coupling_0": torch.zeros(1), "weight_index_0": torch.zeros(1), "permutation": torch.zeros(1)}
+    )
 
 
 def test_convolution_rejects_unreachable_output_irreps_naming_both():
@@ -183,7 +190,9 @@ def test_gate_is_rotation_equivariant_and_states_irreps():
     x = gate.irreps_in.randn(5, -1, dtype=torch.float64)
     rot = _rotation()
     torch.testing.assert_close(
-        gate(x @ gate.irreps_in.D_from_matrix(rot).T), gate(x) @ gate.irreps_out.D_from_matrix(rot).T, **EQUIVARIANCE_TOL
+        gate(x @ gate.irreps_in.D_from_matrix(rot).T),
+        gate(x) @ gate.irreps_out.D_from_matrix(rot).T,
+        **EQUIVARIANCE_TOL,
     )
 
 

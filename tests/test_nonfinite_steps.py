@@ -17,13 +17,13 @@ pytest.importorskip("lightning")
 
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from tiny_checkpoint import build_tiny_model  # noqa: E402
 
 from mpnn_ip.data import collate, read_dataset  # noqa: E402
 from mpnn_ip.errors import TrainingDiverged  # noqa: E402
 from mpnn_ip.train import PotentialModule  # noqa: E402
 from mpnn_ip.train.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from mpnn_ip.train.ema import ExponentialMovingAverage  # noqa: E402
-from tiny_checkpoint import build_tiny_model  # noqa: E402
 
 SPECIES = ["Cu", "Au"]
 #: An energy label (eV) that is finite in the file but whose squared error overflows float64.
@@ -61,8 +61,11 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def adam_state(optimizer) -> list[dict]:
-    return [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state[p].items()}
-            for group in optimizer.param_groups for p in group["params"]]
+    return [
+        {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state[p].items()}
+        for group in optimizer.param_groups
+        for p in group["params"]
+    ]
 
 
 class Watch(L.Callback):
@@ -85,13 +88,22 @@ class Watch(L.Callback):
 def fit(tmp_path, graphs, *, epochs, batch_size=2, callbacks=(), max_bad_steps=5):
     torch.manual_seed(0)
     model = build_tiny_model(SPECIES, num_layers=1)
-    module = PotentialModule(model, optimizer=lambda params: torch.optim.Adam(params, lr=1e-2), max_bad_steps=max_bad_steps)
+    module = PotentialModule(
+        model, optimizer=lambda params: torch.optim.Adam(params, lr=1e-2), max_bad_steps=max_bad_steps
+    )
     loader = torch.utils.data.DataLoader(graphs, batch_size=batch_size, shuffle=False, collate_fn=collate)
     ema = ExponentialMovingAverage(decay=0.9)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="epoch{epoch}", save_last=True)
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        inference_mode=False, num_sanity_val_steps=0, callbacks=[*callbacks, ema, checkpoint], plugins=[AtomicCheckpointIO()],
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        num_sanity_val_steps=0,
+        callbacks=[*callbacks, ema, checkpoint],
+        plugins=[AtomicCheckpointIO()],
     )
     return module, trainer, ema, loader
 
@@ -113,8 +125,10 @@ def test_a_frame_with_a_non_finite_loss_is_skipped_and_named(tmp_path, frames_fi
     for epoch, batch_idx, before, after, adam_before, adam_after in watch.steps:
         if batch_idx == 1:
             assert same(before, after), f"epoch {epoch}: the bad step moved the weights"
-            assert all(set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
-                       for a, b in zip(adam_before, adam_after)), "the bad step changed Adam's state"
+            assert all(
+                set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+                for a, b in zip(adam_before, adam_after)
+            ), "the bad step changed Adam's state"
         else:
             assert not same(before, after), f"epoch {epoch} batch {batch_idx}: a good step did not train"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -134,12 +148,17 @@ def test_consecutive_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(tm
     def poison_second_epoch(trainer, pl_module, batch, batch_idx):
         if trainer.current_epoch >= 1:  # from the second epoch on, every batch has an absurd energy label
             if "last" not in snapshot:
-                snapshot["last"] = hashlib.sha256(Path(trainer.checkpoint_callback.last_model_path).read_bytes()).hexdigest()
+                snapshot["last"] = hashlib.sha256(
+                    Path(trainer.checkpoint_callback.last_model_path).read_bytes()
+                ).hexdigest()
             batch.energy.fill_(HUGE_ENERGY)
 
     watch = Watch(before_batch=poison_second_epoch)
     module, trainer, ema, loader = fit(tmp_path, graphs, epochs=3, batch_size=1, callbacks=[watch])
-    with caplog.at_level(logging.WARNING, logger="mpnn_ip.train.lightning_module"), pytest.raises(TrainingDiverged) as info:
+    with (
+        caplog.at_level(logging.WARNING, logger="mpnn_ip.train.lightning_module"),
+        pytest.raises(TrainingDiverged) as info,
+    ):
         trainer.fit(module, train_dataloaders=loader)
 
     message = str(info.value)
@@ -185,7 +204,11 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_skipped_with_adam_untouched
     assert int(adam_state(trainer.optimizers[0])[0]["step"]) == 3  # the last batch stepped again
     assert not same(*watch.steps[3][2:4])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "non-finite gradient" in warnings[0] and f"{frames_file}:4, {frames_file}:5" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and "non-finite gradient" in warnings[0]
+        and f"{frames_file}:4, {frames_file}:5" in warnings[0]
+    )
     assert ema.num_updates == 3
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 1.0
 
@@ -230,13 +253,26 @@ def test_mpnn_train_stops_with_a_one_paragraph_error(tmp_path, monkeypatch, caps
     run = tmp_path / "run"
     message = run_until_user_error(
         [
-            "model=nequip_tiny", "model.num_layers=1", "model.num_features=4", "data=extxyz",
-            f"data.train_path={train}", f"data.val_path={val}", "data.batch_size=3", "data.seed=0",
-            "dtype=float32", "max_bad_steps=1", "logger=csv", "trainer.max_epochs=2",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "callbacks.ema=null",
+            "model=nequip_tiny",
+            "model.num_layers=1",
+            "model.num_features=4",
+            "data=extxyz",
+            f"data.train_path={train}",
+            f"data.val_path={val}",
+            "data.batch_size=3",
+            "data.seed=0",
+            "dtype=float32",
+            "max_bad_steps=1",
+            "logger=csv",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "callbacks.ema=null",
             f"hydra.run.dir={run}",
         ],
-        tmp_path, monkeypatch, capsys,
+        tmp_path,
+        monkeypatch,
+        capsys,
     )
     assert "training diverged: an optimizer step (step " in message and "max_bad_steps=1" in message
     assert f"{train}:4" in message

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 
+import physics
 import pytest
 import torch
-
-import physics
 from conftest import E0S, SPECIES
-from mpnn_ip.models import MODEL_REGISTRY, model_class
 from reference_potentials import PairThreeBodyPotential
+
+from mpnn_ip.models import MODEL_REGISTRY, model_class
 
 #: Cutoff (Å) of every test model: small structures still have many edges and periodic images.
 R_MAX = 4.0
@@ -25,7 +25,9 @@ R_MAX = 4.0
 MODEL_KWARGS = {
     "reference": {},
     "nequip": dict(num_layers=2, num_features=8, l_max=2, radial_mlp=[16], num_bessel=4),
-    "mace": dict(num_interactions=2, hidden_irreps="8x0e+8x1o", max_ell=2, correlation=3, radial_mlp=[16], num_bessel=4),
+    "mace": dict(
+        num_interactions=2, hidden_irreps="8x0e+8x1o", max_ell=2, correlation=3, radial_mlp=[16], num_bessel=4
+    ),
     "schnet": {},
     "bpnn": {},
     "gap": {},
@@ -65,7 +67,9 @@ def build_test_model(name: str, *, e0s=None, perturb: bool = True, seed: int = 0
     A name of :data:`CHUNKED` is that model with edge chunks of :data:`TEST_EDGE_CHUNK_SIZE` edges.
     """
     if name in CHUNKED:
-        return build_test_model(CHUNKED[name], e0s=e0s, perturb=perturb, seed=seed).set_edge_chunk_size(TEST_EDGE_CHUNK_SIZE)
+        return build_test_model(CHUNKED[name], e0s=e0s, perturb=perturb, seed=seed).set_edge_chunk_size(
+            TEST_EDGE_CHUNK_SIZE
+        )
     cls = _model_class_or_skip(name)
     torch.manual_seed(seed)
     model = cls(species=SPECIES, r_max=R_MAX, e0s=e0s, **MODEL_KWARGS.get(name, {}))

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import copy
 
+import physics
 import pytest
 import torch
+from conftest import E0S, SPECIES
+from reference_potentials import PairThreeBodyPotential
 from torch_geometric.utils import scatter
 
-import physics
-from conftest import E0S, SPECIES
 from mpnn_ip.data.atomic_graph import to_inputs
-from reference_potentials import PairThreeBodyPotential
 
 R_MAX = 4.0
 
@@ -174,7 +174,9 @@ def test_hard_cutoff_is_caught():
 
 
 def test_discontinuous_force_at_cutoff_is_caught():
-    with pytest.raises(AssertionError, match=r"cutoff: Cu-Au dimer (force does not go to 0 smoothly|at .* max \|force\| [1-9])"):
+    with pytest.raises(
+        AssertionError, match=r"cutoff: Cu-Au dimer (force does not go to 0 smoothly|at .* max \|force\| [1-9])"
+    ):
         physics.check_cutoff_smoothness(_build(LinearEnvelope), [("Cu", "Au")])
 
 

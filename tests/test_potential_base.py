@@ -5,19 +5,19 @@ species errors, input forms (Batch, dict, single graph) and precomputed vs built
 from __future__ import annotations
 
 import numpy as np
+import physics
 import pytest
 import torch
 from ase.calculators.lj import LennardJones
 from ase.neighborlist import neighbor_list
+from conftest import E0S, SPECIES
+from reference_potentials import PairThreeBodyPotential
 from torch_geometric.utils import scatter
 
-import physics
-from conftest import E0S, SPECIES
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate, to_inputs
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import radius_graph_pbc
 from mpnn_ip.models.base import Potential, normalize_species
-from reference_potentials import PairThreeBodyPotential
 
 R_MAX = 4.0
 
@@ -33,7 +33,9 @@ class SmoothLennardJones(Potential):
         r2 = (edge_vectors**2).sum(-1)
         c6 = (self.sigma**2 / r2) ** 3
         rc2, ro2 = self.r_max**2, self.r_onset**2
-        switch = torch.where(r2 < ro2, torch.ones_like(r2), (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3)
+        switch = torch.where(
+            r2 < ro2, torch.ones_like(r2), (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3
+        )
         switch = torch.where(r2 < rc2, switch, torch.zeros_like(r2))
         pair = 0.5 * 4 * self.epsilon * (c6**2 - c6) * switch
         return scatter(pair, edge_index[0], dim=0, dim_size=species.shape[0], reduce="sum")
@@ -52,7 +54,9 @@ def test_energy_forces_stress_match_ase_lennard_jones(request, fixture):
     calc_atoms = atoms.copy()
     calc_atoms.calc = LennardJones(sigma=model.sigma, epsilon=model.epsilon, rc=R_MAX, ro=model.r_onset, smooth=True)
     name = physics.structure_name(atoms)
-    physics.assert_close(out["energy"][0], calc_atoms.get_potential_energy(), rtol=1e-10, what="energy vs ASE", structure=name)
+    physics.assert_close(
+        out["energy"][0], calc_atoms.get_potential_energy(), rtol=1e-10, what="energy vs ASE", structure=name
+    )
     physics.assert_close(out["forces"], calc_atoms.get_forces(), rtol=1e-10, what="forces vs ASE", structure=name)
     if atoms.pbc.all():
         ase_stress = calc_atoms.get_stress(voigt=False)
@@ -135,7 +139,9 @@ def test_precomputed_edges_equal_edges_built_inside(source, mixed_batch):
     given = model(dict(inputs, edge_index=edge_index, cell_shifts=cell_shifts), compute_stress=True)
     built = model(inputs, compute_stress=True)
     for key in ("energy", "node_energy", "forces", "stress", "virial"):
-        physics.assert_close(given[key], built[key], rtol=1e-12, what=f"{key} with {source} edges", structure="mixed batch")
+        physics.assert_close(
+            given[key], built[key], rtol=1e-12, what=f"{key} with {source} edges", structure="mixed batch"
+        )
 
 
 def test_outputs_present_follow_the_flags(triclinic_crystal):
@@ -143,7 +149,12 @@ def test_outputs_present_follow_the_flags(triclinic_crystal):
     inputs = physics.model_inputs(triclinic_crystal)
     assert set(model(inputs, compute_forces=False)) == {"energy", "node_energy"}
     assert set(model(inputs)) == {"energy", "node_energy", "forces"}
-    assert set(model(inputs, compute_forces=False, compute_stress=True)) == {"energy", "node_energy", "stress", "virial"}
+    assert set(model(inputs, compute_forces=False, compute_stress=True)) == {
+        "energy",
+        "node_energy",
+        "stress",
+        "virial",
+    }
     out = model(inputs, compute_stress=True)
     assert out["energy"].shape == (1,) and out["node_energy"].shape == (4,)
     assert out["forces"].shape == (4, 3) and out["stress"].shape == out["virial"].shape == (1, 3, 3)

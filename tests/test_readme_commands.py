@@ -40,7 +40,9 @@ PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 SHARED_DATA = Path(os.environ.get("MPNN_IP_SHARED_DATA") or REPO.parent / "shared" / "data")
 #: Console scripts run in the subprocess, by the module whose ``main()`` they call.
 ENTRY_POINTS = {
-    "mpnn-train": "mpnn_ip.cli.train", "mpnn-eval": "mpnn_ip.cli.evaluate", "mpnn-md": "mpnn_ip.cli.md",
+    "mpnn-train": "mpnn_ip.cli.train",
+    "mpnn-eval": "mpnn_ip.cli.evaluate",
+    "mpnn-md": "mpnn_ip.cli.md",
     "mpnn-preprocess": "mpnn_ip.cli.preprocess",
 }
 #: Run folder of the first training (its checkpoints stand in for the pages').
@@ -176,7 +178,9 @@ def _placeholders(args: list[str]) -> list[str]:
         key, sep, value = arg.partition("=")
         if sep and (re.search(r"<[^>]*>|\.\.\.", value) or value in ("best.ckpt", "last.ckpt")):
             name = Path(value).name
-            pattern = re.sub(r"<[^>]*>|\.\.\.", "*", value) if "/" in value else f"outputs/quickstart/*/checkpoints/{name}"
+            pattern = (
+                re.sub(r"<[^>]*>|\.\.\.", "*", value) if "/" in value else f"outputs/quickstart/*/checkpoints/{name}"
+            )
             arg = f"{key}={GLOB}{pattern}"
         out.append(arg)
     return out
@@ -225,7 +229,10 @@ def smallest_form(command: Command, run_dir: str) -> tuple[list[str] | None, str
     missing = _shared_data_missing(cfg)
     if missing:
         return None, missing
-    args = [f"model={','.join(_tiny(m) for m in a.split('=', 1)[1].split(','))}" if a.startswith("model=") else a for a in args]
+    args = [
+        f"model={','.join(_tiny(m) for m in a.split('=', 1)[1].split(','))}" if a.startswith("model=") else a
+        for a in args
+    ]
     extra = list(TRAIN_SMALLEST)
     if any(a.startswith("ckpt_path=") for a in args):
         extra[0] = "trainer.max_epochs=2"  # one more epoch than the run it resumes
@@ -267,9 +274,14 @@ def write_example_files(workdir: Path) -> None:
     from mpnn_ip.data.synthetic import default_dataset_path
 
     frames = ase.io.read(default_dataset_path(), index=f":{3 * NUM_FRAMES}")
-    for name, chunk in (("my.xyz", frames[:NUM_FRAMES]), ("train.xyz", frames[:NUM_FRAMES]),
-                        ("val.xyz", frames[NUM_FRAMES:NUM_FRAMES + 4]), ("test.xyz", frames[-4:]),
-                        ("test.extxyz", frames[-4:]), ("start.extxyz", frames[-1:])):
+    for name, chunk in (
+        ("my.xyz", frames[:NUM_FRAMES]),
+        ("train.xyz", frames[:NUM_FRAMES]),
+        ("val.xyz", frames[NUM_FRAMES : NUM_FRAMES + 4]),
+        ("test.xyz", frames[-4:]),
+        ("test.extxyz", frames[-4:]),
+        ("start.extxyz", frames[-1:]),
+    ):
         ase.io.write(workdir / name, chunk, format="extxyz")
     isolated = []
     for symbol in ("Cu", "Au"):
@@ -351,7 +363,11 @@ def readme_runs(tmp_path_factory) -> Runs:
     write_example_files(workdir)
     first = Command(("mpnn-train", "experiment=quickstart"))
     first_index = next((k for k, c in enumerate(COMMANDS) if c == first), None)
-    jobs = [] if first_index is not None else [dict(name="first", program="mpnn-train", args=smallest_form(first, FIRST_RUN)[0], env={})]
+    jobs = (
+        []
+        if first_index is not None
+        else [dict(name="first", program="mpnn-train", args=smallest_form(first, FIRST_RUN)[0], env={})]
+    )
     skipped = {}
     for k, command in enumerate(COMMANDS):
         if command.kind not in ENTRY_POINTS:
@@ -372,7 +388,11 @@ def readme_runs(tmp_path_factory) -> Runs:
         env["MPNN_IP_SHARED_DATA"] = str(SHARED_DATA)
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, "jobs.json", "results.json"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     results_file = workdir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
@@ -418,7 +438,9 @@ def test_readme_shows_every_kind_of_command():
 
 
 def test_smallest_form_uses_tiny_presets_and_keeps_the_command():
-    args, _ = smallest_form(Command(("mpnn-train", "-m", "experiment=quickstart", "model=nequip,mace_medium")), "runs/x")
+    args, _ = smallest_form(
+        Command(("mpnn-train", "-m", "experiment=quickstart", "model=nequip,mace_medium")), "runs/x"
+    )
     assert args[:3] == ["-m", "experiment=quickstart", "model=nequip_tiny,mace_tiny"]
     args, _ = smallest_form(Command(("mpnn-train", "-m", "experiment=quickstart", "optim.lr=1e-3,5e-3")), "runs/x")
     assert "optim.lr=0.001" in args and not any(a.startswith("optim.lr=") and "," in a for a in args)
@@ -452,8 +474,12 @@ def test_readme_command_runs(index, readme_runs):
     if name in readme_runs.skipped:
         pytest.skip(readme_runs.skipped[name])
     result = readme_runs.results.get(name)
-    assert result is not None, f"{command} ({command.source}) did not run (the subprocess stopped before it):\n{readme_runs.stderr[-3000:]}"
-    assert result["code"] == 0, f"{command} ({command.source})\nran as: {' '.join(result['argv'])}\n{readme_runs.output_of(result['name'])}"
+    assert result is not None, (
+        f"{command} ({command.source}) did not run (the subprocess stopped before it):\n{readme_runs.stderr[-3000:]}"
+    )
+    assert result["code"] == 0, (
+        f"{command} ({command.source})\nran as: {' '.join(result['argv'])}\n{readme_runs.output_of(result['name'])}"
+    )
 
 
 @pytest.mark.parametrize("index", NOT_RUN, ids=[_id(COMMANDS[k]) for k in NOT_RUN])

@@ -22,9 +22,10 @@ import torch
 pytest.importorskip("lightning")
 pytest.importorskip("hydra")
 
-from mpnn_ip.train.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, remove_stale_temporary_files  # noqa: E402
 from test_cli_train import COMMON as CLI_COMMON  # noqa: E402
 from test_cli_train import TINY_NEQUIP, run_until_user_error  # noqa: E402
+
+from mpnn_ip.train.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, remove_stale_temporary_files  # noqa: E402
 
 COMMON = ["model=nequip_resumetest", *CLI_COMMON]
 #: A callback (importable from the subprocesses' working directory) that stalls so that the test can
@@ -85,7 +86,9 @@ def mpnn_train(args, cwd: Path, check: bool = True) -> subprocess.CompletedProce
     command = [sys.executable, "-c", _CODE, *args]
     proc = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"mpnn-train {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"mpnn-train {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -209,7 +212,9 @@ def test_last_checkpoint_holds_the_last_epoch_even_when_it_is_not_the_best(workd
     """Lightning's own ``save_last`` writes last.ckpt only together with a new best.ckpt; ours every epoch."""
     run = workdir / "run_last_not_best"
     # mode=max: the best checkpoint is the epoch of the highest validation loss, so later epochs are never "best"
-    mpnn_train(["trainer.max_epochs=3", "callbacks.model_checkpoint.mode=max", f"hydra.run.dir={run}", *COMMON], workdir)
+    mpnn_train(
+        ["trainer.max_epochs=3", "callbacks.model_checkpoint.mode=max", f"hydra.run.dir={run}", *COMMON], workdir
+    )
     last, best = load(run / "checkpoints" / "last.ckpt"), load(run / "checkpoints" / "best.ckpt")
     assert last["epoch"] == 2 and last["global_step"] == 6  # 2 batches per epoch
     assert best["epoch"] <= last["epoch"]

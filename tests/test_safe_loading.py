@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_checkpoint import build_tiny_model, write_checkpoint
 
 from mpnn_ip.checkpoint import load_model, read_checkpoint
 from mpnn_ip.errors import ConfigError
-from tiny_checkpoint import build_tiny_model, write_checkpoint
 
 pytest.importorskip("hydra")
 
@@ -113,10 +113,18 @@ def test_crafted_checkpoint_is_refused_by_eval_md_and_train(workdir, structure, 
     path = _crafted_checkpoint(workdir / "crafted.ckpt", marker)
     messages = [
         _run_cli("evaluate", [f"ckpt_path={path}", f"data.path={structure}"], workdir, monkeypatch, capsys),
-        _run_cli("md", [f"ckpt_path={path}", f"structure={structure}", "steps=1", "progress=false"], workdir, monkeypatch, capsys),
+        _run_cli(
+            "md",
+            [f"ckpt_path={path}", f"structure={structure}", "steps=1", "progress=false"],
+            workdir,
+            monkeypatch,
+            capsys,
+        ),
         run_until_user_error(
             ["model=nequip_safetest", f"ckpt_path={path}", *CLI_COMMON, f"hydra.run.dir={workdir / 'train'}"],
-            workdir, monkeypatch, capsys,
+            workdir,
+            monkeypatch,
+            capsys,
         ),
     ]
     for message in messages:
@@ -154,7 +162,9 @@ def _first_weight(ckpt: dict) -> str:
 
 
 MISMATCHES = {
-    "reshaped tensor": lambda c: c["state_dict"].__setitem__(_first_weight(c), torch.zeros(3, 3, 3, dtype=torch.float64)),
+    "reshaped tensor": lambda c: c["state_dict"].__setitem__(
+        _first_weight(c), torch.zeros(3, 3, 3, dtype=torch.float64)
+    ),
     "missing tensor": lambda c: c["state_dict"].pop(_first_weight(c)),
     "unexpected tensor": lambda c: c["state_dict"].__setitem__("model.extra_layer.weight", torch.zeros(2)),
     "edited architecture": lambda c: c["mpnn_ip"]["model_config"].__setitem__("num_features", 6),
@@ -171,9 +181,13 @@ def test_tensors_that_do_not_match_the_stored_architecture_are_refused(tmp_path,
 
 def test_training_from_a_mismatched_checkpoint_is_refused_before_lightning(workdir, monkeypatch, capsys):
     """``mpnn-train ckpt_path=`` checks the tensors itself instead of failing inside Lightning's loader."""
-    path = _edited(write_checkpoint(build_tiny_model(species=["Cu", "Au"]), workdir / "edited.ckpt"), MISMATCHES["reshaped tensor"])
+    path = _edited(
+        write_checkpoint(build_tiny_model(species=["Cu", "Au"]), workdir / "edited.ckpt"), MISMATCHES["reshaped tensor"]
+    )
     message = run_until_user_error(
         ["model=nequip_safetest", f"ckpt_path={path}", *CLI_COMMON, f"hydra.run.dir={workdir / 'train_edited'}"],
-        workdir, monkeypatch, capsys,
+        workdir,
+        monkeypatch,
+        capsys,
     )
     assert "do not fit" in message and str(path) in message

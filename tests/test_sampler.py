@@ -44,7 +44,9 @@ def test_one_process_batch_is_the_union_of_the_processes_batches():
     one = list(ProcessShare(EpochOrder(16, seed=2)))
     shares = [list(ProcessShare(EpochOrder(16, seed=2), 2, rank)) for rank in (0, 1)]
     for step in range(4):  # 1 x 4 frames == 2 x 2 frames
-        assert sorted(one[4 * step : 4 * step + 4]) == sorted(shares[0][2 * step : 2 * step + 2] + shares[1][2 * step : 2 * step + 2])
+        assert sorted(one[4 * step : 4 * step + 4]) == sorted(
+            shares[0][2 * step : 2 * step + 2] + shares[1][2 * step : 2 * step + 2]
+        )
 
 
 def test_evaluation_shares_cover_every_frame_once_without_repeats():
@@ -77,11 +79,17 @@ def test_packing_is_deterministic_and_changes_with_the_epoch():
 @pytest.mark.parametrize("replicas", [2, 3])
 def test_packed_shares_have_equal_step_counts_and_cover_the_one_process_batches(replicas):
     one = list(AtomBudgetBatchSampler(EpochOrder(len(SIZES), seed=7), SIZES, 60))
-    shares = [list(AtomBudgetBatchSampler(EpochOrder(len(SIZES), seed=7), SIZES, 60, replicas, rank)) for rank in range(replicas)]
+    shares = [
+        list(AtomBudgetBatchSampler(EpochOrder(len(SIZES), seed=7), SIZES, 60, replicas, rank))
+        for rank in range(replicas)
+    ]
     assert len({len(share) for share in shares}) == 1
     union = [batch for step in zip(*shares) for batch in step]
     assert union[: len(one)] == one  # the same batches, dealt round robin; the last ones repeated to fill the step
-    evaluation = [list(AtomBudgetBatchSampler(EpochOrder(len(SIZES), False), SIZES, 60, replicas, r, pad=False)) for r in range(replicas)]
+    evaluation = [
+        list(AtomBudgetBatchSampler(EpochOrder(len(SIZES), False), SIZES, 60, replicas, r, pad=False))
+        for r in range(replicas)
+    ]
     assert sorted(i for share in evaluation for batch in share for i in batch) == list(range(len(SIZES)))
 
 
@@ -105,7 +113,9 @@ def test_datamodule_packs_batches_up_to_max_atoms_per_batch(tmp_path):
     _mixed_frames(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dm = AtomicDataModule(train_path=str(path), val_count=2, test_count=0, max_atoms_per_batch=40, seed=1, outlier_sigma=None)
+        dm = AtomicDataModule(
+            train_path=str(path), val_count=2, test_count=0, max_atoms_per_batch=40, seed=1, outlier_sigma=None
+        )
         dm.setup()
         batches = list(dm.train_dataloader())
     assert sum(int(b.num_graphs) for b in batches) == len(dm.train_dataset)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import physics
 import pytest
 import torch
-
-import physics
 from conftest import E0S, SPECIES, make_molecule, make_slab, make_triclinic_crystal
+
 from mpnn_ip.models import build_model
 from mpnn_ip.nn import GaussianBasis, cosine_cutoff
 

@@ -55,9 +55,17 @@ def _task(stage_two=STAGE_TWO):
 def _fit(task, tmp_path, ckpt_path=None, **trainer_kwargs):
     recorder = Recorder()
     trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
-        callbacks=[recorder, L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_last=True)],
-        num_sanity_val_steps=0, **trainer_kwargs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        callbacks=[
+            recorder,
+            L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_last=True),
+        ],
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
     )
     loader = DataLoader(_graphs(), batch_size=4, collate_fn=collate)  # 2 steps per epoch
     trainer.fit(task, loader, DataLoader(_graphs()[:4], batch_size=4, collate_fn=collate), ckpt_path=ckpt_path)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from mpnn_ip.data import compute_statistics, default_dataset_path, read_dataset
+from mpnn_ip.data.statistics import StatisticsAccumulator
 from mpnn_ip.data.store import MANIFEST, GraphStore
 from mpnn_ip.data.store_writer import write_store
-from mpnn_ip.data.statistics import StatisticsAccumulator
 from mpnn_ip.errors import DataError
 
 pytest.importorskip("lightning")
@@ -77,7 +77,9 @@ def test_frame_by_frame_statistics_equal_those_of_all_frames_in_one_pass(frames_
     assert_same_statistics(streamed_statistics(graphs[:16]), compute_statistics(graphs[:16], R_MAX))
     copper = [g for g in graphs if set(g.atomic_numbers.tolist()) == {29}]  # one species: Au absent, E0 0
     assert len(copper) >= 2
-    assert_same_statistics(streamed_statistics(copper, species=[29, 79]), compute_statistics(copper, R_MAX, species=[29, 79]))
+    assert_same_statistics(
+        streamed_statistics(copper, species=[29, 79]), compute_statistics(copper, R_MAX, species=[29, 79])
+    )
     isolated = {29: -0.3, 79: -0.2}
     assert_same_statistics(streamed_statistics(copper, isolated=isolated), compute_statistics(copper, R_MAX, isolated))
 
@@ -105,7 +107,10 @@ def test_lazy_store_gives_the_same_splits_batches_and_statistics(store, frames_f
                         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (split, key)
                     else:
                         assert a[key] == b[key], (split, key)
-    packed = [AtomicDataModule(train_path=str(frames_file), max_atoms_per_batch=100, **SPLIT), OnDiskDataModule(store=str(store), max_atoms_per_batch=100, **SPLIT)]
+    packed = [
+        AtomicDataModule(train_path=str(frames_file), max_atoms_per_batch=100, **SPLIT),
+        OnDiskDataModule(store=str(store), max_atoms_per_batch=100, **SPLIT),
+    ]
     expected, got = (list(module.train_dataloader()) for module in packed)
     assert [b.source_frame.tolist() for b in got] == [b.source_frame.tolist() for b in expected]
     prepared = list(on_disk.train_dataset.graphs)
@@ -139,7 +144,11 @@ def test_two_loader_workers_read_the_same_batches(store):
     workers = list(OnDiskDataModule(store=str(store), num_workers=2, **SPLIT).train_dataloader())
     assert len(single) == len(workers)
     for a, b in zip(single, workers):
-        assert torch.equal(a.pos, b.pos) and torch.equal(a.forces, b.forces) and torch.equal(a.source_frame, b.source_frame)
+        assert (
+            torch.equal(a.pos, b.pos)
+            and torch.equal(a.forces, b.forces)
+            and torch.equal(a.source_frame, b.source_frame)
+        )
 
 
 def test_rerun_reuses_the_store_and_a_changed_file_or_setting_rebuilds_it(folder):
@@ -193,7 +202,9 @@ def test_bad_frames_are_skipped_into_the_manifest_or_raise(folder, frames_file):
         write_store(folder / "bad_raise", str(source), read_options=READ, r_max=[3.0])
     assert not (folder / "bad_raise").exists()
     manifest, _ = write_store(folder / "bad_skip", str(source), read_options=READ, r_max=[3.0], on_error="skip")
-    assert manifest["num_frames"] == 5 and [(p["frame"], p["kind"]) for p in manifest["skipped"]] == [(2, "close_atoms")]
+    assert manifest["num_frames"] == 5 and [(p["frame"], p["kind"]) for p in manifest["skipped"]] == [
+        (2, "close_atoms")
+    ]
     module = OnDiskDataModule(store=str(folder / "bad_skip"), val_count=1, test_count=1)
     module.setup()
     assert [(p.frame, p.kind) for p in module.skipped_frames] == [(2, "close_atoms")]
@@ -214,11 +225,26 @@ def test_mpnn_preprocess_then_mpnn_train_data_ondisk_with_two_workers(folder, fr
     assert "reused" in capsys.readouterr().out
 
     run_dir = folder / "cli_run"
-    monkeypatch.setattr(sys, "argv", [
-        "mpnn-train", "model=nequip_tiny", "data=ondisk", f"data.store={out}", "data.train_count=8", "data.val_count=4",
-        "data.test_count=4", "data.batch_size=4", "data.num_workers=2", "trainer.max_epochs=1", "logger=csv",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", f"hydra.run.dir={run_dir}",
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "mpnn-train",
+            "model=nequip_tiny",
+            "data=ondisk",
+            f"data.store={out}",
+            "data.train_count=8",
+            "data.val_count=4",
+            "data.test_count=4",
+            "data.batch_size=4",
+            "data.num_workers=2",
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+    )
     try:
         train.main()
     finally:

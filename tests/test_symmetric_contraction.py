@@ -102,7 +102,9 @@ def test_basis_is_symmetric_orthogonal_and_spans_reduced_tensor_products():
         start = 0
         for mul, ir in reduced.irreps_out:
             ours = symmetric_coupling_basis(irreps, nu, ir)
-            assert ours.shape[0] == mul, f"{ir} at correlation {nu}: {ours.shape[0]} basis maps, ReducedTensorProducts has {mul}"
+            assert ours.shape[0] == mul, (
+                f"{ir} at correlation {nu}: {ours.shape[0]} basis maps, ReducedTensorProducts has {mul}"
+            )
             for perm in itertools.permutations(range(2, 2 + nu)):
                 torch.testing.assert_close(ours.permute(0, 1, *perm), ours, rtol=0, atol=1e-12)
             flat = ours.reshape(mul, ir.dim, -1).transpose(0, 1).reshape(ir.dim * mul, -1)  # rows per m

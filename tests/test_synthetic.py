@@ -5,8 +5,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from mpnn_ip.data import default_dataset_path, make_dataset, read_dataset
-from mpnn_ip.data import synthetic
+from mpnn_ip.data import default_dataset_path, make_dataset, read_dataset, synthetic
 
 
 @pytest.fixture(scope="module")

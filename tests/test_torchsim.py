@@ -11,11 +11,11 @@ import torch
 ts = pytest.importorskip("torch_sim", reason="optional extra: pip install 'mpnn_ip[torchsim]'")
 
 from ase.build import bulk, molecule  # noqa: E402
+from tiny_checkpoint import build_tiny_model, tiny_checkpoint  # noqa: E402
 from torch_sim.models.interface import validate_model_outputs  # noqa: E402
 
 from mpnn_ip.calculators import MPNNCalculator  # noqa: E402
 from mpnn_ip.torchsim import MPNNTorchSimModel  # noqa: E402
-from tiny_checkpoint import build_tiny_model, tiny_checkpoint  # noqa: E402
 
 SPECIES = ["H", "C", "O", "Si", "Fe", "Cu", "Au"]
 
@@ -63,7 +63,9 @@ def test_batched_md_and_relaxation_through_torchsim(tmp_path):
     structures = _structures()
     start = model(ts.io.atoms_to_state(structures, torch.device("cpu"), torch.float64))["energy"]
     binning = ts.autobatching.BinningAutoBatcher(model, memory_scales_with="n_atoms_x_density", max_memory_scaler=1e6)
-    final = ts.integrate(structures, model, integrator=ts.nve, n_steps=20, temperature=300, timestep=0.001, autobatcher=binning)
+    final = ts.integrate(
+        structures, model, integrator=ts.nve, n_steps=20, temperature=300, timestep=0.001, autobatcher=binning
+    )
     assert final.n_systems == 2 and torch.isfinite(final.positions).all()
     batcher = ts.autobatching.InFlightAutoBatcher(model, memory_scales_with="n_atoms_x_density", max_memory_scaler=1e6)
     # cell and positions relaxed together: a wrong stress sign or cell convention would raise the energy

@@ -168,6 +168,8 @@ def test_training_metrics_and_evaluation_agree_on_the_same_predictions():
     metrics.update(model(batch, compute_stress=True), batch)
     training = {k: float(v) for k, v in metrics.compute().items()}
     evaluated = evaluate(model, batch)["metrics"]
-    assert set(training) == {f"{q}_{m}" for q in ("energy_per_atom", "energy", "forces", "stress") for m in ("mae", "rmse")}
+    assert set(training) == {
+        f"{q}_{m}" for q in ("energy_per_atom", "energy", "forces", "stress") for m in ("mae", "rmse")
+    }
     for key, value in training.items():
         assert evaluated[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key

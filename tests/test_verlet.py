@@ -11,11 +11,11 @@ from ase import units
 from ase.build import bulk
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
+from tiny_checkpoint import build_tiny_model, tiny_checkpoint
 
 from mpnn_ip.calculators import MPNNCalculator
 from mpnn_ip.graph import radius_graph_pbc
 from mpnn_ip.graph.verlet import VerletList
-from tiny_checkpoint import build_tiny_model, tiny_checkpoint
 
 
 def _edge_set(edge_index: torch.Tensor, cell_shifts: torch.Tensor) -> set:
@@ -58,7 +58,10 @@ def test_searches_again_when_an_atom_moved_past_half_the_skin_or_the_cell_change
     assert verlet.builds == 2
     verlet.edges(moved, cell * 1.001, periodic, batch)
     assert verlet.builds == 3
-    assert VerletList(3.0, skin=0.0).edges(pos, cell, periodic, batch)[0].shape == radius_graph_pbc(pos, cell, periodic, batch, 3.0)[0].shape
+    assert (
+        VerletList(3.0, skin=0.0).edges(pos, cell, periodic, batch)[0].shape
+        == radius_graph_pbc(pos, cell, periodic, batch, 3.0)[0].shape
+    )
 
 
 def test_negative_skin_is_refused():

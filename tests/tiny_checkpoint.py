@@ -14,7 +14,13 @@ import torch
 TINY_SPECIES = ["H", "C", "O", "Cu", "Au"]
 #: Constructor arguments of a small NequIP (fast on one CPU core).
 TINY_NEQUIP = dict(
-    r_max=3.5, num_layers=2, l_max=1, num_features=4, num_bessel=4, radial_mlp=[8], avg_num_neighbors=8.0,
+    r_max=3.5,
+    num_layers=2,
+    l_max=1,
+    num_features=4,
+    num_bessel=4,
+    radial_mlp=[8],
+    avg_num_neighbors=8.0,
     e0s={1: -1.1, 6: -8.2, 8: -4.9, 29: -3.7, 79: -3.2},
 )
 

@@ -9,8 +9,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from ase.calculators.calculator import Calculator, all_changes
@@ -82,7 +82,9 @@ class MPNNCalculator(Calculator):
         check_keywords(type(self).__name__, kwargs, ("model", "device", "dtype", "skin", "compile", "head"))
         super().__init__(**kwargs)
         #: the shared evaluation path (model, Verlet list, compile decision)
-        self.evaluator = StructureEvaluator(model, device, dtype, skin, compile, head, source=SOURCE, name=type(self).__name__)
+        self.evaluator = StructureEvaluator(
+            model, device, dtype, skin, compile, head, source=SOURCE, name=type(self).__name__
+        )
         self.extra_outputs = self.evaluator.extra_outputs
         self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
 
@@ -102,7 +104,9 @@ class MPNNCalculator(Calculator):
         return self.evaluator.compile_decision
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNCalculator":
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype=None, **kwargs
+    ) -> MPNNCalculator:
         """Calculator for the model of checkpoint ``path`` (see :func:`mpnn_ip.load_model`); ``kwargs``
         (e.g. ``skin=1.0``, ``head="pbe"``) go to the constructor."""
         return cls(load_model(path, device=device, dtype=dtype), **kwargs)
@@ -117,7 +121,9 @@ class MPNNCalculator(Calculator):
         return ExportedCalculator(path, **kwargs)
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | Path], device: str | torch.device = "cpu", dtype=None, **kwargs) -> "MPNNCalculator":
+    def from_checkpoints(
+        cls, paths: Sequence[str | Path], device: str | torch.device = "cpu", dtype=None, **kwargs
+    ) -> MPNNCalculator:
         """Calculator for the committee of the models of checkpoints ``paths`` (at least two, with the
         same species, r_max and dtype; else a ``ConfigError`` naming the files); ``kwargs`` as for
         :meth:`from_checkpoint`."""
@@ -144,7 +150,9 @@ class MPNNCalculator(Calculator):
 
         self.results = energy_forces_stress(out, want_stress)
         if want_stresses:
-            self.results["stresses"] = full_3x3_to_voigt_6_stress(-_numpy(out["atomic_virial"]) / self.atoms.get_volume())
+            self.results["stresses"] = full_3x3_to_voigt_6_stress(
+                -_numpy(out["atomic_virial"]) / self.atoms.get_volume()
+            )
         for key, (per, _) in self.extra_outputs.items():
             value = _numpy(out[key])
             self.results[key] = (float(value[0]) if value.ndim == 1 else value[0]) if per == "frame" else value

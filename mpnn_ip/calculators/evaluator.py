@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -76,13 +76,17 @@ class StructureEvaluator:
         self.extra_outputs = dict(getattr(model, "extra_outputs", {}))
         r_max = getattr(model, "r_max", None)  # a model without one builds its own graph
         if r_max is None and skin:
-            raise ValueError(f"skin={skin} needs a model with an r_max attribute (the cutoff, Å); {type(model).__name__} has none")
+            raise ValueError(
+                f"skin={skin} needs a model with an r_max attribute (the cutoff, Å); {type(model).__name__} has none"
+            )
         self.neighbor_list = VerletList(float(r_max), float(skin)) if r_max is not None else None
         self._inputs: dict[str, torch.Tensor] | None = None  # inputs of the last structure
         self._moved = False  # positions changed by move() since the full checks of set_structure
 
     @classmethod
-    def from_checkpoints(cls, paths: str | Sequence[str], device: str | torch.device = "cpu", dtype=None, **kwargs) -> "StructureEvaluator":
+    def from_checkpoints(
+        cls, paths: str | Sequence[str], device: str | torch.device = "cpu", dtype=None, **kwargs
+    ) -> StructureEvaluator:
         """Evaluator of the model of one checkpoint path, or of the committee of several (a list)."""
         if isinstance(paths, (list, tuple)):
             model = [load_model(path, device=device, dtype=dtype) for path in paths]
@@ -145,7 +149,9 @@ class StructureEvaluator:
             raise RuntimeError("StructureEvaluator.evaluate before any structure was set")
         inputs = dict(self._inputs)
         if self.neighbor_list is not None:
-            inputs["edge_index"], inputs["cell_shifts"] = self.neighbor_list.edges(inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"])
+            inputs["edge_index"], inputs["cell_shifts"] = self.neighbor_list.edges(
+                inputs["pos"], inputs["cell"], inputs["pbc"], inputs["batch"]
+            )
             if self._moved:
                 _check_closest_pair(inputs, self.neighbor_list.last_squared_lengths, self.source)
         if self.compile_decision is None:
@@ -173,7 +179,9 @@ def _check_closest_pair(inputs: dict[str, torch.Tensor], squared_lengths: torch.
     if inputs["edge_index"].shape[1] == 0:
         return
     if squared_lengths is None:
-        vectors = edge_vectors(inputs["pos"], inputs["cell"], inputs["edge_index"], inputs["cell_shifts"], inputs["batch"])
+        vectors = edge_vectors(
+            inputs["pos"], inputs["cell"], inputs["edge_index"], inputs["cell_shifts"], inputs["batch"]
+        )
         squared_lengths = (vectors * vectors).sum(dim=1)
     k = int(torch.argmin(squared_lengths))
     closest = float(squared_lengths[k]) ** 0.5

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -97,7 +97,9 @@ class ExportedModel:
             extra = {METADATA_NAME: ""}
             program = torch.export.load(str(self.path), extra_files=extra)
             if not extra[METADATA_NAME]:
-                raise ConfigError(f"{self.path} is a torch.export program but not one written by mpnn-export (no {METADATA_NAME})")
+                raise ConfigError(
+                    f"{self.path} is a torch.export program but not one written by mpnn-export (no {METADATA_NAME})"
+                )
             self.metadata = json.loads(extra[METADATA_NAME])
             module = program.module()
             if device is not None:

@@ -12,7 +12,6 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mpnn_ip.errors import ConfigError
 
-
 #: the keywords of ASE's ``Calculator.__init__``; ASE stores any other keyword as a parameter, silently
 ASE_CALCULATOR_KEYWORDS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
 
@@ -39,7 +38,12 @@ def energy_forces_stress(out: dict, want_stress: bool) -> dict:
     """``energy``/``free_energy`` (eV), per-atom ``energies`` (eV), ``forces`` (eV/Å) and, if asked,
     ``stress`` (eV/Å³, Voigt) of the one frame in ``out``."""
     energy = float(out["energy"].detach().sum())
-    results = {"energy": energy, "free_energy": energy, "energies": to_numpy(out["node_energy"]), "forces": to_numpy(out["forces"])}
+    results = {
+        "energy": energy,
+        "free_energy": energy,
+        "energies": to_numpy(out["node_energy"]),
+        "forces": to_numpy(out["forces"]),
+    }
     if want_stress:
         results["stress"] = full_3x3_to_voigt_6_stress(to_numpy(out["stress"])[0])
     return results

@@ -89,13 +89,21 @@ def format_report(report: dict) -> str:
         f"{PROG}: {len(report['files'])} file(s), {stats['frames']} good frame(s); "
         f"{report['num_errors']} error(s), {report['num_warnings']} warning(s)"
     ]
-    for severity, title in (("error", "Errors (frames that cannot be trained on)"), ("warning", "Warnings (frames kept)")):
+    for severity, title in (
+        ("error", "Errors (frames that cannot be trained on)"),
+        ("warning", "Warnings (frames kept)"),
+    ):
         chosen = [p for p in report["problems"] if p["severity"] == severity]
         if chosen:
             lines += ["", f"{title}:"]
-            lines += [f"  {p['path']}  frame {'-' if p['frame'] is None else p['frame']}  [{p['kind']}] {p['message']}" for p in chosen]
+            lines += [
+                f"  {p['path']}  frame {'-' if p['frame'] is None else p['frame']}  [{p['kind']}] {p['message']}"
+                for p in chosen
+            ]
     atoms, labels, neighbours = stats["atoms"], stats["labels"], stats["neighbours"]
-    elements = ", ".join(f"{symbol} {n['atoms']} atoms in {n['frames']} frames" for symbol, n in stats["elements"].items())
+    elements = ", ".join(
+        f"{symbol} {n['atoms']} atoms in {n['frames']} frames" for symbol, n in stats["elements"].items()
+    )
     frames = stats["frames"]
     force_rms = "-" if stats["force_rms"] is None else f"{stats['force_rms']:.4g} eV/Å"
     lines += [

@@ -24,12 +24,17 @@ PROG = "mpnn-eval"
 def run_evaluation(cfg) -> dict:
     """The body of ``mpnn-eval`` for a composed config; returns the results of :func:`evaluate`."""
     from mpnn_ip.checkpoint import check_model_species, checkpoint_paths, load_potential
-    from mpnn_ip.models.heads import select_head
     from mpnn_ip.data import read_dataset
     from mpnn_ip.evaluation import (
-        error_vs_uncertainty_plot, evaluate, format_metrics_table, parity_plots, write_metrics, write_per_frame,
+        error_vs_uncertainty_plot,
+        evaluate,
+        format_metrics_table,
+        parity_plots,
+        write_metrics,
+        write_per_frame,
         write_predictions,
     )
+    from mpnn_ip.models.heads import select_head
 
     out_dir = Path(str(cfg.out_dir))
     paths = checkpoint_paths(cfg.ckpt_path)
@@ -37,7 +42,9 @@ def run_evaluation(cfg) -> dict:
     data = dict(cfg.data)
     path = data.pop("path")
     graphs = read_dataset(path, **data)
-    check_model_species(model, {int(z) for g in graphs for z in g.atomic_numbers.unique().tolist()}, f"data file {path}")
+    check_model_species(
+        model, {int(z) for g in graphs for z in g.atomic_numbers.unique().tolist()}, f"data file {path}"
+    )
     results = evaluate(model, graphs, batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
 
     print(f"{PROG}: {results['num_frames']} frames, {results['num_atoms']} atoms from {path}")
@@ -48,7 +55,9 @@ def run_evaluation(cfg) -> dict:
     plots = parity_plots(results, out_dir)
     uncertainty_plot = error_vs_uncertainty_plot(results, out_dir)
     also = f" and {uncertainty_plot.name}" if uncertainty_plot else ""
-    print(f"{PROG}: wrote {out_dir / 'metrics.json'}, predictions.npz, per_frame.csv, {len(plots)} parity plot(s){also} to {out_dir}")
+    print(
+        f"{PROG}: wrote {out_dir / 'metrics.json'}, predictions.npz, per_frame.csv, {len(plots)} parity plot(s){also} to {out_dir}"
+    )
     return results
 
 

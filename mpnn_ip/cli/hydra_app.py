@@ -40,8 +40,9 @@ import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from mpnn_ip.errors import ConfigError, DataError, MDStopped, TrainingDiverged
 
@@ -120,7 +121,9 @@ def explain(exc: BaseException) -> str | None:
             "named by its _target_ (see that class's docstring); check spelling and values."
         )
     if isinstance(exc, (ConfigAttributeError, ConfigKeyError)):
-        return f"{_first_lines(exc)}\nThere is no such setting; print the full config with --cfg job to see what exists."
+        return (
+            f"{_first_lines(exc)}\nThere is no such setting; print the full config with --cfg job to see what exists."
+        )
     if isinstance(exc, (InterpolationResolutionError, ValidationError)):
         return f"{_first_lines(exc)}\nCheck the value given for this setting (and any environment variable it reads)."
     if isinstance(exc, MissingConfigException):
@@ -193,7 +196,9 @@ def parse_value(arg: str, key: str, text: str) -> Any:
     try:
         return OverridesParser.create().parse_override(f"{key}={text}").value()
     except Exception as exc:  # noqa: BLE001 - Hydra's parser raises its own types
-        raise ConfigError(f"cannot parse {arg!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
+        raise ConfigError(
+            f"cannot parse {arg!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+        ) from None
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = (), *, extra_search_dir: Path | None = None):
@@ -245,7 +250,14 @@ def _validation_overrides(overrides: Sequence[str]) -> list[str]:
 
 def _check_overrides(config_name: str, args) -> None:
     """Compose once with the command-line overrides so that mistakes fail with a friendly message."""
-    if args.config_path or args.config_dir or args.help or args.hydra_help or args.shell_completion or args.experimental_rerun:
+    if (
+        args.config_path
+        or args.config_dir
+        or args.help
+        or args.hydra_help
+        or args.shell_completion
+        or args.experimental_rerun
+    ):
         return
     overrides = _validation_overrides(args.overrides)
     compose_config(args.config_name or config_name, overrides)

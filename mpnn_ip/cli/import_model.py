@@ -35,11 +35,17 @@ def parse_arguments(argv: list[str]) -> tuple[str, dict]:
         elif key in OPTIONS:
             options[key] = value or None
         else:
-            raise ConfigError(f"{arg}: unknown option {key!r}; the options are {', '.join(k + '=' for k in OPTIONS)} (see {PROG} --help)")
+            raise ConfigError(
+                f"{arg}: unknown option {key!r}; the options are {', '.join(k + '=' for k in OPTIONS)} (see {PROG} --help)"
+            )
     if len(sources) != 1:
-        raise ConfigError(f"give exactly one model file to import (got {sources or 'none'}). Usage: {PROG} FILE out=CHECKPOINT")
+        raise ConfigError(
+            f"give exactly one model file to import (got {sources or 'none'}). Usage: {PROG} FILE out=CHECKPOINT"
+        )
     if not options.get("out"):
-        raise ConfigError(f"no output given: add out=CHECKPOINT (e.g. out=imported.ckpt). Usage: {PROG} {sources[0]} out=CHECKPOINT")
+        raise ConfigError(
+            f"no output given: add out=CHECKPOINT (e.g. out=imported.ckpt). Usage: {PROG} {sources[0]} out=CHECKPOINT"
+        )
     return sources[0], options
 
 
@@ -62,10 +68,16 @@ def run_import(source: str, options: dict) -> dict:
     if origin.get("head"):
         lines.append(f"  head {origin['head']} of {origin['heads']}")
     elif len(origin.get("heads") or []) > 1:
-        lines.append(f"  heads {origin['heads']} (the first is the default; pick one with head= in mpnn-md, mpnn-eval, MPNNCalculator)")
+        lines.append(
+            f"  heads {origin['heads']} (the first is the default; pick one with head= in mpnn-md, mpnn-eval, MPNNCalculator)"
+        )
     if "check" in origin:
-        lines.append("  check_with: the original agrees: " + ", ".join(f"{k} {v:.1e}" for k, v in origin["check"].items()))
-    lines.append(f"  use it: mpnn-md ckpt_path={options['out']} ... | MPNNCalculator.from_checkpoint('{options['out']}') | finetune_from={options['out']}")
+        lines.append(
+            "  check_with: the original agrees: " + ", ".join(f"{k} {v:.1e}" for k, v in origin["check"].items())
+        )
+    lines.append(
+        f"  use it: mpnn-md ckpt_path={options['out']} ... | MPNNCalculator.from_checkpoint('{options['out']}') | finetune_from={options['out']}"
+    )
     print("\n".join(lines))
     return meta
 

@@ -45,7 +45,9 @@ def parse_arguments(argv: list[str]) -> tuple[str, dict, list[str]]:
         key, sep, value = arg.partition("=")
         if sep and key.isidentifier():  # ours (LAMMPS's flags and their values take no key=value)
             if key not in OPTIONS:
-                raise ConfigError(f"{arg}: unknown option {key!r}; the options are {', '.join(k + '=' for k in OPTIONS)} (see {PROG} --help)")
+                raise ConfigError(
+                    f"{arg}: unknown option {key!r}; the options are {', '.join(k + '=' for k in OPTIONS)} (see {PROG} --help)"
+                )
             options[key] = value
             in_lammps_flag = False
         elif arg.startswith("-") and not _is_number(arg):
@@ -56,9 +58,13 @@ def parse_arguments(argv: list[str]) -> tuple[str, dict, list[str]]:
         else:
             scripts.append(arg)
     if len(scripts) != 1:
-        raise ConfigError(f"give exactly one LAMMPS input script (got {scripts or 'none'}). Usage: {PROG} IN_SCRIPT model=CHECKPOINT")
+        raise ConfigError(
+            f"give exactly one LAMMPS input script (got {scripts or 'none'}). Usage: {PROG} IN_SCRIPT model=CHECKPOINT"
+        )
     if not options.get("model"):
-        raise ConfigError(f"no model given: add model=CHECKPOINT (or model=[a.ckpt,b.ckpt] for a committee). Usage: {PROG} {scripts[0]} model=CHECKPOINT")
+        raise ConfigError(
+            f"no model given: add model=CHECKPOINT (or model=[a.ckpt,b.ckpt] for a committee). Usage: {PROG} {scripts[0]} model=CHECKPOINT"
+        )
     return scripts[0], options, lammps_args
 
 

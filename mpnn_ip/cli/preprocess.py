@@ -45,10 +45,14 @@ def parse_arguments(argv: list[str]) -> tuple[dict, dict]:
     if not any(o.split("=", 1)[0] in ("data", "+data") for o in overrides):
         overrides.insert(0, "data=extxyz")
     if not own.get("out"):
-        raise ConfigError(f"no store folder given: add out=DIR. Usage: {PROG} data.train_path=FILE out=DIR (see {PROG} --help)")
+        raise ConfigError(
+            f"no store folder given: add out=DIR. Usage: {PROG} data.train_path=FILE out=DIR (see {PROG} --help)"
+        )
     cfg = compose_config("train", [*overrides, "output_dir=."])
     if OmegaConf.is_missing(cfg.data, "train_path"):
-        raise ConfigError(f"no training data given: add data.train_path=FILE (or a glob pattern). Usage: {PROG} data.train_path=FILE out=DIR")
+        raise ConfigError(
+            f"no training data given: add data.train_path=FILE (or a glob pattern). Usage: {PROG} data.train_path=FILE out=DIR"
+        )
     data = to_container(cfg.data)
     if data.get("train_path") is None:
         from mpnn_ip.data.synthetic import default_dataset_path
@@ -65,10 +69,16 @@ def run_preprocess(data: dict, own: dict) -> dict:
     radii = [float(r) for r in (radii if isinstance(radii, (list, tuple)) else [radii])]
     started = time.perf_counter()
     manifest, happened = write_store(
-        own["out"], data["train_path"], data.get("val_path"), data.get("test_path"),
+        own["out"],
+        data["train_path"],
+        data.get("val_path"),
+        data.get("test_path"),
         read_options={key: data[key] for key in READ_KEYS if key in data},
-        species=data.get("species"), on_error=data.get("on_error", "raise"), r_max=radii,
-        shard_size=int(own.get("shard_size", DEFAULT_SHARD_SIZE)), rebuild=bool(own.get("rebuild", False)),
+        species=data.get("species"),
+        on_error=data.get("on_error", "raise"),
+        r_max=radii,
+        shard_size=int(own.get("shard_size", DEFAULT_SHARD_SIZE)),
+        rebuild=bool(own.get("rebuild", False)),
     )
     print(format_summary(manifest, happened, own["out"], time.perf_counter() - started))
     return manifest

@@ -34,7 +34,14 @@ CRITERIA = {
     "forces_mean": ("forces_uncertainty_mean", "eV/Å"),
     "energy": ("energy_uncertainty_per_atom", "eV/atom"),
 }
-SCORE_COLUMNS = ("frame", "num_atoms", "energy_uncertainty", "energy_uncertainty_per_atom", "forces_uncertainty_mean", "forces_uncertainty_max")
+SCORE_COLUMNS = (
+    "frame",
+    "num_atoms",
+    "energy_uncertainty",
+    "energy_uncertainty_per_atom",
+    "forces_uncertainty_mean",
+    "forces_uncertainty_max",
+)
 
 
 def run_selection(cfg) -> dict:
@@ -58,11 +65,15 @@ def run_selection(cfg) -> dict:
     pool = str(cfg.pool)
     frames = read_frames(pool, index=cfg.index, format=cfg.format)
     if not 1 <= n <= len(frames):
-        raise ConfigError(f"n={n} frames cannot be selected from the pool {pool}, which has {len(frames)}; choose n from 1 to {len(frames)}")
+        raise ConfigError(
+            f"n={n} frames cannot be selected from the pool {pool}, which has {len(frames)}; choose n from 1 to {len(frames)}"
+        )
     committee = load_potential(paths, device=cfg.device, dtype=cfg.dtype)
     graphs = [AtomicGraph.from_atoms(atoms, path=pool, frame=k) for k, atoms in enumerate(frames)]
     check_model_species(committee, {int(z) for g in graphs for z in g.atomic_numbers.unique().tolist()}, f"pool {pool}")
-    results = evaluate(committee, graphs, batch_size=int(cfg.batch_size), compute_stress=False, progress=bool(cfg.progress))
+    results = evaluate(
+        committee, graphs, batch_size=int(cfg.batch_size), compute_stress=False, progress=bool(cfg.progress)
+    )
 
     table = per_frame_table(results)
     table["energy_uncertainty_per_atom"] = table["energy_uncertainty"] / table["num_atoms"]
@@ -89,7 +100,9 @@ def _write_selected(frames, selected, table, column, atom_uncertainty, out: Path
     for rank, k in enumerate(selected, start=1):
         atoms = frames[k]
         atoms.info.update(
-            pool_frame=int(k), selection_rank=rank, selection_score=float(table[column][k]),
+            pool_frame=int(k),
+            selection_rank=rank,
+            selection_score=float(table[column][k]),
             energy_uncertainty=float(table["energy_uncertainty"][k]),
             forces_uncertainty_mean=float(table["forces_uncertainty_mean"][k]),
             forces_uncertainty_max=float(table["forces_uncertainty_max"][k]),
@@ -108,7 +121,13 @@ def _write_scores(table, scores, selected, path: Path) -> None:
         writer.writerow([*SCORE_COLUMNS, "score", "rank"])
         for k in range(len(scores)):
             values = [table[c][k] for c in SCORE_COLUMNS]
-            writer.writerow([*(f"{v:.10g}" if isinstance(v, (float, np.floating)) else int(v) for v in values), f"{scores[k]:.10g}", rank.get(k, "")])
+            writer.writerow(
+                [
+                    *(f"{v:.10g}" if isinstance(v, (float, np.floating)) else int(v) for v in values),
+                    f"{scores[k]:.10g}",
+                    rank.get(k, ""),
+                ]
+            )
 
 
 def _task(cfg) -> None:

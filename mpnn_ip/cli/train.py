@@ -70,7 +70,9 @@ def fit(cfg) -> float | None:
     statistics = datamodule.statistics()
     writes_files = builders.is_global_zero()  # under DDP every process runs this function; rank 0 writes the files
     if writes_files:
-        write_skipped_frames(getattr(datamodule, "skipped_frames", ()), output_dir / "skipped_frames.csv")  # data.on_error=skip
+        write_skipped_frames(
+            getattr(datamodule, "skipped_frames", ()), output_dir / "skipped_frames.csv"
+        )  # data.on_error=skip
     model, statistics = source.model(datamodule, statistics)
     with builders.training_data_statistics(statistics):
         if writes_files:
@@ -82,7 +84,9 @@ def fit(cfg) -> float | None:
     source.prepare(model, datamodule, output_dir, loggers)
     optimizer = source.optimizer(model, builders.build_optimizer_factory(cfg.optim))
     if hasattr(model, "set_edge_chunk_size"):  # every Potential; a registered model of another base may lack it
-        model.set_edge_chunk_size(cfg.get("edge_chunk_size"), lean_double_backward=bool(cfg.get("lean_training_memory", False)))
+        model.set_edge_chunk_size(
+            cfg.get("edge_chunk_size"), lean_double_backward=bool(cfg.get("lean_training_memory", False))
+        )
 
     task = PotentialModule(
         model,
@@ -117,7 +121,9 @@ def _task(cfg) -> float | None:
     from mpnn_ip.train.resume import resumed_config
 
     with friendly_errors(PROG):
-        check_run_settings(cfg)  # the command line's settings; a resumed fine-tuning run has both finetune_from and ckpt_path
+        check_run_settings(
+            cfg
+        )  # the command line's settings; a resumed fine-tuning run has both finetune_from and ckpt_path
         if cfg.get("resume") not in (None, False):
             cfg = resumed_config(cfg)
         return fit(cfg)
@@ -151,9 +157,15 @@ def _one_run_dir_per_job(argv: list[str], environ=None) -> list[str]:
         rank, run_id = int(environ["RANK"]), environ.get("TORCHELASTIC_RUN_ID", "none")
         # torchrun's default rendezvous id is "none": the workers of one node share their agent's process id
         job = f"torchrun-{run_id}" if run_id not in ("", "none") else f"torchrun-{socket.gethostname()}-{os.getppid()}"
-    elif int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and environ.get("SLURM_PROCID", "").isdigit() and "SLURM_JOB_ID" in environ:
+    elif (
+        int(environ.get("SLURM_NTASKS", "1") or 1) > 1
+        and environ.get("SLURM_PROCID", "").isdigit()
+        and "SLURM_JOB_ID" in environ
+    ):
         rank = int(environ["SLURM_PROCID"])
-        job = f"slurm-{environ['SLURM_JOB_ID']}" + (f".{environ['SLURM_STEP_ID']}" if "SLURM_STEP_ID" in environ else "")
+        job = f"slurm-{environ['SLURM_JOB_ID']}" + (
+            f".{environ['SLURM_STEP_ID']}" if "SLURM_STEP_ID" in environ else ""
+        )
     else:
         return argv
     args = get_args_parser().parse_args(argv)

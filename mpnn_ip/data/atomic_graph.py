@@ -6,7 +6,7 @@ device, batched, inside the model (see :mod:`mpnn_ip.graph`).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class AtomicGraph(Data):
         weight: float = 1.0,
         path: str | None = None,
         frame: int | None = None,
-    ) -> "AtomicGraph":
+    ) -> AtomicGraph:
         """Build a graph from an ASE ``Atoms``; labels are optional and validated.
 
         ``stress`` is in eV/Å³ with ASE's sign, as 6-component Voigt (xx, yy, zz, yz, xz, xy)
@@ -65,7 +65,12 @@ class AtomicGraph(Data):
         _check_finite(pos, "positions", path, frame)
         _check_finite(cell, "cell", path, frame)
         if np.any(numbers <= 0) or np.any(numbers > 118):
-            raise FrameError(f"atomic numbers must be in 1..118, got {sorted(set(numbers.tolist()))}", kind="invalid_element", path=path, frame=frame)
+            raise FrameError(
+                f"atomic numbers must be in 1..118, got {sorted(set(numbers.tolist()))}",
+                kind="invalid_element",
+                path=path,
+                frame=frame,
+            )
         _check_cell(cell, pbc, path, frame)
         if not pbc.any():
             cell = np.zeros((3, 3))
@@ -127,12 +132,24 @@ def _check_cell(cell: np.ndarray, pbc: np.ndarray, path, frame) -> None:
     lengths = np.linalg.norm(cell, axis=1)
     for axis in np.flatnonzero(pbc):
         if lengths[axis] < 1e-8:
-            raise FrameError(f"direction {'xyz'[axis]} is periodic but its lattice vector is zero", kind="cell", path=path, frame=frame)
+            raise FrameError(
+                f"direction {'xyz'[axis]} is periodic but its lattice vector is zero",
+                kind="cell",
+                path=path,
+                frame=frame,
+            )
     periodic = cell[pbc]
     if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8 * max(lengths.max(), 1.0)) < len(periodic):
-        raise FrameError("the cell is singular: its periodic lattice vectors are linearly dependent", kind="cell", path=path, frame=frame)
+        raise FrameError(
+            "the cell is singular: its periodic lattice vectors are linearly dependent",
+            kind="cell",
+            path=path,
+            frame=frame,
+        )
     if pbc.all() and abs(np.linalg.det(cell)) < 1e-8:
-        raise FrameError("the cell is singular (zero volume) but all directions are periodic", kind="cell", path=path, frame=frame)
+        raise FrameError(
+            "the cell is singular (zero volume) but all directions are periodic", kind="cell", path=path, frame=frame
+        )
 
 
 def _check_min_distance(atoms, path, frame) -> None:
@@ -166,7 +183,9 @@ def _energy_label(energy, path, frame) -> dict:
         return dict(energy=torch.zeros(1, dtype=torch.float64), has_energy=torch.tensor([False]))
     value = np.asarray(energy, dtype=np.float64).reshape(-1)
     if value.size != 1:
-        raise FrameError(f"energy must be one number per frame, got shape {np.shape(energy)}", kind="shape", path=path, frame=frame)
+        raise FrameError(
+            f"energy must be one number per frame, got shape {np.shape(energy)}", kind="shape", path=path, frame=frame
+        )
     _check_finite(value, "energy", path, frame)
     return dict(energy=torch.as_tensor(value), has_energy=torch.tensor([True]))
 
@@ -176,7 +195,9 @@ def _forces_label(forces, n, path, frame) -> dict:
         return dict(forces=torch.zeros(n, 3, dtype=torch.float64), has_forces=torch.tensor([False]))
     value = np.asarray(forces, dtype=np.float64)
     if value.shape != (n, 3):
-        raise FrameError(f"forces must have shape ({n}, 3) for {n} atoms, got {value.shape}", kind="shape", path=path, frame=frame)
+        raise FrameError(
+            f"forces must have shape ({n}, 3) for {n} atoms, got {value.shape}", kind="shape", path=path, frame=frame
+        )
     _check_finite(value, "forces", path, frame)
     return dict(forces=torch.as_tensor(value), has_forces=torch.tensor([True]))
 
@@ -197,4 +218,9 @@ def stress_to_3x3(stress, *, path=None, frame=None) -> np.ndarray:
         return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
     if value.shape in ((9,), (3, 3)):
         return value.reshape(3, 3)
-    raise FrameError(f"stress must have 6 (Voigt) or 9 / 3x3 components, got shape {value.shape}", kind="shape", path=path, frame=frame)
+    raise FrameError(
+        f"stress must have 6 (Voigt) or 9 / 3x3 components, got shape {value.shape}",
+        kind="shape",
+        path=path,
+        frame=frame,
+    )

@@ -9,7 +9,7 @@ without stopping, adds the dataset-level warnings and describes the data
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -62,7 +62,9 @@ def check_data(
     return {"files": files, "problems": problems, "statistics": dataset_statistics(graphs, r_max)}
 
 
-def dataset_problems(graphs: Sequence[AtomicGraph], outlier_sigma: float | None = DEFAULT_OUTLIER_SIGMA) -> list[Problem]:
+def dataset_problems(
+    graphs: Sequence[AtomicGraph], outlier_sigma: float | None = DEFAULT_OUTLIER_SIGMA
+) -> list[Problem]:
     """Warnings about ``graphs`` as a whole: duplicated frames and energy-per-atom outliers."""
     problems = find_duplicates(graphs)
     if outlier_sigma is not None and outlier_sigma > 0:

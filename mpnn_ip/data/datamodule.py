@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -15,8 +15,8 @@ from mpnn_ip.data.checks import DEFAULT_OUTLIER_SIGMA, dataset_problems
 from mpnn_ip.data.dataset import AtomicDataset, FramesOfHead
 from mpnn_ip.data.problems import Problem, errors_of, format_problems, problems_error
 from mpnn_ip.data.reading import check_on_error, expand_paths, read_dataset, read_isolated_atom_energies
-from mpnn_ip.data.statistics import compute_statistics
 from mpnn_ip.data.sampler import AtomBudgetBatchSampler, EpochOrder, ProcessShare
+from mpnn_ip.data.statistics import compute_statistics
 from mpnn_ip.data.synthetic import default_dataset_path
 from mpnn_ip.elements import atomic_numbers
 from mpnn_ip.errors import ConfigError
@@ -123,12 +123,20 @@ class AtomicDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
         if max_atoms_per_batch is not None and int(max_atoms_per_batch) <= 0:
-            raise ConfigError(f"data.max_atoms_per_batch={max_atoms_per_batch} must be a positive number of atoms (or null)")
+            raise ConfigError(
+                f"data.max_atoms_per_batch={max_atoms_per_batch} must be a positive number of atoms (or null)"
+            )
         self.max_atoms_per_batch = None if max_atoms_per_batch is None else int(max_atoms_per_batch)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.read_options = dict(
-            energy_key=energy_key, forces_key=forces_key, stress_key=stress_key, stress_unit=stress_unit,
-            stress_sign=stress_sign, virial_key=virial_key, index=index, format=format,
+            energy_key=energy_key,
+            forces_key=forces_key,
+            stress_key=stress_key,
+            stress_unit=stress_unit,
+            stress_sign=stress_sign,
+            virial_key=virial_key,
+            index=index,
+            format=format,
         )
         self.isolated_atoms = isolated_atoms
         self.r_max = r_max
@@ -157,7 +165,11 @@ class AtomicDataModule(L.LightningDataModule):
         test_frames = self._read(str(self.test_path)) if self.test_path is not None else None
         self._validate(frames + (val_frames or []) + (test_frames or []))
         n_val = 0 if self.val_path is not None else _split_size(len(frames), self.val_fraction, self.val_count, "val")
-        n_test = 0 if self.test_path is not None else _split_size(len(frames), self._test_fraction(), self.test_count, "test")
+        n_test = (
+            0
+            if self.test_path is not None
+            else _split_size(len(frames), self._test_fraction(), self.test_count, "test")
+        )
         n_rest = len(frames) - n_val - n_test
         n_train = n_rest if self.train_count is None else int(self.train_count)
         if n_train < 1 or n_train > n_rest:
@@ -171,7 +183,11 @@ class AtomicDataModule(L.LightningDataModule):
         train = [frames[i] for i in order[n_val + n_test : n_val + n_test + n_train]]
         val = val_frames if val_frames is not None else val
         test = test_frames if test_frames is not None else test
-        self.train_dataset, self.val_dataset, self.test_dataset = AtomicDataset(train), AtomicDataset(val), AtomicDataset(test)
+        self.train_dataset, self.val_dataset, self.test_dataset = (
+            AtomicDataset(train),
+            AtomicDataset(val),
+            AtomicDataset(test),
+        )
 
     def _test_fraction(self) -> float:
         """``test_fraction``, or its default: 0.1 when validation is split off the training file too, else 0."""
@@ -211,7 +227,9 @@ class AtomicDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         if self.replay_dataset is None:
-            return self._loader(self.train_dataset, self.batch_size, EpochOrder(len(self.train_dataset), True, self.seed))
+            return self._loader(
+                self.train_dataset, self.batch_size, EpochOrder(len(self.train_dataset), True, self.seed)
+            )
         sampler = ReplaySampler(len(self.train_dataset), len(self.replay_dataset), self.replay_fraction, self.seed)
         parts = [self.train_dataset, self.replay_dataset]
         if self.replay_head is not None:
@@ -225,7 +243,10 @@ class AtomicDataModule(L.LightningDataModule):
         loader = self._loader(self.val_dataset, self.val_batch_size, training=False)
         if self.replay_head is None:
             return loader
-        return [loader, self._loader(FramesOfHead(self.replay_dataset, self.replay_head), self.val_batch_size, training=False)]
+        return [
+            loader,
+            self._loader(FramesOfHead(self.replay_dataset, self.replay_head), self.val_batch_size, training=False),
+        ]
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
@@ -250,11 +271,15 @@ class AtomicDataModule(L.LightningDataModule):
         order = order if order is not None else EpochOrder(len(dataset), shuffle=False)
         replicas, rank = (1, 0) if whole else self._processes()
         options = dict(
-            collate_fn=collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
         if self.max_atoms_per_batch is None:
-            return DataLoader(dataset, batch_size=batch_size, sampler=ProcessShare(order, replicas, rank, pad=training), **options)
+            return DataLoader(
+                dataset, batch_size=batch_size, sampler=ProcessShare(order, replicas, rank, pad=training), **options
+            )
         sizes = getattr(dataset, "num_atoms", None)  # datasets on disk give them without reading every frame
         sizes = [int(dataset[i].num_atoms) for i in range(len(dataset))] if sizes is None else [int(n) for n in sizes]
         batches = AtomBudgetBatchSampler(order, sizes, self.max_atoms_per_batch, replicas, rank, pad=training)
@@ -280,10 +305,14 @@ class AtomicDataModule(L.LightningDataModule):
             raise problems_error(errors)
         if errors:
             self.skipped_frames = [*self.skipped_frames, *errors]
-            warnings.warn(f"on_error=skip: left out {len(errors)} bad frame(s):\n{format_problems(errors)}", stacklevel=3)
+            warnings.warn(
+                f"on_error=skip: left out {len(errors)} bad frame(s):\n{format_problems(errors)}", stacklevel=3
+            )
         notes = dataset_problems(graphs, self.outlier_sigma)
         if notes:
-            warnings.warn(f"{len(notes)} warning(s) about the data (frames kept):\n{format_problems(notes)}", stacklevel=3)
+            warnings.warn(
+                f"{len(notes)} warning(s) about the data (frames kept):\n{format_problems(notes)}", stacklevel=3
+            )
 
 
 class ReplaySampler(Sampler[int]):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -22,7 +22,7 @@ class AtomicDataset(Dataset):
         self.graphs = list(graphs)
 
     @classmethod
-    def from_file(cls, path, **read_options) -> "AtomicDataset":
+    def from_file(cls, path, **read_options) -> AtomicDataset:
         """Read ``path`` with :func:`mpnn_ip.data.read_dataset` (``read_options`` are its keywords)."""
         return cls(read_dataset(path, **read_options))
 

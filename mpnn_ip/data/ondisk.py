@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -13,8 +12,8 @@ from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.datamodule import AtomicDataModule
 from mpnn_ip.data.reading import read_isolated_atom_energies
 from mpnn_ip.data.splits import split_indices
-from mpnn_ip.data.store import GraphStore
 from mpnn_ip.data.statistics import StatisticsAccumulator, edge_counts
+from mpnn_ip.data.store import GraphStore
 from mpnn_ip.elements import symbols
 from mpnn_ip.errors import ConfigError, DataError
 
@@ -67,7 +66,10 @@ class StoreDataset(Dataset):
         if limit is None or len(self.indices) <= limit:
             return LazyGraphs(self.store, self.indices)
         chosen = np.sort(np.random.default_rng(self.seed).choice(len(self.indices), size=int(limit), replace=False))
-        warnings.warn(f"model.prepare sees {limit} of the {len(self.indices)} training frames of the store (data.prepare_max_frames)", stacklevel=2)
+        warnings.warn(
+            f"model.prepare sees {limit} of the {len(self.indices)} training frames of the store (data.prepare_max_frames)",
+            stacklevel=2,
+        )
         return LazyGraphs(self.store, self.indices[chosen])
 
 
@@ -118,10 +120,20 @@ class OnDiskDataModule(AtomicDataModule):
         prepare_max_frames: int | None = DEFAULT_PREPARE_MAX_FRAMES,
     ):
         super().__init__(
-            train_count=train_count, val_fraction=val_fraction, val_count=val_count, test_fraction=test_fraction,
-            test_count=test_count, seed=seed, batch_size=batch_size, val_batch_size=val_batch_size,
-            max_atoms_per_batch=max_atoms_per_batch, num_workers=num_workers, pin_memory=pin_memory,
-            isolated_atoms=isolated_atoms, r_max=r_max, species=species,
+            train_count=train_count,
+            val_fraction=val_fraction,
+            val_count=val_count,
+            test_fraction=test_fraction,
+            test_count=test_count,
+            seed=seed,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            max_atoms_per_batch=max_atoms_per_batch,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            isolated_atoms=isolated_atoms,
+            r_max=r_max,
+            species=species,
         )
         self.store_path = str(store)
         self.prepare_max_frames = prepare_max_frames
@@ -142,9 +154,15 @@ class OnDiskDataModule(AtomicDataModule):
             )
         train_part, val_part, test_part = store.part("train"), store.part("val"), store.part("test")
         train, val, test = split_indices(
-            len(train_part), separate_val=val_part is not None, separate_test=test_part is not None,
-            train_count=self.train_count, val_fraction=self.val_fraction, val_count=self.val_count,
-            test_fraction=self.test_fraction, test_count=self.test_count, seed=self.seed,
+            len(train_part),
+            separate_val=val_part is not None,
+            separate_test=test_part is not None,
+            train_count=self.train_count,
+            val_fraction=self.val_fraction,
+            val_count=self.val_count,
+            test_fraction=self.test_fraction,
+            test_count=self.test_count,
+            seed=self.seed,
             where=f"the store {self.store_path}",
         )
         val = np.asarray(val_part) if val_part is not None else train_part.start + val

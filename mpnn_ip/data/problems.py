@@ -8,9 +8,9 @@ the :class:`~mpnn_ip.errors.DataError` a per-frame check raises; it carries the 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from mpnn_ip.errors import DataError
 
@@ -42,7 +42,7 @@ class Problem:
     severity: str = "error"
 
     @classmethod
-    def from_error(cls, exc: DataError, path: str, frame: int | None = None) -> "Problem":
+    def from_error(cls, exc: DataError, path: str, frame: int | None = None) -> Problem:
         """The problem a :class:`DataError` describes (kind ``invalid`` unless it is a :class:`FrameError`)."""
         frame = exc.frame if exc.frame is not None else frame
         return cls(str(exc.path or path), frame, getattr(exc, "kind", "invalid"), exc.problem)

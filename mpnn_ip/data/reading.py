@@ -117,7 +117,9 @@ def read_dataset(
     if errors and on_error == "raise":
         raise problems_error(errors)
     if errors and problems is None:
-        warnings.warn(f"{where}: skipped {len(errors)} bad frame(s) of {len(frames)}:\n{format_problems(errors)}", stacklevel=2)
+        warnings.warn(
+            f"{where}: skipped {len(errors)} bad frame(s) of {len(frames)}:\n{format_problems(errors)}", stacklevel=2
+        )
     if problems is not None:
         problems.extend(found_problems)
     return graphs
@@ -208,21 +210,33 @@ def read_isolated_atom_energies(source, *, energy_key: str = "energy") -> dict[i
     for i in chosen:
         atoms = frames[i]
         if len(atoms) != 1:
-            raise DataError(f"frame is marked as an isolated atom but has {len(atoms)} atoms", path=str(source), frame=i)
+            raise DataError(
+                f"frame is marked as an isolated atom but has {len(atoms)} atoms", path=str(source), frame=i
+            )
         energy = _lookup(atoms, energy_key)
         if energy is None:
-            raise DataError(f"isolated atom has no energy {energy_key!r}; keys present: {_describe_keys([atoms])}", path=str(source), frame=i)
+            raise DataError(
+                f"isolated atom has no energy {energy_key!r}; keys present: {_describe_keys([atoms])}",
+                path=str(source),
+                frame=i,
+            )
         value = float(np.asarray(energy, dtype=np.float64).reshape(-1)[0])
         if not np.isfinite(value):
             raise DataError("isolated-atom energy is NaN or inf", path=str(source), frame=i)
         z = int(atoms.numbers[0])
         if z in energies and abs(energies[z] - value) > 1e-6:
-            raise DataError(f"two different isolated-atom energies for Z={z}: {energies[z]} and {value} eV", path=str(source), frame=i)
+            raise DataError(
+                f"two different isolated-atom energies for Z={z}: {energies[z]} and {value} eV",
+                path=str(source),
+                frame=i,
+            )
         energies[z] = value
     return energies
 
 
-def read_frames(path, *, index: str | int | slice = ":", format: str | None = None, unreadable: list | None = None) -> list:
+def read_frames(
+    path, *, index: str | int | slice = ":", format: str | None = None, unreadable: list | None = None
+) -> list:
     """ASE frames of a file as a list, with errors that name the file.
 
     If ASE cannot parse an (ext)xyz file whose comment lines have blanks around ``=``
@@ -255,7 +269,9 @@ def read_frames(path, *, index: str | int | slice = ":", format: str | None = No
             fmt = format or "an auto-detected format"
             first_line = (str(exc).strip().splitlines() or [""])[0]
             frame = _failing_frame(file, index, format, text)
-            raise DataError(f"could not be read as {fmt}: {type(exc).__name__}: {first_line}", path=str(path), frame=frame) from exc
+            raise DataError(
+                f"could not be read as {fmt}: {type(exc).__name__}: {first_line}", path=str(path), frame=frame
+            ) from exc
     frames = [frames] if not isinstance(frames, list) else frames
     if not frames:
         raise DataError(f"no frames read (index={index!r})", path=str(path))
@@ -323,10 +339,15 @@ def _check_keys_exist(frames, keys: dict, path) -> dict:
         if key is None or found[name]:
             continue
         if key != _DEFAULT_KEYS.get(name):
-            raise DataError(f"no frame has the {name} key {key!r}; keys present: {_describe_keys(frames)}", path=str(path))
+            raise DataError(
+                f"no frame has the {name} key {key!r}; keys present: {_describe_keys(frames)}", path=str(path)
+            )
         stress_expected = any(a.pbc.all() for a in frames) and not found["virial"]
         if name != "stress" or stress_expected:
-            warnings.warn(f"{path}: no frame has a {name!r} label (key {key!r}); it is masked. Keys present: {_describe_keys(frames)}", stacklevel=3)
+            warnings.warn(
+                f"{path}: no frame has a {name!r} label (key {key!r}); it is masked. Keys present: {_describe_keys(frames)}",
+                stacklevel=3,
+            )
     if not any(found.values()):
         raise DataError(
             f"no frame has any label (energy {keys['energy']!r}, forces {keys['forces']!r}, stress {keys['stress']!r}, "
@@ -347,7 +368,10 @@ def _frame_stress(atoms, keys: dict, unit: str, sign: int, path, frame):
     if virial is None and stress is None:
         return None
     if not atoms.pbc.all():
-        warnings.warn(f"{path}, frame {frame}: stress/virial label on a frame that is not periodic in x, y and z (pbc={atoms.pbc.tolist()}); it is masked", stacklevel=5)
+        warnings.warn(
+            f"{path}, frame {frame}: stress/virial label on a frame that is not periodic in x, y and z (pbc={atoms.pbc.tolist()}); it is masked",
+            stacklevel=5,
+        )
         return None
     if virial is not None:
         return virial_to_stress(virial, abs(float(np.linalg.det(atoms.cell.array))), path=path, frame=frame)
@@ -377,9 +401,13 @@ def _frame_weight(atoms, path, frame) -> float:
             try:
                 weight = float(atoms.info[key])
             except (TypeError, ValueError) as exc:
-                raise FrameError(f"info {key!r} must be a number, got {atoms.info[key]!r}", kind="weight", path=path, frame=frame) from exc
+                raise FrameError(
+                    f"info {key!r} must be a number, got {atoms.info[key]!r}", kind="weight", path=path, frame=frame
+                ) from exc
             if not np.isfinite(weight) or weight < 0:
-                raise FrameError(f"info {key!r} must be finite and >= 0, got {weight}", kind="weight", path=path, frame=frame)
+                raise FrameError(
+                    f"info {key!r} must be finite and >= 0, got {weight}", kind="weight", path=path, frame=frame
+                )
             return weight
     return 1.0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -126,7 +126,12 @@ class AtomBudgetBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, order: Sampler[int], num_atoms: Sequence[int], max_atoms: int, num_replicas: int = 1, rank: int = 0,
+        self,
+        order: Sampler[int],
+        num_atoms: Sequence[int],
+        max_atoms: int,
+        num_replicas: int = 1,
+        rank: int = 0,
         pad: bool = True,
     ):
         if int(max_atoms) <= 0:
@@ -147,7 +152,9 @@ class AtomBudgetBatchSampler(Sampler[list[int]]):
         _set_epoch(self.sampler, epoch)
 
     def _batches(self) -> list[list[int]]:
-        return _share(pack_by_atoms(list(self.sampler), self.num_atoms, self.max_atoms), self.num_replicas, self.rank, self.pad)
+        return _share(
+            pack_by_atoms(list(self.sampler), self.num_atoms, self.max_atoms), self.num_replicas, self.rank, self.pad
+        )
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())

@@ -23,7 +23,7 @@ checkpoint loaded with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -90,7 +90,9 @@ def compute_statistics(
     return accumulator.result(isolated_atom_energies, species=species)
 
 
-def neighbour_counts(graphs: Sequence[AtomicGraph], r_max: float, chunk_atoms: int = NEIGHBOUR_CHUNK_ATOMS) -> np.ndarray:
+def neighbour_counts(
+    graphs: Sequence[AtomicGraph], r_max: float, chunk_atoms: int = NEIGHBOUR_CHUNK_ATOMS
+) -> np.ndarray:
     """Neighbours within ``r_max`` (Å) of every atom of every frame, periodic images counted:
     ``[total atoms]`` int64, frames in order (batches of up to ``chunk_atoms`` atoms)."""
     counts, start = [], 0
@@ -130,7 +132,9 @@ def frame_summaries(graphs: Sequence[AtomicGraph], r_max_values: Iterable[float]
         "energy": np.array([float(g.energy.item()) for g in graphs]),
         "has_energy": np.array([bool(g.has_energy.item()) for g in graphs]),
         "has_forces": has_forces,
-        "force_sq_sum": np.array([float(np.sum(g.forces.numpy() ** 2)) if f else 0.0 for g, f in zip(graphs, has_forces)]),
+        "force_sq_sum": np.array(
+            [float(np.sum(g.forces.numpy() ** 2)) if f else 0.0 for g, f in zip(graphs, has_forces)]
+        ),
         "has_stress": np.array([bool(g.has_stress.item()) for g in graphs]),
         "num_edges": {float(r): edge_counts(graphs, r) for r in r_max_values},
     }
@@ -171,12 +175,17 @@ class StatisticsAccumulator:
         """
         select = (lambda a: a) if rows is None else (lambda a: a[rows])
         if self.r_max not in summary["num_edges"]:
-            raise DataError(f"the frame summaries count neighbours within {sorted(summary['num_edges'])} Å, not r_max={self.r_max:g} Å")
+            raise DataError(
+                f"the frame summaries count neighbours within {sorted(summary['num_edges'])} Å, not r_max={self.r_max:g} Å"
+            )
         species = np.asarray(summary["species"], dtype=np.int64)
         counts = np.zeros((len(summary["energy"]), _NUM_Z))
         counts[:, species] = summary["counts"]
         counts = select(counts)
-        energy, has_energy = select(np.asarray(summary["energy"])), select(np.asarray(summary["has_energy"], dtype=bool))
+        energy, has_energy = (
+            select(np.asarray(summary["energy"])),
+            select(np.asarray(summary["has_energy"], dtype=bool)),
+        )
         has_forces = select(np.asarray(summary["has_forces"], dtype=bool))
         atoms = counts.sum(axis=1)
         self.num_frames += len(energy)
@@ -204,7 +213,9 @@ class StatisticsAccumulator:
         self.sum_uv += v.T @ u
         self.sum_vv += v.T @ v
 
-    def result(self, isolated_atom_energies: Mapping[int, float] | None = None, *, species: Iterable[int] | None = None) -> dict:
+    def result(
+        self, isolated_atom_energies: Mapping[int, float] | None = None, *, species: Iterable[int] | None = None
+    ) -> dict:
         """The statistics dict described in :func:`compute_statistics`."""
         if self.num_frames == 0:
             raise DataError("cannot compute statistics of an empty training set")
@@ -240,7 +251,9 @@ class StatisticsAccumulator:
             given = {int(z): float(e) for z, e in isolated_atom_energies.items()}
             missing = [z for z in zs if z not in given]
             if missing:
-                raise DataError(f"isolated-atom energies are missing for atomic numbers {missing} (given: {sorted(given)})")
+                raise DataError(
+                    f"isolated-atom energies are missing for atomic numbers {missing} (given: {sorted(given)})"
+                )
             return {z: given[z] for z in zs}, "isolated_atoms"
         if self.num_with_energy == 0:
             return {z: 0.0 for z in zs}, "none (no energies)"

@@ -91,11 +91,15 @@ def read_manifest(folder) -> dict:
     """The manifest of the store in ``folder``; ``DataError`` when there is none or it is unreadable."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise DataError(f"{Path(folder)} is not a graph store (no {MANIFEST}); write one with mpnn-preprocess ... out={folder}")
+        raise DataError(
+            f"{Path(folder)} is not a graph store (no {MANIFEST}); write one with mpnn-preprocess ... out={folder}"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DataError(f"the manifest of the store is unreadable ({exc}); re-run mpnn-preprocess to rebuild it", path=str(path)) from None
+        raise DataError(
+            f"the manifest of the store is unreadable ({exc}); re-run mpnn-preprocess to rebuild it", path=str(path)
+        ) from None
     if manifest.get("format") != FORMAT_NAME:
         raise DataError(f"{path} is not the manifest of an mpnn_ip graph store", path=str(path))
     return manifest
@@ -128,13 +132,17 @@ class GraphStore:
         self.manifest = read_manifest(self.folder)
         problem = version_problem(self.manifest)
         if problem is not None:
-            raise DataError(f"cannot read the graph store {self.folder}: {problem}. Re-run mpnn-preprocess with out={self.folder} to rebuild it")
+            raise DataError(
+                f"cannot read the graph store {self.folder}: {problem}. Re-run mpnn-preprocess with out={self.folder} to rebuild it"
+            )
         self.shards = self.manifest["shards"]
         self._starts = [shard["start"] for shard in self.shards]
         for shard in self.shards:
             for name in (shard["file"], shard["summary"]):
                 if not (self.folder / name).is_file():
-                    raise DataError(f"the graph store {self.folder} lacks {name}; re-run mpnn-preprocess with out={self.folder} to rebuild it")
+                    raise DataError(
+                        f"the graph store {self.folder} lacks {name}; re-run mpnn-preprocess with out={self.folder} to rebuild it"
+                    )
         self._databases: dict[int, object] = {}
         self._inherited: list = []
         self._pid = os.getpid()
@@ -212,7 +220,9 @@ def save_summary(path: Path, summary: dict) -> None:
 def load_summary(path: Path) -> dict:
     with np.load(path) as data:
         summary = {key: data[key] for key in data.files if not key.startswith("num_edges_")}
-        summary["num_edges"] = {float(key[len("num_edges_"):]): data[key] for key in data.files if key.startswith("num_edges_")}
+        summary["num_edges"] = {
+            float(key[len("num_edges_") :]): data[key] for key in data.files if key.startswith("num_edges_")
+        }
     return summary
 
 
@@ -222,7 +232,10 @@ def stack_summaries(rows: list[dict]) -> dict:
     counts = np.zeros((len(rows), len(species)), dtype=np.int64)
     for i, row in enumerate(rows):
         counts[i, np.searchsorted(species, row["species"])] = row["counts"][0]
-    stacked = {key: np.concatenate([row[key] for row in rows]) if rows else np.zeros(0) for key in ("energy", "has_energy", "has_forces", "force_sq_sum", "has_stress")}
+    stacked = {
+        key: np.concatenate([row[key] for row in rows]) if rows else np.zeros(0)
+        for key in ("energy", "has_energy", "has_forces", "force_sq_sum", "has_stress")
+    }
     radii = rows[0]["num_edges"].keys() if rows else ()
     stacked["num_edges"] = {r: np.concatenate([row["num_edges"][r] for row in rows]) for r in radii}
     return {"species": species, "counts": counts, **stacked}

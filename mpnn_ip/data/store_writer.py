@@ -20,8 +20,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import ase.io
 import numpy as np
@@ -29,11 +29,23 @@ import numpy as np
 from mpnn_ip.data import reading
 from mpnn_ip.data.problems import Problem, errors_of, problems_error
 from mpnn_ip.data.reading import check_on_error, expand_paths
-from mpnn_ip.data.store import (
-    FORMAT_NAME, FORMAT_VERSION, MANIFEST, SCHEMA, TABLE, GraphStore, graph_row, load_summary, read_manifest,
-    save_summary, shard_name, stack_summaries, summary_name, version_problem,
-)
 from mpnn_ip.data.statistics import StatisticsAccumulator, edge_counts, frame_summaries
+from mpnn_ip.data.store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    SCHEMA,
+    TABLE,
+    GraphStore,
+    graph_row,
+    load_summary,
+    read_manifest,
+    save_summary,
+    shard_name,
+    stack_summaries,
+    summary_name,
+    version_problem,
+)
 from mpnn_ip.elements import atomic_numbers
 from mpnn_ip.errors import ConfigError, DataError
 
@@ -74,13 +86,17 @@ def write_store(
     if int(shard_size) < 1:
         raise ConfigError(f"shard_size={shard_size} must be a positive number of frames")
     out = Path(out)
-    inputs = {part: expand_paths(path) for part, path in zip(PARTS, (train_path, val_path, test_path)) if path is not None}
+    inputs = {
+        part: expand_paths(path) for part, path in zip(PARTS, (train_path, val_path, test_path)) if path is not None
+    }
     settings = {**read_options, "species": None if species is None else atomic_numbers(species), "on_error": on_error}
     fingerprints = {part: [_fingerprint(path) for path in paths] for part, paths in inputs.items()}
     reason = _rebuild_reason(out, settings, fingerprints) if not rebuild else "rebuild=true"
     if reason is None:
         added = add_neighbour_counts(out, r_max)
-        return read_manifest(out), "reused (same input files and reader settings)" + (f"; added neighbour counts for r_max={added}" if added else "")
+        return read_manifest(out), "reused (same input files and reader settings)" + (
+            f"; added neighbour counts for r_max={added}" if added else ""
+        )
     building = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
@@ -96,7 +112,10 @@ def stream_graphs(path: str, *, read_options: dict, allowed, on_error: str, prob
     """The good frames of one file as :class:`AtomicGraph`, one at a time; bad ones go to ``problems`` (or raise)."""
     index, format = read_options.get("index", ":"), read_options.get("format")
     where = str(path) if index in (":", slice(None)) else f"{path} (index={index!r})"
-    keys = {name: read_options.get(f"{name}_key", default) for name, default in (("energy", "energy"), ("forces", "forces"), ("stress", "stress"), ("virial", None))}
+    keys = {
+        name: read_options.get(f"{name}_key", default)
+        for name, default in (("energy", "energy"), ("forces", "forces"), ("stress", "stress"), ("virial", None))
+    }
     unit, sign = read_options.get("stress_unit", "eV/A^3"), read_options.get("stress_sign", 1)
     kinds: dict = {}  # one frame per kind of labels present: what the missing-key checks need
     found: list[Problem] = []
@@ -107,7 +126,9 @@ def stream_graphs(path: str, *, read_options: dict, allowed, on_error: str, prob
         except StopIteration:
             break
         except Exception:  # noqa: BLE001 - ASE raises many types; read_frames reports them with file and frame
-            remaining = reading.read_frames(path, index=index, format=format, unreadable=found if on_error == "skip" else None)[frame:]
+            remaining = reading.read_frames(
+                path, index=index, format=format, unreadable=found if on_error == "skip" else None
+            )[frame:]
             if not remaining:
                 break
             frames, atoms = iter(remaining[1:]), remaining[0]
@@ -179,9 +200,18 @@ def _write(folder: Path, inputs: dict, settings: dict, fingerprints: dict, radii
         for number, path in enumerate(paths):
             problems: list[Problem] = []
             written = 0
-            for graph in stream_graphs(path, read_options=read_options, allowed=allowed, on_error=on_error, problems=problems):
+            for graph in stream_graphs(
+                path, read_options=read_options, allowed=allowed, on_error=on_error, problems=problems
+            ):
                 if database is None:
-                    shards.append({"file": shard_name(len(shards)), "summary": summary_name(len(shards)), "start": total, "count": 0})
+                    shards.append(
+                        {
+                            "file": shard_name(len(shards)),
+                            "summary": summary_name(len(shards)),
+                            "start": total,
+                            "count": 0,
+                        }
+                    )
                     database = SQLiteDatabase(str(folder / shards[-1]["file"]), TABLE, schema=SCHEMA)
                 summary = frame_summaries([graph], radii)
                 summaries.append(summary)

@@ -134,7 +134,9 @@ def _md_snapshots(count: int, rng: np.random.Generator) -> list[Atoms]:
         atoms = _random_alloy(au_fraction, rng)
         atoms.calc = EMT()
         MaxwellBoltzmannDistribution(atoms, temperature_K=2 * temperature, rng=rng)
-        dynamics = Langevin(atoms, 4 * units.fs, temperature_K=temperature, friction=0.02 / units.fs, fixcm=False, rng=rng)
+        dynamics = Langevin(
+            atoms, 4 * units.fs, temperature_K=temperature, friction=0.02 / units.fs, fixcm=False, rng=rng
+        )
         dynamics.run(MD_EQUILIBRATION_STEPS)
         for _ in range(n):
             dynamics.run(MD_STEPS_BETWEEN_SNAPSHOTS)

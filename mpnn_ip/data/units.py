@@ -43,7 +43,9 @@ def stress_unit_factor(unit: str) -> float:
 def check_stress_sign(stress_sign: int) -> int:
     """+1: the file uses ASE's sign (positive = tensile); -1: positive = compressive."""
     if stress_sign not in (1, -1):
-        raise ConfigError(f"stress_sign must be 1 (positive = tensile, ASE) or -1 (positive = compressive), got {stress_sign!r}")
+        raise ConfigError(
+            f"stress_sign must be 1 (positive = tensile, ASE) or -1 (positive = compressive), got {stress_sign!r}"
+        )
     return int(stress_sign)
 
 
@@ -59,5 +61,7 @@ def virial_to_stress(virial, volume: float, *, path=None, frame=None) -> np.ndar
     ``volume``: cell volume in Å³; it must be positive (a virial needs a periodic cell).
     """
     if not np.isfinite(volume) or volume <= 1e-8:
-        raise DataError(f"a virial was given but the cell volume is {volume:g} Å³; a virial needs a 3D cell", path=path, frame=frame)
+        raise DataError(
+            f"a virial was given but the cell volume is {volume:g} Å³; a virial needs a 3D cell", path=path, frame=frame
+        )
     return -stress_to_3x3(virial, path=path, frame=frame) / volume

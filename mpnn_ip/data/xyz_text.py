@@ -43,7 +43,9 @@ def read_frame_by_frame(text: str, spans: list, path: str, unreadable: list) -> 
             frames.append(ase.io.read(io.StringIO(chunk), index=0, format="extxyz"))
         except Exception as exc:  # noqa: BLE001 - ASE raises many types for malformed frames
             first_line = (str(exc).strip().splitlines() or [""])[0]
-            problems.append(Problem(path, frame, "unparseable", f"could not be read as extxyz: {type(exc).__name__}: {first_line}"))
+            problems.append(
+                Problem(path, frame, "unparseable", f"could not be read as extxyz: {type(exc).__name__}: {first_line}")
+            )
             frames.append(None)
     if not spans or len(problems) == len(spans):
         return None  # nothing readable: the file-level error says more

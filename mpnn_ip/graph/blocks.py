@@ -40,8 +40,7 @@ class BlockGrid:
     ):
         n_frames = plane_spacing.shape[0]
         index = point_frame[:, None].expand(-1, 3)
-        inf = torch.full((n_frames, 3), float("inf"), dtype=image_fractional.dtype,
-                         device=image_fractional.device)
+        inf = torch.full((n_frames, 3), float("inf"), dtype=image_fractional.dtype, device=image_fractional.device)
         self.low = inf.scatter_reduce(0, index, image_fractional, "amin", include_self=True)
         high = (-inf).scatter_reduce(0, index, image_fractional, "amax", include_self=True)
         extent = torch.nan_to_num(high - self.low, nan=0.0, posinf=0.0, neginf=0.0)
@@ -86,7 +85,5 @@ class BlockGrid:
         halo = band[frame] * (1.0 + BAND_SLACK) + BAND_SLACK
         near_low = ((fractional - low_face) <= halo) & (block > 0)
         near_high = ((high_face - fractional) <= halo) & (block < per_axis - 1)
-        point, offset = expand_integer_boxes(
-            -near_low.long(), 1 + near_low.long() + near_high.long()
-        )
+        point, offset = expand_integer_boxes(-near_low.long(), 1 + near_low.long() + near_high.long())
         return point, self.key(block[point] + offset, frame[point])

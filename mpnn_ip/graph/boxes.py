@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def expand_integer_boxes(
-    low: torch.Tensor, count: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def expand_integer_boxes(low: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All integer triples ``low[p] + t`` with ``0 <= t[k] < count[p, k]``, for every point p.
 
     Args:

@@ -7,7 +7,9 @@ import torch
 from mpnn_ip.graph.radius import radius_graph_pbc
 
 
-def neighbours_per_atom(pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, batch: torch.Tensor, r_max: float) -> torch.Tensor:
+def neighbours_per_atom(
+    pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, batch: torch.Tensor, r_max: float
+) -> torch.Tensor:
     """Neighbours within ``r_max`` (Å) of each atom, periodic images counted: ``[n_atoms]`` long.
 
     Args (as for :func:`~mpnn_ip.graph.radius_graph_pbc`): ``pos [n_atoms, 3]`` Å, ``cell [n_frames, 3, 3]``

@@ -89,8 +89,10 @@ def radius_graph_pbc(
 
 def _radius_graph_pbc(pos, cell, pbc, batch, r_max, max_num_neighbors, block_min_points):
     if pos.shape[0] == 0:
-        return (torch.empty(2, 0, dtype=torch.long, device=pos.device),
-                torch.empty(0, 3, dtype=torch.long, device=pos.device))
+        return (
+            torch.empty(2, 0, dtype=torch.long, device=pos.device),
+            torch.empty(0, 3, dtype=torch.long, device=pos.device),
+        )
     completed = complete_cell(cell, pbc)
     inverse_cell = torch.linalg.inv(completed)
     band = r_max * reciprocal_lengths(inverse_cell)
@@ -103,24 +105,29 @@ def _radius_graph_pbc(pos, cell, pbc, batch, r_max, max_num_neighbors, block_min
     own_image = torch.empty_like(batch).index_put_((image_atom[unshifted],), unshifted)
     # Shift of each image relative to the ORIGINAL (unwrapped) position of its atom.
     image_shift = lattice_shift - wrap_shift[image_atom]
-    image_pos = pos[image_atom] + torch.einsum(
-        "nk,nkx->nx", image_shift.to(torch.float64), completed[image_frame])
+    image_pos = pos[image_atom] + torch.einsum("nk,nkx->nx", image_shift.to(torch.float64), completed[image_frame])
     query_pos = pos - torch.einsum("nk,nkx->nx", wrap_shift.to(torch.float64), completed[batch])
 
     query_order, source_image, query_block, source_block, n_blocks = _search_layout(
-        fractional, batch, image_atom, lattice_shift, image_frame, inverse_cell, band,
-        r_max, block_min_points)
+        fractional, batch, image_atom, lattice_shift, image_frame, inverse_cell, band, r_max, block_min_points
+    )
     query_points = query_pos if query_order is None else query_pos[query_order]
     source_points = image_pos if query_order is None else image_pos[source_image]
     row, col = _complete_search(
-        source_points, query_points, source_block, query_block, n_blocks,
-        r_max * (1.0 + _SEARCH_SLACK), max_num_neighbors,
-        _initial_bound(cell, pbc, batch, r_max), batch, query_order,
+        source_points,
+        query_points,
+        source_block,
+        query_block,
+        n_blocks,
+        r_max * (1.0 + _SEARCH_SLACK),
+        max_num_neighbors,
+        _initial_bound(cell, pbc, batch, r_max),
+        batch,
+        query_order,
     )
     # Filter before gathering anything else: most work is per candidate pair. The vector equals
     # pos[j] - pos[i] + shift @ cell up to rounding, without an [n_edges, 3, 3] gather.
-    lengths = torch.linalg.vector_norm(
-        source_points.index_select(0, col) - query_points.index_select(0, row), dim=1)
+    lengths = torch.linalg.vector_norm(source_points.index_select(0, col) - query_points.index_select(0, row), dim=1)
     image = col if query_order is None else source_image.index_select(0, col)
     centre = row if query_order is None else query_order.index_select(0, row)
     keep = (lengths < r_max) & (image != own_image.index_select(0, centre))
@@ -134,8 +141,9 @@ def _radius_graph_pbc(pos, cell, pbc, batch, r_max, max_num_neighbors, block_min
     return torch.stack([centre, neighbour]), shifts
 
 
-def _search_layout(fractional, batch, image_atom, lattice_shift, image_frame, inverse_cell,
-                   band, r_max, block_min_points):
+def _search_layout(
+    fractional, batch, image_atom, lattice_shift, image_frame, inverse_cell, band, r_max, block_min_points
+):
     """Batch elements for torch-cluster: one per frame, or one per spatial block of big frames.
 
     Returns (query_order, source_image, query_block, source_block, n_blocks): queries are the
@@ -148,20 +156,36 @@ def _search_layout(fractional, batch, image_atom, lattice_shift, image_frame, in
         source_image = torch.arange(image_atom.shape[0], device=batch.device)
         return None, source_image, batch, image_frame, n_frames
     image_fractional = fractional[image_atom] + lattice_shift
-    grid = BlockGrid(image_fractional, image_frame, 1.0 / reciprocal_lengths(inverse_cell),
-                     blocked, _BLOCK_EDGE_OVER_R_MAX * r_max)
+    grid = BlockGrid(
+        image_fractional, image_frame, 1.0 / reciprocal_lengths(inverse_cell), blocked, _BLOCK_EDGE_OVER_R_MAX * r_max
+    )
     source_image, source_key = grid.halo_copies(image_fractional, image_frame, band)
     query_key = grid.key(grid.block_of(fractional, batch), batch)
     block_ids, block = torch.unique(torch.cat([query_key, source_key]), return_inverse=True)
-    query_block, source_block = block[: query_key.shape[0]], block[query_key.shape[0]:]
+    query_block, source_block = block[: query_key.shape[0]], block[query_key.shape[0] :]
     query_order = torch.argsort(query_block, stable=True)
     source_order = torch.argsort(source_block, stable=True)
-    return (query_order, source_image[source_order], query_block[query_order],
-            source_block[source_order], block_ids.shape[0])
+    return (
+        query_order,
+        source_image[source_order],
+        query_block[query_order],
+        source_block[source_order],
+        block_ids.shape[0],
+    )
 
 
-def _complete_search(source_pos, query_pos, source_block, query_block, n_blocks, radius,
-                     max_num_neighbors, first_bound, batch, query_order):
+def _complete_search(
+    source_pos,
+    query_pos,
+    source_block,
+    query_block,
+    n_blocks,
+    radius,
+    max_num_neighbors,
+    first_bound,
+    batch,
+    query_order,
+):
     """torch_cluster.radius with a neighbour bound large enough that nothing was dropped."""
     # Imported here so that edge_vectors and precomputed graphs work without the extension.
     import torch_cluster
@@ -174,8 +198,13 @@ def _complete_search(source_pos, query_pos, source_block, query_block, n_blocks,
         bound = min(first_bound, largest_block)
     while True:
         row, col = torch_cluster.radius(
-            source_pos, query_pos, radius, batch_x=source_block, batch_y=query_block,
-            max_num_neighbors=bound, batch_size=n_blocks,
+            source_pos,
+            query_pos,
+            radius,
+            batch_x=source_block,
+            batch_y=query_block,
+            max_num_neighbors=bound,
+            batch_size=n_blocks,
         )
         if max_num_neighbors is None and bound >= largest_block:
             return row, col  # no block holds more points than the bound: nothing dropped
@@ -214,23 +243,16 @@ def _check_inputs(pos, cell, pbc, batch, r_max, max_num_neighbors):
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"radius_graph_pbc: pos must be [n_atoms, 3], got {tuple(pos.shape)}")
     if cell.ndim != 3 or cell.shape[1:] != (3, 3):
-        raise ValueError(
-            f"radius_graph_pbc: cell must be [n_frames, 3, 3], got {tuple(cell.shape)}")
+        raise ValueError(f"radius_graph_pbc: cell must be [n_frames, 3, 3], got {tuple(cell.shape)}")
     if tuple(pbc.shape) != (cell.shape[0], 3):
-        raise ValueError(
-            f"radius_graph_pbc: pbc must be [n_frames, 3] = [{cell.shape[0]}, 3], "
-            f"got {tuple(pbc.shape)}")
+        raise ValueError(f"radius_graph_pbc: pbc must be [n_frames, 3] = [{cell.shape[0]}, 3], got {tuple(pbc.shape)}")
     if tuple(batch.shape) != (pos.shape[0],):
-        raise ValueError(
-            f"radius_graph_pbc: batch must be [n_atoms] = [{pos.shape[0]}], "
-            f"got {tuple(batch.shape)}")
+        raise ValueError(f"radius_graph_pbc: batch must be [n_atoms] = [{pos.shape[0]}], got {tuple(batch.shape)}")
     if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
         raise ValueError("radius_graph_pbc: batch must be sorted (atoms of each frame contiguous)")
     if batch.numel() > 0 and (int(batch.min()) < 0 or int(batch.max()) >= cell.shape[0]):
-        raise ValueError(
-            f"radius_graph_pbc: batch refers to frames outside 0..{cell.shape[0] - 1} of cell")
+        raise ValueError(f"radius_graph_pbc: batch refers to frames outside 0..{cell.shape[0] - 1} of cell")
     if not (r_max > 0 and math.isfinite(r_max)):
         raise ValueError(f"radius_graph_pbc: r_max must be a positive number of Å, got {r_max}")
     if max_num_neighbors is not None and max_num_neighbors < 1:
-        raise ValueError(
-            f"radius_graph_pbc: max_num_neighbors must be None or >= 1, got {max_num_neighbors}")
+        raise ValueError(f"radius_graph_pbc: max_num_neighbors must be None or >= 1, got {max_num_neighbors}")

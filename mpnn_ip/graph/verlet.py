@@ -31,7 +31,9 @@ class VerletList:
         #: squared lengths (Å², float64) of the edges the last call returned; None after a search
         self.last_squared_lengths: torch.Tensor | None = None
 
-    def edges(self, pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def edges(
+        self, pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(edge_index [2, E], cell_shifts [E, 3])`` of the pairs closer than ``r_max`` (same
         arguments and conventions as :func:`~mpnn_ip.graph.radius_graph_pbc`)."""
         self.calls += 1

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -43,12 +43,21 @@ def sample_structures(species: Sequence[int], r_max: float, seed: int = 0) -> li
     spacing = min(2.2, 0.55 * r_max)
     grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)], dtype=float) * spacing
     cluster = Atoms(numbers=pick(7), positions=grid[:7] + rng.normal(scale=0.1, size=(7, 3)), pbc=False)
-    cubic = Atoms(numbers=pick(8), positions=grid + rng.normal(scale=0.1, size=(8, 3)), cell=np.eye(3) * 2 * spacing, pbc=True)
+    cubic = Atoms(
+        numbers=pick(8), positions=grid + rng.normal(scale=0.1, size=(8, 3)), cell=np.eye(3) * 2 * spacing, pbc=True
+    )
     cell = np.array([[2.0, 0.0, 0.0], [0.6, 1.9, 0.0], [0.4, 0.5, 2.1]]) * spacing
     triclinic = Atoms(numbers=pick(5)[::-1], scaled_positions=rng.uniform(size=(5, 3)), cell=cell, pbc=True)
-    slab = Atoms(numbers=pick(8), positions=grid + rng.normal(scale=0.1, size=(8, 3)), cell=np.diag([2 * spacing, 2 * spacing, 6 * spacing]), pbc=[True, True, False])
+    slab = Atoms(
+        numbers=pick(8),
+        positions=grid + rng.normal(scale=0.1, size=(8, 3)),
+        cell=np.diag([2 * spacing, 2 * spacing, 6 * spacing]),
+        pbc=[True, True, False],
+    )
     lone = Atoms(numbers=numbers[:1], positions=[[0.0, 0.0, 0.0]], pbc=False)
-    for name, atoms in zip(("cluster", "cubic", "triclinic", "slab", "lone_atom"), (cluster, cubic, triclinic, slab, lone)):
+    for name, atoms in zip(
+        ("cluster", "cubic", "triclinic", "slab", "lone_atom"), (cluster, cubic, triclinic, slab, lone)
+    ):
         atoms.info["name"] = name
     return [cluster, cubic, triclinic, slab, lone]
 
@@ -67,10 +76,14 @@ def peer_results(python: str, source: Path, package: str, structures: list[Atoms
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"check_with={python}: could not run it ({exc}); give the python of an environment with {package}") from exc
+            raise ConfigError(
+                f"check_with={python}: could not run it ({exc}); give the python of an environment with {package}"
+            ) from exc
         if done.returncode != 0 or not out.is_file():
             tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-            raise ConfigError(f"check_with={python}: evaluating {source} with {package} there failed (exit {done.returncode}):\n{tail}")
+            raise ConfigError(
+                f"check_with={python}: evaluating {source} with {package} there failed (exit {done.returncode}):\n{tail}"
+            )
         return json.loads(out.read_text())
 
 
@@ -81,12 +94,16 @@ def our_results(model: Potential, structures: list[Atoms]) -> list[dict]:
     out = []
     for atoms in structures:
         periodic = bool(atoms.pbc.all())
-        result = model(to_inputs(collate([AtomicGraph.from_atoms(atoms)])), compute_forces=True, compute_stress=periodic)
-        out.append({
-            "energy": float(result["energy"][0].detach()),
-            "forces": result["forces"].detach().double().numpy(),
-            "stress": result["stress"][0].detach().double().numpy() if periodic else None,
-        })
+        result = model(
+            to_inputs(collate([AtomicGraph.from_atoms(atoms)])), compute_forces=True, compute_stress=periodic
+        )
+        out.append(
+            {
+                "energy": float(result["energy"][0].detach()),
+                "forces": result["forces"].detach().double().numpy(),
+                "stress": result["stress"][0].detach().double().numpy() if periodic else None,
+            }
+        )
     return out
 
 

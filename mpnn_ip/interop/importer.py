@@ -11,8 +11,9 @@ the source's hyper-parameters, the head).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mpnn_ip.checkpoint import MODEL_PREFIX, checkpoint_metadata
 from mpnn_ip.interop.errors import UnsupportedModelError
@@ -146,4 +147,3 @@ def write_imported_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(ckpt, out)
     return ckpt["mpnn_ip"]
-

@@ -24,7 +24,8 @@ from e3nn import o3
 from mpnn_ip.interop.errors import UnsupportedModelError
 from mpnn_ip.interop.imported import ImportedModel
 from mpnn_ip.interop.mace_state import children_list as _children_list
-from mpnn_ip.interop.mace_state import converted_state, refuse as _refuse
+from mpnn_ip.interop.mace_state import converted_state
+from mpnn_ip.interop.mace_state import refuse as _refuse
 from mpnn_ip.interop.records import irreps_of, plain
 from mpnn_ip.interop.safe_pickle import Record, module_children, module_tensors
 
@@ -105,10 +106,15 @@ def _check_options(model: Record, interactions: list[Record]) -> None:
         for config in ("cueq_config", "oeq_config"):
             value = block.get(config)
             if value is not None and (not isinstance(value, Record) or value.get("enabled", True)):
-                raise _refuse(f"{config} (a cuequivariance/openequivariance-converted model) in interaction {index}",
-                              "convert it back to e3nn with mace's own tools first")
+                raise _refuse(
+                    f"{config} (a cuequivariance/openequivariance-converted model) in interaction {index}",
+                    "convert it back to e3nn with mace's own tools first",
+                )
         if index > 0 and block.qualname != RESIDUAL:
-            raise _refuse(f"interaction {index} of class {block.qualname}", "only the first interaction may be RealAgnosticInteractionBlock")
+            raise _refuse(
+                f"interaction {index} of class {block.qualname}",
+                "only the first interaction may be RealAgnosticInteractionBlock",
+            )
         if block.get("edge_irreps") is not None and irreps_of(block.edge_irreps) != irreps_of(block.node_feats_irreps):
             raise _refuse(f"edge_irreps={irreps_of(block.edge_irreps)} in interaction {index}")
 
@@ -126,7 +132,9 @@ def _radial(model: Record) -> tuple[dict, dict]:
     else:
         raise _refuse(f"radial_type of class {basis.qualname}")
     transform = parts.get("distance_transform")
-    distance_transform = None if transform is None else {"AgnesiTransform": "agnesi", "SoftTransform": "soft"}.get(transform.class_name)
+    distance_transform = (
+        None if transform is None else {"AgnesiTransform": "agnesi", "SoftTransform": "soft"}.get(transform.class_name)
+    )
     if transform is not None and distance_transform is None:
         raise _refuse(f"distance_transform of class {transform.qualname}")
     trainable = "bessel_weights" in (basis.get("_parameters") or {})
@@ -194,7 +202,10 @@ def _architecture(children: dict, interactions: list, products: list, readouts: 
     if len(avg) != 1 or len(radial_mlps) != 1:
         raise _refuse("avg_num_neighbors or radial_MLP differing between interactions")
     last = readouts[-1]
-    if any(r.class_name != "LinearReadoutBlock" for r in readouts[:-1]) or last.class_name not in ("LinearReadoutBlock", "NonLinearReadoutBlock"):
+    if any(r.class_name != "LinearReadoutBlock" for r in readouts[:-1]) or last.class_name not in (
+        "LinearReadoutBlock",
+        "NonLinearReadoutBlock",
+    ):
         raise _refuse(f"readouts {[r.class_name for r in readouts]}")
     mlp_width, mlp_hidden = None, None
     if last.class_name == "NonLinearReadoutBlock":
@@ -247,7 +258,12 @@ def convert_mace(model: Record, head: str | None = None) -> ImportedModel:
     if not (num_interactions == len(products) == len(readouts) == int(tensors["num_interactions"])):
         raise _refuse(f"{num_interactions} interactions with {len(products)} products and {len(readouts)} readouts")
     arch = _architecture(children, interactions, products, readouts, num_heads)
-    hidden, correlations, mlp_width, mlp_hidden = arch["hidden"], arch["correlations"], arch["mlp_width"], arch["mlp_hidden"]
+    hidden, correlations, mlp_width, mlp_hidden = (
+        arch["hidden"],
+        arch["correlations"],
+        arch["mlp_width"],
+        arch["mlp_hidden"],
+    )
 
     first = interactions[0].qualname
     radial_kwargs, radial_buffers = _radial(model)

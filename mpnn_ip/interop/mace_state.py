@@ -12,7 +12,13 @@ import math
 import torch
 
 from mpnn_ip.interop.errors import UnsupportedModelError
-from mpnn_ip.interop.mace_weights import channels_last_linear, contraction_weights, edge_path_order, linear_blocks, species_skip
+from mpnn_ip.interop.mace_weights import (
+    channels_last_linear,
+    contraction_weights,
+    edge_path_order,
+    linear_blocks,
+    species_skip,
+)
 from mpnn_ip.interop.records import irreps_of
 from mpnn_ip.interop.safe_pickle import Record, module_children
 from mpnn_ip.models.heads import per_head_values
@@ -27,7 +33,8 @@ def f64(tensor: torch.Tensor) -> torch.Tensor:
 def refuse(option: str, detail: str = "") -> UnsupportedModelError:
     """The error for a source option we do not convert, naming it (and what is supported)."""
     return UnsupportedModelError(
-        f"mace-torch model: {option} is not supported by mpnn-import" + (f" ({detail})" if detail else "")
+        f"mace-torch model: {option} is not supported by mpnn-import"
+        + (f" ({detail})" if detail else "")
         + "; supported: ScaleShiftMACE/MACE with RealAgnostic(Residual)InteractionBlock, Bessel or Gaussian radial basis, "
         "no/Agnesi/Soft distance transform, optional ZBL pair repulsion"
     )
@@ -36,7 +43,11 @@ def refuse(option: str, detail: str = "") -> UnsupportedModelError:
 def children_list(record: Record, name: str) -> list[Record]:
     """The modules of the ``ModuleList`` child ``name`` of ``record``, in index order."""
     container = module_children(record).get(name)
-    return [] if container is None else [module_children(container)[k] for k in sorted(module_children(container), key=int)]
+    return (
+        []
+        if container is None
+        else [module_children(container)[k] for k in sorted(module_children(container), key=int)]
+    )
 
 
 def converted_state(ours, tensors, interactions, products, readouts, radial_buffers, mlp_width) -> dict:
@@ -56,12 +67,17 @@ def converted_state(ours, tensors, interactions, products, readouts, radial_buff
         rows = torch.tensor([[float(v)] * num_species for v in values], dtype=torch.float64)
         state[f"scale_shift.{name}"] = rows[0] if num_heads == 1 else rows
     species = torch.tensor(ours.species)
-    for module, key in (("radial_embedding.distance_transform.", "radial_embedding."), ("pair_repulsion_fn.", "pair_repulsion.")):
+    for module, key in (
+        ("radial_embedding.distance_transform.", "radial_embedding."),
+        ("pair_repulsion_fn.", "pair_repulsion."),
+    ):
         if module + "covalent_radii" in tensors and key + "radii" in ours.state_dict():
             state[key + "radii"] = f64(tensors[module + "covalent_radii"])[species]
     if ours.pair_repulsion is not None:
         state["pair_repulsion.z"] = species.to(torch.float64)
-    prefix = "radial_embedding.basis." if "radial_embedding.basis.frequencies" in ours.state_dict() else "radial_embedding."
+    prefix = (
+        "radial_embedding.basis." if "radial_embedding.basis.frequencies" in ours.state_dict() else "radial_embedding."
+    )
     for name, value in radial_buffers.items():
         if name == "_width":
             if abs(float(value) - ours.radial_embedding.width) > 1e-12 * ours.radial_embedding.width:
@@ -93,9 +109,15 @@ def _interaction_state(block: Record, interaction, index: int, tensors: dict, nu
     dst = f"interactions.{index}."
     theirs = (irreps_of(block.node_feats_irreps), irreps_of(block.target_irreps))
     if theirs != (interaction.irreps_node, interaction.irreps_target):
-        raise refuse(f"{where} with node irreps {theirs[0]} and atomic-basis irreps {theirs[1]}",
-                      f"ours would be {interaction.irreps_node} and {interaction.irreps_target}")
-    for i, w in enumerate(channels_last_linear(parts["linear_up"], tensors[src + "linear_up.weight"], interaction.irreps_node, where + " linear_up")):
+        raise refuse(
+            f"{where} with node irreps {theirs[0]} and atomic-basis irreps {theirs[1]}",
+            f"ours would be {interaction.irreps_node} and {interaction.irreps_target}",
+        )
+    for i, w in enumerate(
+        channels_last_linear(
+            parts["linear_up"], tensors[src + "linear_up.weight"], interaction.irreps_node, where + " linear_up"
+        )
+    ):
         state[f"{dst}linear_up.weights.{i}"] = w
     paths = _edge_paths(interaction)
     order = edge_path_order(parts["conv_tp"], paths, where)
@@ -112,10 +134,19 @@ def _interaction_state(block: Record, interaction, index: int, tensors: dict, nu
             sign = torch.tensor([(-1.0) ** interaction.irreps_sh[p.i_sh].ir.l for p in paths], dtype=torch.float64)
             weight = (weight * sign.view(1, -1, 1)).reshape(columns.shape[0], -1)
         state[f"{dst}radial_mlp.net.{layer}.weight"] = weight
-    for i, w in enumerate(channels_last_linear(parts["linear"], tensors[src + "linear.weight"], interaction.irreps_target, where + " linear")):
+    for i, w in enumerate(
+        channels_last_linear(
+            parts["linear"], tensors[src + "linear.weight"], interaction.irreps_target, where + " linear"
+        )
+    ):
         state[f"{dst}linear.weights.{i}"] = w
-    skip = species_skip(parts["skip_tp"], f64(tensors[src + "skip_tp.weight"]), num_species,
-                        interaction.irreps_target if interaction.species_linear is not None else interaction.irreps_skip, where + " skip_tp")
+    skip = species_skip(
+        parts["skip_tp"],
+        f64(tensors[src + "skip_tp.weight"]),
+        num_species,
+        interaction.irreps_target if interaction.species_linear is not None else interaction.irreps_skip,
+        where + " skip_tp",
+    )
     target = "species_linear" if interaction.species_linear is not None else "skip"
     for i, w in enumerate(skip):
         state[f"{dst}{target}.weights.{i}"] = w
@@ -137,7 +168,9 @@ def _product_state(block: Record, product, index: int, tensors: dict) -> dict:
         for k in range(correlation - 1):
             weights[correlation - 1 - k] = tensors.get(f"{base}weights.{k}")
         for nu in range(1, correlation + 1):
-            converted = contraction_weights(tensors[f"{base}U_matrix_{nu}"], weights[nu], nu, sc.coupling_irreps, ir, f"{where} irrep {ir}")
+            converted = contraction_weights(
+                tensors[f"{base}U_matrix_{nu}"], weights[nu], nu, sc.coupling_irreps, ir, f"{where} irrep {ir}"
+            )
             key = f"correlation{nu}_{ir}"
             if converted is None:
                 if key in sc.weights:
@@ -146,7 +179,9 @@ def _product_state(block: Record, product, index: int, tensors: dict) -> dict:
             if key not in sc.weights:
                 raise refuse(f"{where}: a coupling of correlation {nu} to {ir} that our basis lacks")
             state[f"products.{index}.symmetric_contraction.weights.{key}"] = converted
-    for i, w in enumerate(channels_last_linear(parts["linear"], tensors[src + "linear.weight"], product.irreps_out, where + " linear")):
+    for i, w in enumerate(
+        channels_last_linear(parts["linear"], tensors[src + "linear.weight"], product.irreps_out, where + " linear")
+    ):
         state[f"products.{index}.linear.weights.{i}"] = w
     return state
 
@@ -160,8 +195,12 @@ def _readout_state(block: Record, index: int, tensors: dict, num_heads: int, mlp
         (w,) = linear_blocks(parts["linear"], f64(tensors[src + "linear.weight"]), f"readout {index}").values()
         state[f"readouts.{index}.linear.weight"] = w.reshape(-1)  # [C, heads], as ours
         return state
-    (w1,) = linear_blocks(parts["linear_1"], f64(tensors[src + "linear_1.weight"]), f"readout {index} linear_1").values()
-    (w2,) = linear_blocks(parts["linear_2"], f64(tensors[src + "linear_2.weight"]), f"readout {index} linear_2").values()
+    (w1,) = linear_blocks(
+        parts["linear_1"], f64(tensors[src + "linear_1.weight"]), f"readout {index} linear_1"
+    ).values()
+    (w2,) = linear_blocks(
+        parts["linear_2"], f64(tensors[src + "linear_2.weight"]), f"readout {index} linear_2"
+    ).values()
     # mace's hidden unit h * width + k belongs to head h (the others' are masked), as ours [C, heads, width]
     state[f"readouts.{index}.linear_in.weight"] = w1.reshape(-1)
     # only head h's block of linear_2 reaches head h's output; e3nn normalises it by 1/sqrt(num_heads * width),

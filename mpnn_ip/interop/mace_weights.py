@@ -15,7 +15,7 @@ tensors shaped as our modules' parameters. Layouts:
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
@@ -62,7 +62,9 @@ def channels_last_linear(linear: Record, weight: torch.Tensor, irreps_out_ours, 
     out = []
     for mul, ir in o3.Irreps(irreps_out_ours):
         if ir not in by_irrep or by_irrep[ir].shape[1] != mul:
-            raise UnsupportedModelError(f"{where}: no {mul}x{ir} output in the source's linear map {irreps_of(linear.irreps_in)} -> {irreps_out}")
+            raise UnsupportedModelError(
+                f"{where}: no {mul}x{ir} output in the source's linear map {irreps_of(linear.irreps_in)} -> {irreps_out}"
+            )
         out.append(by_irrep[ir])
     return out
 
@@ -100,14 +102,18 @@ def edge_path_order(tp: Record, ours: Sequence, where: str) -> list[int]:
     for ins in tp.instructions:
         i1, i2, i_out, mode, has_weight = _instruction(ins)[:5]
         if mode != "uvu" or not has_weight:
-            raise UnsupportedModelError(f"{where}: edge tensor-product instruction {(i1, i2, i_out, mode, has_weight)} is not a weighted 'uvu' path")
+            raise UnsupportedModelError(
+                f"{where}: edge tensor-product instruction {(i1, i2, i_out, mode, has_weight)} is not a weighted 'uvu' path"
+            )
         key = (int(i1), int(i2), irreps_out[int(i_out)].ir)
         if key not in mine:
             raise UnsupportedModelError(f"{where}: edge tensor-product path {key} is not among ours")
         order.append(mine[key])
         slots.setdefault(key[2], []).append((int(i_out), mine[key]))
     if sorted(order) != list(range(len(ours))):
-        raise UnsupportedModelError(f"{where}: the source's edge tensor product has {len(order)} paths, ours {len(ours)}")
+        raise UnsupportedModelError(
+            f"{where}: the source's edge tensor product has {len(order)} paths, ours {len(ours)}"
+        )
     for ir, pairs in slots.items():
         if [k for _, k in sorted(pairs)] != sorted(k for _, k in pairs):
             raise UnsupportedModelError(f"{where}: messages of {ir} are stored in another order than ours")
@@ -120,7 +126,9 @@ def _symmetrise(u: torch.Tensor, nu: int) -> torch.Tensor:
     return sum(u.permute(0, *p, nu + 1) for p in perms) / len(perms)
 
 
-def contraction_weights(u_matrix: torch.Tensor, weights: torch.Tensor, nu: int, coupling_irreps, ir_out, where: str) -> torch.Tensor | None:
+def contraction_weights(
+    u_matrix: torch.Tensor, weights: torch.Tensor, nu: int, coupling_irreps, ir_out, where: str
+) -> torch.Tensor | None:
     """Our species weights ``[S, P, C]`` for correlation ν of one output irrep, or None (no coupling).
 
     ``u_matrix``: mace's ``U_matrix_ν`` (``[D]*ν + [K]`` for L = 0, ``[2L+1] + [D]*ν + [K]`` otherwise);
@@ -136,7 +144,9 @@ def contraction_weights(u_matrix: torch.Tensor, weights: torch.Tensor, nu: int, 
     if not torch.any(u != 0):
         return None
     if u.shape[:-1] != basis.shape[1:]:
-        raise UnsupportedModelError(f"{where}: U_matrix_{nu} has shape {tuple(u.shape)}, expected {tuple(basis.shape[1:])} + [K]")
+        raise UnsupportedModelError(
+            f"{where}: U_matrix_{nu} has shape {tuple(u.shape)}, expected {tuple(basis.shape[1:])} + [K]"
+        )
     if basis.shape[0] == 0:
         raise UnsupportedModelError(f"{where}: correlation {nu} coupling to {ir} has no symmetric part in our basis")
     symmetric = _symmetrise(u, nu).movedim(-1, 0).reshape(u.shape[-1], -1)  # [K, M*D^nu]
@@ -144,8 +154,12 @@ def contraction_weights(u_matrix: torch.Tensor, weights: torch.Tensor, nu: int, 
     coefficients = symmetric @ flat.T / ir.dim  # [K, P]
     residual = (symmetric - coefficients @ flat).abs().max().item() if symmetric.numel() else 0.0
     if residual > PROJECTION_TOLERANCE * max(1.0, symmetric.abs().max().item()):
-        raise UnsupportedModelError(f"{where}: U_matrix_{nu} is not in the span of the symmetric couplings (residual {residual:.2e})")
+        raise UnsupportedModelError(
+            f"{where}: U_matrix_{nu} is not in the span of the symmetric couplings (residual {residual:.2e})"
+        )
     w = weights.to(torch.float64)
     if w.shape[1] != coefficients.shape[0]:
-        raise UnsupportedModelError(f"{where}: weights of shape {tuple(w.shape)} do not match U_matrix_{nu}'s K = {coefficients.shape[0]}")
+        raise UnsupportedModelError(
+            f"{where}: weights of shape {tuple(w.shape)} do not match U_matrix_{nu}'s K = {coefficients.shape[0]}"
+        )
     return torch.einsum("kp,skc->spc", coefficients, w)

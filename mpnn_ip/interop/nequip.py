@@ -45,7 +45,13 @@ from mpnn_ip.interop.records import plain
 from mpnn_ip.models.nequip import NequIP
 from mpnn_ip.nn.nequip.zbl import COULOMB_EV_ANGSTROM
 
-__all__ = ["convert_model", "convert_nequip_checkpoint", "func_tensors", "looks_like_nequip_checkpoint", "options_with_species"]
+__all__ = [
+    "convert_model",
+    "convert_nequip_checkpoint",
+    "func_tensors",
+    "looks_like_nequip_checkpoint",
+    "options_with_species",
+]
 
 #: the training modules whose ``model.*`` weights are the evaluated model
 PLAIN_TRAINING_MODULES = {
@@ -82,12 +88,18 @@ def looks_like_nequip_checkpoint(obj: Any) -> bool:
 
 def func_tensors(tensors: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """The tensors below the model's ``SequentialGraphNetwork`` (``...model.func.``), keys relative to it."""
-    anchors = [k[: -len("type_embed.embed_module.weight")] for k in tensors if k.endswith("func.type_embed.embed_module.weight")]
+    anchors = [
+        k[: -len("type_embed.embed_module.weight")]
+        for k in tensors
+        if k.endswith("func.type_embed.embed_module.weight")
+    ]
     if len(anchors) != 1:
         raise UnsupportedModelError(f"{where}: expected one NequIP model (with func.type_embed), found {len(anchors)}")
     prefix = anchors[0]
     if not prefix.replace("model.", "", 1).startswith(f"{SOLE_MODEL}."):
-        raise UnsupportedModelError(f"{where}: the weights are under {prefix!r}; only single-model files ({SOLE_MODEL}) are converted")
+        raise UnsupportedModelError(
+            f"{where}: the weights are under {prefix!r}; only single-model files ({SOLE_MODEL}) are converted"
+        )
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
@@ -100,16 +112,22 @@ def _numbered(tensors: dict[str, torch.Tensor], prefix: str, suffix: str = ".wei
     return [found[n] for n in sorted(found)]
 
 
-def _check_mlp_scales(tensors: dict[str, torch.Tensor], prefix: str, weights: list[torch.Tensor], nonlinear: bool, where: str) -> None:
+def _check_mlp_scales(
+    tensors: dict[str, torch.Tensor], prefix: str, weights: list[torch.Tensor], nonlinear: bool, where: str
+) -> None:
     """A package keeps the (non-persistent) weight scales of NequIP's scalar MLPs; they must be the ones
     :class:`~mpnn_ip.nn.nequip.ScalarMLP` and the radial-MLP map assume: ``gain / sqrt(fan_in)``."""
-    expected = [(math.sqrt(2.0) if (nonlinear and k > 0) else 1.0) / math.sqrt(w.shape[0]) for k, w in enumerate(weights)]
+    expected = [
+        (math.sqrt(2.0) if (nonlinear and k > 0) else 1.0) / math.sqrt(w.shape[0]) for k, w in enumerate(weights)
+    ]
     found = _numbered(tensors, prefix, ".alpha")
     if prefix + "alpha" in tensors:  # NequIP's deep linear MLP keeps one product of the scales
         found, expected = [tensors[prefix + "alpha"]], [math.prod(expected)]
     for value, want in zip(found, expected):
         if not math.isclose(float(value), want, rel_tol=1e-6):  # float32 models keep float32 scales
-            raise UnsupportedModelError(f"{where}: {prefix}* scales its weights by {float(value)}, not NequIP 0.19's {want}")
+            raise UnsupportedModelError(
+                f"{where}: {prefix}* scales its weights by {float(value)}, not NequIP 0.19's {want}"
+            )
 
 
 def build_model(options: dict, species: list[int], shifts: list[float] | None) -> NequIP:
@@ -117,7 +135,9 @@ def build_model(options: dict, species: list[int], shifts: list[float] | None) -
     readout_depth = options["readout_mlp_hidden_layers_depth"]
     avg = options["avg_num_neighbors"]
     avg = float(avg) if isinstance(avg, (int, float)) else [float(a) for a in avg]
-    scalar_features = options["num_features"] if isinstance(options["num_features"], int) else options["num_features"][0]
+    scalar_features = (
+        options["num_features"] if isinstance(options["num_features"], int) else options["num_features"][0]
+    )
     readout_width = options["readout_mlp_hidden_layers_width"] or scalar_features
     model = NequIP(
         species=species,
@@ -125,7 +145,9 @@ def build_model(options: dict, species: list[int], shifts: list[float] | None) -
         num_layers=options["num_layers"],
         l_max=options["l_max"],
         parity=bool(options["parity"]),
-        num_features=options["num_features"] if isinstance(options["num_features"], int) else list(options["num_features"]),
+        num_features=options["num_features"]
+        if isinstance(options["num_features"], int)
+        else list(options["num_features"]),
         type_embed_num_features=options["type_embed_num_features"],
         num_bessel=options["num_bessels"],
         trainable_bessel=bool(options["bessel_trainable"]),
@@ -184,38 +206,63 @@ def _convert_model(options: dict, tensors: dict[str, torch.Tensor], where: str) 
 
     species_of_type = options["species"]
     if len(set(species_of_type)) != len(species_of_type):
-        raise UnsupportedModelError(f"{where}: two atom types stand for the same element ({type_names} -> {species_of_type})")
-    scales = _per_type_tensor(tensors.get("per_type_energy_scale_shift.scales"), len(type_names), "per-type energy scales", where)
-    shifts = _per_type_tensor(tensors.get("per_type_energy_scale_shift.shifts"), len(type_names), "per-type energy shifts", where)
+        raise UnsupportedModelError(
+            f"{where}: two atom types stand for the same element ({type_names} -> {species_of_type})"
+        )
+    scales = _per_type_tensor(
+        tensors.get("per_type_energy_scale_shift.scales"), len(type_names), "per-type energy scales", where
+    )
+    shifts = _per_type_tensor(
+        tensors.get("per_type_energy_scale_shift.shifts"), len(type_names), "per-type energy shifts", where
+    )
     used.update({"per_type_energy_scale_shift.scales", "per_type_energy_scale_shift.shifts"})
     model = build_model(options, species_of_type, shifts)
     if options["zbl"] is not None:
-        zbl_species = [atomic_number(s, error=UnsupportedModelError, where=f"{where}: pair_potential.chemical_species") for s in options["zbl"]]
+        zbl_species = [
+            atomic_number(s, error=UnsupportedModelError, where=f"{where}: pair_potential.chemical_species")
+            for s in options["zbl"]
+        ]
         zbl_numbers = tensors.get("pair_potential.atomic_numbers")
         factor = tensors.get("pair_potential._qqr2exesquare")
         used.update({"pair_potential.atomic_numbers", "pair_potential._qqr2exesquare"})
-        if zbl_species != species_of_type or (zbl_numbers is not None and zbl_numbers.reshape(-1).tolist() != [float(z) for z in species_of_type]):
-            raise UnsupportedModelError(f"{where}: the ZBL pair potential's chemical_species {options['zbl']} are not the elements of the atom types {type_names}")
+        if zbl_species != species_of_type or (
+            zbl_numbers is not None and zbl_numbers.reshape(-1).tolist() != [float(z) for z in species_of_type]
+        ):
+            raise UnsupportedModelError(
+                f"{where}: the ZBL pair potential's chemical_species {options['zbl']} are not the elements of the atom types {type_names}"
+            )
         if factor is not None and not math.isclose(float(factor), 0.5 * COULOMB_EV_ANGSTROM, rel_tol=1e-12):
-            raise UnsupportedModelError(f"{where}: the ZBL pair potential's prefactor {float(factor)} is not 0.5 * {COULOMB_EV_ANGSTROM} eV Å (metal units)")
+            raise UnsupportedModelError(
+                f"{where}: the ZBL pair potential's prefactor {float(factor)} is not 0.5 * {COULOMB_EV_ANGSTROM} eV Å (metal units)"
+            )
     type_of = [species_of_type.index(z) for z in model.species]  # our species index -> NequIP type index
 
     embedding = take("type_embed.embed_module.weight")[type_of]
     rmax_recip = tensors.get("edge_norm._rmax_recip")
-    if rmax_recip is not None and (rmax_recip.numel() != 1 or not math.isclose(float(rmax_recip), 1.0 / options["r_max"], rel_tol=1e-12)):
-        raise UnsupportedModelError(f"{where}: edge_norm holds per-edge-type cutoffs or a cutoff other than r_max={options['r_max']}")
+    if rmax_recip is not None and (
+        rmax_recip.numel() != 1 or not math.isclose(float(rmax_recip), 1.0 / options["r_max"], rel_tol=1e-12)
+    ):
+        raise UnsupportedModelError(
+            f"{where}: edge_norm holds per-edge-type cutoffs or a cutoff other than r_max={options['r_max']}"
+        )
     with torch.no_grad():
         model.species_embedding.weight.copy_(embedding / model.species_embedding.normalization)
         bessel = take("bessel_encode.bessel_weights").reshape(-1)
         model.radial_embedding.basis.frequencies.copy_(bessel * math.pi / options["r_max"])
-        model.scale_shift.scale.copy_(torch.tensor([scales[t] if scales else 1.0 for t in type_of], dtype=torch.float64))
+        model.scale_shift.scale.copy_(
+            torch.tensor([scales[t] if scales else 1.0 for t in type_of], dtype=torch.float64)
+        )
         model.scale_shift.shift.zero_()
     radial_ratio = math.sqrt(2.0 / options["r_max"])  # NequIP's radial embedding / ours
 
     for index, layer in enumerate(model.layers):
         name = f"layer{index}_convnet.conv."
         conv = layer.convolution
-        load_linear(conv.linear_in, linear_dense(conv.irreps_in, conv.irreps_in, take(name + "linear_1.weight")), name + "linear_1")
+        load_linear(
+            conv.linear_in,
+            linear_dense(conv.irreps_in, conv.irreps_in, take(name + "linear_1.weight")),
+            name + "linear_1",
+        )
         load_linear(
             conv.linear_out,
             linear_dense(conv.irreps_mid.simplify(), layer.gate.irreps_in.simplify(), take(name + "linear_2.weight")),
@@ -228,39 +275,71 @@ def _convert_model(options: dict, tensors: dict[str, torch.Tensor], where: str) 
         norm = tensors.get(name + "avg_num_neighbors_norm.norm_const")
         used.add(name + "avg_num_neighbors_norm.norm_const")
         expected = torch.tensor(options["avg_num_neighbors"], dtype=torch.float64).reshape(-1).rsqrt()
-        if norm is not None and (norm.numel() != expected.numel() or not torch.allclose(norm.double().reshape(-1), expected, rtol=1e-6, atol=0.0)):
-            raise UnsupportedModelError(f"{where}: layer {index} normalises messages by {norm.reshape(-1).tolist()}, not 1/sqrt(avg_num_neighbors={options['avg_num_neighbors']})")
+        if norm is not None and (
+            norm.numel() != expected.numel()
+            or not torch.allclose(norm.double().reshape(-1), expected, rtol=1e-6, atol=0.0)
+        ):
+            raise UnsupportedModelError(
+                f"{where}: layer {index} normalises messages by {norm.reshape(-1).tolist()}, not 1/sqrt(avg_num_neighbors={options['avg_num_neighbors']})"
+            )
         has_sc = name + "sc.weight" in tensors
         if has_sc != (layer.self_connection is not None):
-            raise UnsupportedModelError(f"{where}: layer {index} {'has' if has_sc else 'lacks'} a self-connection where NequIPGNNModel's config says otherwise")
+            raise UnsupportedModelError(
+                f"{where}: layer {index} {'has' if has_sc else 'lacks'} a self-connection where NequIPGNNModel's config says otherwise"
+            )
         if has_sc:
             sc = layer.self_connection
-            per_species = self_connection_dense(sc.irreps_in, embedding.shape[1], layer.gate.irreps_in.simplify(), take(name + "sc.weight"), embedding)
-            load_linear(sc.linear, species_linear_dense(per_species, sc.irreps_out, sc.species_normalization), name + "sc")
+            per_species = self_connection_dense(
+                sc.irreps_in, embedding.shape[1], layer.gate.irreps_in.simplify(), take(name + "sc.weight"), embedding
+            )
+            load_linear(
+                sc.linear, species_linear_dense(per_species, sc.irreps_out, sc.species_normalization), name + "sc"
+            )
 
-    readout = _numbered(tensors, "per_atom_energy_readout.mlp_module.mlp.") or _numbered(tensors, "per_atom_energy_readout.mlp_module.mlp.weights.", "")
+    readout = _numbered(tensors, "per_atom_energy_readout.mlp_module.mlp.") or _numbered(
+        tensors, "per_atom_energy_readout.mlp_module.mlp.weights.", ""
+    )
     used.update(k for k in tensors if k.startswith("per_atom_energy_readout.mlp_module.mlp."))
-    _check_mlp_scales(tensors, "per_atom_energy_readout.mlp_module.mlp.", readout, options["readout_mlp_nonlinearity"] is not None, where)
+    _check_mlp_scales(
+        tensors,
+        "per_atom_energy_readout.mlp_module.mlp.",
+        readout,
+        options["readout_mlp_nonlinearity"] is not None,
+        where,
+    )
     if len(readout) != len(model.readout.weights):
-        raise UnsupportedModelError(f"{where}: the readout has {len(readout)} layers, the config says {len(model.readout.weights)}")
+        raise UnsupportedModelError(
+            f"{where}: the readout has {len(readout)} layers, the config says {len(model.readout.weights)}"
+        )
     with torch.no_grad():
         for ours, theirs in zip(model.readout.weights, readout):
             if ours.shape != theirs.shape:
-                raise UnsupportedModelError(f"{where}: readout weight {tuple(theirs.shape)} where {tuple(ours.shape)} was expected")
+                raise UnsupportedModelError(
+                    f"{where}: readout weight {tuple(theirs.shape)} where {tuple(ours.shape)} was expected"
+                )
             ours.copy_(theirs.to(torch.float64))
 
     unknown = sorted(
-        k for k in tensors if k not in used and not CONSTANT_TENSOR.search(k) and not (EMPTY_TENSOR.search(k) and tensors[k].numel() == 0)
+        k
+        for k in tensors
+        if k not in used and not CONSTANT_TENSOR.search(k) and not (EMPTY_TENSOR.search(k) and tensors[k].numel() == 0)
     )
     if unknown:
-        raise UnsupportedModelError(f"{where}: the model has tensors the importer does not map (unsupported modules?): {unknown[:8]}")
+        raise UnsupportedModelError(
+            f"{where}: the model has tensors the importer does not map (unsupported modules?): {unknown[:8]}"
+        )
     return model.eval()
 
 
 def _is_parameter(key: str, tensor: torch.Tensor, options: dict) -> bool:
     """Whether NequIP registers this model tensor as a parameter (what ``model.parameters()`` yields, in
     state-dict order): every non-empty weight, and the Bessel weights / energy scales / shifts when trainable."""
-    if tensor.numel() == 0 or CONSTANT_TENSOR.search(key) or key.startswith("pair_potential.") or key.endswith(".alpha"):
+    if (
+        tensor.numel() == 0
+        or CONSTANT_TENSOR.search(key)
+        or key.startswith("pair_potential.")
+        or key.endswith(".alpha")
+    ):
         return False
     if key.endswith("avg_num_neighbors_norm.norm_const"):
         return False
@@ -272,7 +351,9 @@ def _is_parameter(key: str, tensor: torch.Tensor, options: dict) -> bool:
     return bool(trainable.get(key, True))
 
 
-def _with_ema_weights(tensors: dict[str, torch.Tensor], state: dict, options: dict, where: str) -> dict[str, torch.Tensor]:
+def _with_ema_weights(
+    tensors: dict[str, torch.Tensor], state: dict, options: dict, where: str
+) -> dict[str, torch.Tensor]:
     """The model tensors with the parameters replaced by the EMA weights an EMA training module evaluates.
 
     ``ema.ema_weight_{i}`` is the average of the i-th of ``model.parameters()``; the parameter list is
@@ -280,8 +361,14 @@ def _with_ema_weights(tensors: dict[str, torch.Tensor], state: dict, options: di
     """
     extra = state.get("ema._extra_state")
     if isinstance(extra, dict) and extra.get("is_holding_ema_weights") is False:
-        raise UnsupportedModelError(f"{where}: the checkpoint was saved while its EMA weights were swapped into the model; not converted")
-    ema = {int(k[len("ema.ema_weight_") :]): v for k, v in state.items() if k.startswith("ema.ema_weight_") and k[len("ema.ema_weight_") :].isdigit()}
+        raise UnsupportedModelError(
+            f"{where}: the checkpoint was saved while its EMA weights were swapped into the model; not converted"
+        )
+    ema = {
+        int(k[len("ema.ema_weight_") :]): v
+        for k, v in state.items()
+        if k.startswith("ema.ema_weight_") and k[len("ema.ema_weight_") :].isdigit()
+    }
     ema_weights = [ema[i] for i in range(len(ema))] if sorted(ema) == list(range(len(ema))) else None
     parameters = [k for k, v in tensors.items() if _is_parameter(k, v, options)]
     if ema_weights is None or [tuple(tensors[k].shape) for k in parameters] != [tuple(w.shape) for w in ema_weights]:
@@ -305,7 +392,9 @@ def convert_nequip_checkpoint(ckpt: dict, where: str = "NequIP checkpoint") -> I
     """
     hyper = plain_config(ckpt.get("hyper_parameters"))
     if not isinstance(hyper, dict) or "model" not in hyper:
-        raise UnsupportedModelError(f"{where}: hyper_parameters has no model config; not a NequIP 0.19 training checkpoint")
+        raise UnsupportedModelError(
+            f"{where}: hyper_parameters has no model config; not a NequIP 0.19 training checkpoint"
+        )
     info = hyper.get("info_dict") or {}
     module = str((info.get("training_module") or {}).get("_target_", "nequip.train.NequIPLightningModule"))
     if module not in PLAIN_TRAINING_MODULES | EMA_TRAINING_MODULES:

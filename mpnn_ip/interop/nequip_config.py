@@ -130,9 +130,16 @@ def _zbl(pair_potential: Any, model_p: Any, where: str) -> list[str] | None:
     if extra:
         raise _refuse(where, "pair_potential", pair_potential, f"ZBL options {sorted(extra)} are not converted")
     if pair_potential.get("units") != "metal":
-        raise _refuse(where, "pair_potential.units", pair_potential.get("units"), "only metal units (eV, Å) are converted")
+        raise _refuse(
+            where, "pair_potential.units", pair_potential.get("units"), "only metal units (eV, Å) are converted"
+        )
     if float(pair_potential.get("polynomial_cutoff_p", 6.0)) != float(model_p):
-        raise _refuse(where, "pair_potential.polynomial_cutoff_p", pair_potential.get("polynomial_cutoff_p"), f"only the model's polynomial_cutoff_p={model_p}")
+        raise _refuse(
+            where,
+            "pair_potential.polynomial_cutoff_p",
+            pair_potential.get("polynomial_cutoff_p"),
+            f"only the model's polynomial_cutoff_p={model_p}",
+        )
     return [str(s) for s in pair_potential.get("chemical_species") or []]
 
 
@@ -151,7 +158,11 @@ def species_of_types(type_names: list[str], type_map: dict | None, where: str) -
                     f"{where}: atom type {name!r} stands for the elements {elements} in chemical_species_to_atom_type_map; "
                     "the importer needs exactly one element per type"
                 )
-            numbers.append(atomic_number(elements[0], error=UnsupportedModelError, where=f"{where}: chemical_species_to_atom_type_map"))
+            numbers.append(
+                atomic_number(
+                    elements[0], error=UnsupportedModelError, where=f"{where}: chemical_species_to_atom_type_map"
+                )
+            )
         return numbers
     try:
         return [atomic_number(name, error=ConfigError, where="type_names") for name in type_names]
@@ -167,7 +178,9 @@ def type_map_of(data_config: Any) -> dict | None:
     if not isinstance(data_config, dict):
         return None
     for transform in data_config.get("transforms") or []:
-        if isinstance(transform, dict) and str(transform.get("_target_", "")).endswith("ChemicalSpeciesToAtomTypeMapper"):
+        if isinstance(transform, dict) and str(transform.get("_target_", "")).endswith(
+            "ChemicalSpeciesToAtomTypeMapper"
+        ):
             found = transform.get("chemical_species_to_atom_type_map")
             return dict(found) if isinstance(found, dict) else None
     return None
@@ -211,11 +224,15 @@ def nequip_options(model_config: dict, where: str) -> dict[str, Any]:
     options["r_max"] = float(model_config["r_max"])
 
     if options["convnet_nonlinearity_type"] != "gate":
-        raise _refuse(where, "convnet_nonlinearity_type", options["convnet_nonlinearity_type"], "only the gate is converted")
+        raise _refuse(
+            where, "convnet_nonlinearity_type", options["convnet_nonlinearity_type"], "only the gate is converted"
+        )
     for key in ("convnet_nonlinearity_scalars", "convnet_nonlinearity_gates"):
         value = options[key]
         if not isinstance(value, dict) or set(value) != {"e", "o"} or not set(value.values()) <= GATE_NONLINEARITIES:
-            raise _refuse(where, key, value, f"expected {{e: name, o: name}} with names among {sorted(GATE_NONLINEARITIES)}")
+            raise _refuse(
+                where, key, value, f"expected {{e: name, o: name}} with names among {sorted(GATE_NONLINEARITIES)}"
+            )
     nonlinearity = options["readout_mlp_nonlinearity"]
     if nonlinearity in ("None", "null"):
         options["readout_mlp_nonlinearity"] = nonlinearity = None
@@ -223,15 +240,30 @@ def nequip_options(model_config: dict, where: str) -> dict[str, Any]:
         raise _refuse(where, "readout_mlp_nonlinearity", nonlinearity, "not among silu, tanh, sigmoid, ssp, None")
     avg = options["avg_num_neighbors"]
     if isinstance(avg, dict):
-        if set(avg) != set(options["type_names"]) or not all(isinstance(v, (int, float)) and v > 0 for v in avg.values()):
-            raise _refuse(where, "avg_num_neighbors", avg, f"expected a positive number per type of {options['type_names']}")
+        if set(avg) != set(options["type_names"]) or not all(
+            isinstance(v, (int, float)) and v > 0 for v in avg.values()
+        ):
+            raise _refuse(
+                where, "avg_num_neighbors", avg, f"expected a positive number per type of {options['type_names']}"
+            )
         options["avg_num_neighbors"] = [float(avg[name]) for name in options["type_names"]]
     elif not isinstance(avg, (int, float)) or isinstance(avg, bool) or avg <= 0:
         raise _refuse(where, "avg_num_neighbors", avg, "NequIP needs a positive number or one per type")
-    for key in ("num_layers", "l_max", "num_bessels", "radial_mlp_depth", "radial_mlp_width", "readout_mlp_hidden_layers_depth"):
+    for key in (
+        "num_layers",
+        "l_max",
+        "num_bessels",
+        "radial_mlp_depth",
+        "radial_mlp_width",
+        "readout_mlp_hidden_layers_depth",
+    ):
         if not isinstance(options[key], int) or isinstance(options[key], bool):
             raise _refuse(where, key, options[key], "expected an integer")
     options["zbl"] = _zbl(options["pair_potential"], options["polynomial_cutoff_p"], where)
-    options["per_type_energy_scales"] = _per_type(options["per_type_energy_scales"], options["type_names"], "per_type_energy_scales", where)
-    options["per_type_energy_shifts"] = _per_type(options["per_type_energy_shifts"], options["type_names"], "per_type_energy_shifts", where)
+    options["per_type_energy_scales"] = _per_type(
+        options["per_type_energy_scales"], options["type_names"], "per_type_energy_scales", where
+    )
+    options["per_type_energy_shifts"] = _per_type(
+        options["per_type_energy_shifts"], options["type_names"], "per_type_energy_shifts", where
+    )
     return options

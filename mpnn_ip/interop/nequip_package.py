@@ -70,9 +70,13 @@ def check_package_modules(root: Record, where: str) -> None:
     while pending:
         path, record = pending.pop()
         if not isinstance(record, Record):
-            raise UnsupportedModelError(f"{where}: module {path or '<root>'} is a {type(record).__name__}, not a recorded module")
+            raise UnsupportedModelError(
+                f"{where}: module {path or '<root>'} is a {type(record).__name__}, not a recorded module"
+            )
         if record.qualname not in PACKAGE_MODULES:
-            raise UnsupportedModelError(f"{where}: module {path or '<root>'} is a {record.qualname}, which the NequIP importer does not convert")
+            raise UnsupportedModelError(
+                f"{where}: module {path or '<root>'} is a {record.qualname}, which the NequIP importer does not convert"
+            )
         pending.extend((f"{path}.{name}" if path else name, child) for name, child in module_children(record).items())
 
 
@@ -101,14 +105,18 @@ def convert_nequip_package(archive: SafeArchive) -> ImportedModel:
     options = options_with_species(config["training_module"]["model"], config.get("data"), where)
     atom_types = metadata.get("atom_types")
     if isinstance(atom_types, dict) and [str(atom_types[k]) for k in sorted(atom_types)] != options["type_names"]:
-        raise UnsupportedModelError(f"{where}: package_metadata atom_types {atom_types} differ from the config's type_names {options['type_names']}")
+        raise UnsupportedModelError(
+            f"{where}: package_metadata atom_types {atom_types} differ from the config's type_names {options['type_names']}"
+        )
     root = archive.load_pickle(_member(archive, "/model/eager_model.pkl"))
     if not isinstance(root, Record):
         raise UnsupportedModelError(f"{where}: model/eager_model.pkl holds a {type(root).__name__}, not a module")
     check_package_modules(root, where)
     models = module_children(root)
     if set(models) != {SOLE_MODEL}:
-        raise UnsupportedModelError(f"{where}: the package holds the models {sorted(models)}; only single-model packages are converted")
+        raise UnsupportedModelError(
+            f"{where}: the package holds the models {sorted(models)}; only single-model packages are converted"
+        )
     model = convert_model(options, func_tensors(module_tensors(root), where), where)
     versions = metadata.get("versions") or {}
     return ImportedModel(

@@ -35,7 +35,9 @@ def linear_dense(irreps_in, irreps_out, weight: torch.Tensor) -> DenseBlocks:
     """Effective matrices of an e3nn ``o3.Linear(irreps_in, irreps_out)`` (no biases) with flat ``weight``."""
     reference = o3.Linear(irreps_in, irreps_out)
     if weight.numel() != reference.weight_numel:
-        raise ValueError(f"o3.Linear {irreps_in} -> {irreps_out} has {reference.weight_numel} weights, the file gives {weight.numel()}")
+        raise ValueError(
+            f"o3.Linear {irreps_in} -> {irreps_out} has {reference.weight_numel} weights, the file gives {weight.numel()}"
+        )
     in_starts, in_totals = channel_starts(reference.irreps_in)
     out_starts, out_totals = channel_starts(reference.irreps_out)
     dense = {ir: weight.new_zeros(in_totals[ir], out_totals[ir]) for ir in in_totals if ir in out_totals}
@@ -73,7 +75,9 @@ def load_linear(linear: o3.Linear, dense: DenseBlocks, what: str) -> None:
         linear.weight.copy_(flat.to(linear.weight.dtype))
 
 
-def self_connection_dense(irreps_in, num_attrs: int, irreps_out, weight: torch.Tensor, attrs: torch.Tensor) -> list[DenseBlocks]:
+def self_connection_dense(
+    irreps_in, num_attrs: int, irreps_out, weight: torch.Tensor, attrs: torch.Tensor
+) -> list[DenseBlocks]:
     """Per species, the effective matrices of NequIP's self-connection
     ``FullyConnectedTensorProduct(irreps_in, f"{num_attrs}x0e", irreps_out)(x, attrs[s])``.
 
@@ -83,7 +87,9 @@ def self_connection_dense(irreps_in, num_attrs: int, irreps_out, weight: torch.T
     """
     reference = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_attrs}x0e"), irreps_out)
     if weight.numel() != reference.weight_numel:
-        raise ValueError(f"self-connection {irreps_in} x {num_attrs}x0e -> {irreps_out} has {reference.weight_numel} weights, the file gives {weight.numel()}")
+        raise ValueError(
+            f"self-connection {irreps_in} x {num_attrs}x0e -> {irreps_out} has {reference.weight_numel} weights, the file gives {weight.numel()}"
+        )
     in_starts, in_totals = channel_starts(reference.irreps_in1)
     out_starts, out_totals = channel_starts(reference.irreps_out)
     out = []
@@ -106,7 +112,9 @@ def self_connection_dense(irreps_in, num_attrs: int, irreps_out, weight: torch.T
     return out
 
 
-def species_linear_dense(per_species: list[DenseBlocks], irreps_out: o3.Irreps, species_normalization: float) -> DenseBlocks:
+def species_linear_dense(
+    per_species: list[DenseBlocks], irreps_out: o3.Irreps, species_normalization: float
+) -> DenseBlocks:
     """The effective matrices of the one ``o3.Linear`` of :class:`~mpnn_ip.nn.SpeciesSelfInteraction`
     (outputs: S copies of every ``irreps_out`` entry, copy s at ``s * mul + w``) from one dense map per species."""
     num_species = len(per_species)
@@ -152,7 +160,9 @@ def load_radial_mlp(net, weights: list[torch.Tensor], input_scale: float) -> Non
     ours_per_source = 1.0 / input_scale  # our layer input = source layer input * this
     for k, (layer, weight) in enumerate(zip(layers, weights)):
         if tuple(layer.weight.shape) != tuple(weight.shape):
-            raise ValueError(f"radial MLP layer {k}: source weight {tuple(weight.shape)}, ours {tuple(layer.weight.shape)}")
+            raise ValueError(
+                f"radial MLP layer {k}: source weight {tuple(weight.shape)}, ours {tuple(layer.weight.shape)}"
+            )
         h_in = weight.shape[0]
         alpha = (1.0 if k == 0 else math.sqrt(2.0)) / math.sqrt(h_in)
         if layer.act is not None:
@@ -160,6 +170,8 @@ def load_radial_mlp(net, weights: list[torch.Tensor], input_scale: float) -> Non
         else:
             ours_norm = 1.0 / math.sqrt(layer.h_in * layer.var_in / layer.var_out)
         with torch.no_grad():
-            layer.weight.copy_((weight.to(torch.float64) * alpha / (ours_norm * ours_per_source)).to(layer.weight.dtype))
+            layer.weight.copy_(
+                (weight.to(torch.float64) * alpha / (ours_norm * ours_per_source)).to(layer.weight.dtype)
+            )
         if layer.act is not None:
             ours_per_source = activation_scale(layer.act) * math.sqrt(layer.var_out)

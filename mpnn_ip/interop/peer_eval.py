@@ -22,7 +22,11 @@ def mace_calculator(path, head):
     from mace.calculators import MACECalculator
 
     kwargs = {"head": head} if head else {}
-    return "mace-torch", getattr(mace, "__version__", None), MACECalculator(model_paths=path, device="cpu", default_dtype="float64", **kwargs)
+    return (
+        "mace-torch",
+        getattr(mace, "__version__", None),
+        MACECalculator(model_paths=path, device="cpu", default_dtype="float64", **kwargs),
+    )
 
 
 def nequip_calculator(path):
@@ -38,14 +42,18 @@ def main(argv):
     head = argv[4] if len(argv) > 4 and argv[4] else None
     import ase.io
 
-    package, version, calc = mace_calculator(model_path, head) if package == "mace-torch" else nequip_calculator(model_path)
+    package, version, calc = (
+        mace_calculator(model_path, head) if package == "mace-torch" else nequip_calculator(model_path)
+    )
     results = []
     for atoms in ase.io.read(structures_path, index=":"):
         atoms.calc = calc
         stress = None
         if atoms.pbc.all():
             stress = atoms.get_stress(voigt=False).tolist()
-        results.append({"energy": float(atoms.get_potential_energy()), "forces": atoms.get_forces().tolist(), "stress": stress})
+        results.append(
+            {"energy": float(atoms.get_potential_energy()), "forces": atoms.get_forces().tolist(), "stress": stress}
+        )
     with open(out_path, "w") as handle:
         json.dump({"package": package, "version": version, "results": results}, handle)
 

@@ -170,9 +170,18 @@ class _StorageType:
 _STORAGE_TYPES = {
     f"{name}Storage": dtype
     for name, dtype in {
-        "Double": torch.float64, "Float": torch.float32, "Half": torch.float16, "BFloat16": torch.bfloat16,
-        "Long": torch.int64, "Int": torch.int32, "Short": torch.int16, "Char": torch.int8, "Byte": torch.uint8,
-        "Bool": torch.bool, "ComplexDouble": torch.complex128, "ComplexFloat": torch.complex64,
+        "Double": torch.float64,
+        "Float": torch.float32,
+        "Half": torch.float16,
+        "BFloat16": torch.bfloat16,
+        "Long": torch.int64,
+        "Int": torch.int32,
+        "Short": torch.int16,
+        "Char": torch.int8,
+        "Byte": torch.uint8,
+        "Bool": torch.bool,
+        "ComplexDouble": torch.complex128,
+        "ComplexFloat": torch.complex64,
     }.items()
 }
 
@@ -185,8 +194,13 @@ def _encode(text, encoding="latin1"):
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
-    if func not in (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter) or new_type not in (torch.Tensor, torch.nn.Parameter):
-        raise UnsafeFileError(f"refused a tensor subclass rebuild ({new_type!r}); only plain tensors and parameters are read")
+    if func not in (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter) or new_type not in (
+        torch.Tensor,
+        torch.nn.Parameter,
+    ):
+        raise UnsafeFileError(
+            f"refused a tensor subclass rebuild ({new_type!r}); only plain tensors and parameters are read"
+        )
     tensor = func(*args)
     return tensor if new_type is type(tensor) else tensor.as_subclass(new_type)
 
@@ -199,9 +213,13 @@ _FUNCTION_NAMESPACES = {"torch._C._VariableFunctionsClass": "torch", "torch._C._
 def _getattr(namespace, name):
     """``builtins.getattr`` as pickles of torch functions use it: only a torch function namespace and an
     identifier; returns an inert :class:`Record` naming the function."""
-    qualname = getattr(namespace, "qualname", None) if isinstance(namespace, type) and issubclass(namespace, Record) else None
+    qualname = (
+        getattr(namespace, "qualname", None) if isinstance(namespace, type) and issubclass(namespace, Record) else None
+    )
     if qualname not in _FUNCTION_NAMESPACES or not isinstance(name, str) or not name.isidentifier():
-        raise UnsafeFileError(f"refused getattr({namespace!r}, {name!r}): only torch functions may be named this way; nothing was run")
+        raise UnsafeFileError(
+            f"refused getattr({namespace!r}, {name!r}): only torch functions may be named this way; nothing was run"
+        )
     function = f"{_FUNCTION_NAMESPACES[qualname]}.{name}"
     return _RecordType(name, (Record,), {"qualname": function, "source": "", "__module__": __name__})
 
@@ -240,7 +258,13 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     }
     for builtins in ("builtins", "__builtin__"):
         allowed[(builtins, "getattr")] = _getattr
-        for name, value in {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "bytearray": bytearray}.items():
+        for name, value in {
+            "set": set,
+            "frozenset": frozenset,
+            "complex": complex,
+            "slice": slice,
+            "bytearray": bytearray,
+        }.items():
             allowed[(builtins, name)] = value
     for name in dir(torch):
         value = getattr(torch, name, None)
@@ -258,7 +282,7 @@ _ALLOWED = _allowed_globals()
 class _SafeUnpickler(pickle.Unpickler):
     """Allow-listed globals, record classes for the rest, storages read from the archive."""
 
-    def __init__(self, data: bytes, archive: "SafeArchive", root: str | None):
+    def __init__(self, data: bytes, archive: SafeArchive, root: str | None):
         super().__init__(io.BytesIO(data))
         self._archive = archive
         self._root = root
@@ -288,13 +312,19 @@ class _SafeUnpickler(pickle.Unpickler):
             func = pid[1]
             if isinstance(func, type) and issubclass(func, Record):
                 return func(*pid[2:])  # refused unless an inert call
-            raise UnsafeFileError(f"{self._archive.path}: its package pickle would call {func!r}; refused, nothing was run")
+            raise UnsafeFileError(
+                f"{self._archive.path}: its package pickle would call {func!r}; refused, nothing was run"
+            )
         raise UnsafeFileError(f"{self._archive.path}: unknown persistent id kind {kind!r} in its pickle")
 
     def _storage(self, key: str, dtype: torch.dtype) -> torch.storage.TypedStorage:
         if key not in self._storages:
             raw = self._archive.storage_bytes(key, self._root)
-            untyped = torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
+            untyped = (
+                torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage()
+                if raw
+                else torch.UntypedStorage(0)
+            )
             self._storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
         return self._storages[key]
 

@@ -15,4 +15,14 @@ from mpnn_ip.lammps.fix import LammpsPotential, LammpsRunError, attach
 from mpnn_ip.lammps.library import create_lammps, is_available, lammps_class, world_communicator
 from mpnn_ip.lammps.script import run_script, scan_script
 
-__all__ = ["LammpsPotential", "LammpsRunError", "attach", "create_lammps", "is_available", "lammps_class", "run_script", "scan_script", "world_communicator"]
+__all__ = [
+    "LammpsPotential",
+    "LammpsRunError",
+    "attach",
+    "create_lammps",
+    "is_available",
+    "lammps_class",
+    "run_script",
+    "scan_script",
+    "world_communicator",
+]

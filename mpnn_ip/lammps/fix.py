@@ -26,7 +26,8 @@ import ctypes
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,18 +74,25 @@ class LammpsPotential:
         self._check_fix_and_units()
         masses = lmp.numpy.extract_atom("mass")
         self.type_numbers = type_atomic_numbers(
-            int(lmp.extract_global("ntypes")), evaluator.species, elements, None if masses is None else np.asarray(masses, dtype=np.float64)
+            int(lmp.extract_global("ntypes")),
+            evaluator.species,
+            elements,
+            None if masses is None else np.asarray(masses, dtype=np.float64),
         )
         self.uncertainty = "energy_uncertainty" in evaluator.extra_outputs
         self.calls, self.model_seconds, self.callback_seconds = 0, 0.0, 0.0
         self.error: BaseException | None = None
         self._structure = None  # (sorted atom IDs, atomic numbers, pbc) of the structure the evaluator holds
         self._fix_id_bytes = fix_id.encode()
-        self._image_bits = tuple(int(lmp.extract_setting(name)) for name in ("IMGMASK", "IMGMAX", "IMGBITS", "IMG2BITS"))
+        self._image_bits = tuple(
+            int(lmp.extract_setting(name)) for name in ("IMGMASK", "IMGMAX", "IMGBITS", "IMG2BITS")
+        )
         try:
             lmp.set_fix_external_callback(fix_id, self, None)
         except Exception as exc:  # noqa: BLE001 - LAMMPS's own exception type
-            raise ConfigError(f"LAMMPS fix {fix_id!r} is not a `fix external pf/callback`: declare it as `fix {fix_id} all external pf/callback 1 1` ({exc})") from exc
+            raise ConfigError(
+                f"LAMMPS fix {fix_id!r} is not a `fix external pf/callback`: declare it as `fix {fix_id} all external pf/callback 1 1` ({exc})"
+            ) from exc
         if self.uncertainty:
             lmp.fix_external_set_vector_length(fix_id, 2)
         if thermo:
@@ -120,7 +128,9 @@ class LammpsPotential:
         if self.comm is None:
             mine = self._evaluate(step, [local])[0]
         elif self.rank == 0:
-            gathered = [local] + [self.comm.recv(source=rank, tag=MESSAGE_TAG) for rank in range(1, self.comm.Get_size())]
+            gathered = [local] + [
+                self.comm.recv(source=rank, tag=MESSAGE_TAG) for rank in range(1, self.comm.Get_size())
+            ]
             parts = self._evaluate(step, gathered)
             for rank in range(1, len(parts)):
                 self.comm.send(parts[rank], dest=rank, tag=MESSAGE_TAG)
@@ -142,7 +152,9 @@ class LammpsPotential:
         types = np.array(self.lmp.numpy.extract_atom("type")[:nlocal], dtype=np.int64)
         image = np.array(self.lmp.numpy.extract_atom("image")[:nlocal], dtype=np.int64)
         mask, offset, bits, bits2 = self._image_bits
-        shifts = np.stack([(image & mask) - offset, ((image >> bits) & mask) - offset, (image >> bits2) - offset], axis=1)
+        shifts = np.stack(
+            [(image & mask) - offset, ((image >> bits) & mask) - offset, (image >> bits2) - offset], axis=1
+        )
         cell, _, _ = self._box()
         positions = np.array(x[:nlocal], dtype=np.float64) + shifts @ cell
         return np.array(tag[:nlocal], dtype=np.int64), types, positions
@@ -203,10 +215,14 @@ class LammpsPotential:
         lib.lammps_fix_external_set_energy_global(handle, fix_id, ctypes.c_double(part["energy"]))
         self.lmp.fix_external_set_virial_global(self.fix_id, [float(v) for v in part["virial"]])
         energies = part["energies"]
-        lib.lammps_fix_external_set_energy_peratom(handle, fix_id, energies.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+        lib.lammps_fix_external_set_energy_peratom(
+            handle, fix_id, energies.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+        )
         virials = part["virials"]  # [nlocal, 6], C order: LAMMPS takes an array of row pointers
         rows = virials.ctypes.data + virials.strides[0] * np.arange(max(nlocal, 1), dtype=np.uint64)
-        lib.lammps_fix_external_set_virial_peratom(handle, fix_id, rows.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(ctypes.c_double))))
+        lib.lammps_fix_external_set_virial_peratom(
+            handle, fix_id, rows.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(ctypes.c_double)))
+        )
         if "vector" in part:
             for index, value in enumerate(part["vector"], start=1):
                 self.lmp.fix_external_set_vector(self.fix_id, index, value)
@@ -299,7 +315,16 @@ def attach(
     if ranks == 1 or comm.Get_rank() == 0:
         restore_torch_threads(ranks)  # LAMMPS (or mpiexec) left OpenMP one thread
     if not isinstance(model, StructureEvaluator):
-        model = StructureEvaluator(model, device=device, dtype=dtype, skin=skin, compile=compile, head=head, source=f"LAMMPS fix {fix_id}", name="mpnn_ip.lammps")
+        model = StructureEvaluator(
+            model,
+            device=device,
+            dtype=dtype,
+            skin=skin,
+            compile=compile,
+            head=head,
+            source=f"LAMMPS fix {fix_id}",
+            name="mpnn_ip.lammps",
+        )
     return LammpsPotential(lmp, model, elements, fix_id, comm, on_error, prog=prog)
 
 

@@ -31,7 +31,7 @@ def mpi_library_candidates() -> list[Path]:
     return [Path(prefix) / "lib" / MPI_LIBRARY for prefix in prefixes]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_mpi_library() -> str | None:
     """Load ``libmpi.so.12`` globally from the ``mpich`` wheel when the loader cannot find it alone.
 

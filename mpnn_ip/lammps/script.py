@@ -15,9 +15,10 @@ import re
 import shlex
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mpnn_ip.errors import ConfigError
 
@@ -93,7 +94,7 @@ def scan_script(text: str, fix_id: str, path: str = "the script") -> ScriptParts
             f"atoms exist (e.g. after read_data) and before the first run or minimize; the potential drives it"
         )
     lines = text.splitlines(keepends=True)
-    return ScriptParts("".join(lines[: fix[1]]), "".join(lines[fix[1]:]), fix[0])
+    return ScriptParts("".join(lines[: fix[1]]), "".join(lines[fix[1] :]), fix[0])
 
 
 @dataclass
@@ -145,13 +146,33 @@ def run_script(
     parts = scan_script(script.read_text(), fix_id, path=str(script))
     for flag in ("-in", "-i", "-log", "-l"):
         if flag in lammps_args:
-            raise ConfigError(f"{flag} is set by {prog}: the script is its first argument and the log file log= (log=none for none)")
-    if isinstance(model, (str, Path)) or (isinstance(model, (list, tuple)) and model and isinstance(model[0], (str, Path))):
+            raise ConfigError(
+                f"{flag} is set by {prog}: the script is its first argument and the log file log= (log=none for none)"
+            )
+    if isinstance(model, (str, Path)) or (
+        isinstance(model, (list, tuple)) and model and isinstance(model[0], (str, Path))
+    ):
         evaluator = StructureEvaluator.from_checkpoints(
-            model, device=device, dtype=dtype, skin=skin, compile=compile, head=head, source=f"LAMMPS fix {fix_id}", name=prog
+            model,
+            device=device,
+            dtype=dtype,
+            skin=skin,
+            compile=compile,
+            head=head,
+            source=f"LAMMPS fix {fix_id}",
+            name=prog,
         )
     else:
-        evaluator = StructureEvaluator(model, device=device, dtype=dtype, skin=skin, compile=compile, head=head, source=f"LAMMPS fix {fix_id}", name=prog)
+        evaluator = StructureEvaluator(
+            model,
+            device=device,
+            dtype=dtype,
+            skin=skin,
+            compile=compile,
+            head=head,
+            source=f"LAMMPS fix {fix_id}",
+            name=prog,
+        )
     comm = world_communicator()
     rank = 0 if comm is None else comm.Get_rank()
     final_log = Path(log) if log else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from ase.data import atomic_masses, chemical_symbols
@@ -25,7 +25,9 @@ def element_of_mass(mass: float, atom_type: int) -> int:
             f"{MASS_TOLERANCE} u; an isotope or a coarse-grained bead?): name the elements in type order, e.g. elements=[Cu,Au]"
         )
     names = ", ".join(f"{chemical_symbols[z]} ({atomic_masses[z]:.3f})" for z in close)
-    raise ConfigError(f"LAMMPS type {atom_type} has mass {mass:g}, which fits several elements: {names}. Name the elements in type order, e.g. elements=[Cu,Au]")
+    raise ConfigError(
+        f"LAMMPS type {atom_type} has mass {mass:g}, which fits several elements: {names}. Name the elements in type order, e.g. elements=[Cu,Au]"
+    )
 
 
 def type_atomic_numbers(
@@ -56,7 +58,9 @@ def type_atomic_numbers(
             )
         for atom_type, symbol in enumerate(elements, start=1):
             if symbol not in chemical_symbols[1:]:
-                raise ConfigError(f"elements={_listed(elements)}: {symbol!r} (type {atom_type}) is not a chemical symbol")
+                raise ConfigError(
+                    f"elements={_listed(elements)}: {symbol!r} (type {atom_type}) is not a chemical symbol"
+                )
             numbers[atom_type] = chemical_symbols.index(symbol)
     else:
         for atom_type in range(1, n_types + 1):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,9 @@ def plain(value: Any) -> Any:
         return str(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(f"cannot store {type(value).__name__} {value!r} as a plain value (checkpoints hold plain values only)")
+    raise TypeError(
+        f"cannot store {type(value).__name__} {value!r} as a plain value (checkpoints hold plain values only)"
+    )
 
 
 def record_constructor_arguments(init: Callable) -> Callable:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch_geometric.utils import scatter
@@ -122,7 +123,7 @@ class Potential(torch.nn.Module):
         adds its own (:meth:`with_heads` copies and selects heads through this declaration)."""
         return {"e0": ((self.num_heads, self.num_species), 0)}
 
-    def with_heads(self, heads: Sequence[str], sources: Sequence[str] | None = None) -> "Potential":
+    def with_heads(self, heads: Sequence[str], sources: Sequence[str] | None = None) -> Potential:
         """A model of the same class with heads ``heads``, head k a copy of this model's head ``sources[k]``
         (default: the heads of the same names); shared weights, dtype, device and mode are kept.
 
@@ -170,7 +171,7 @@ class Potential(torch.nn.Module):
                 return tensor.dtype
         return self.e0.dtype
 
-    def set_edge_chunk_size(self, chunk_size: int | None, lean_double_backward: bool = False) -> "Potential":
+    def set_edge_chunk_size(self, chunk_size: int | None, lean_double_backward: bool = False) -> Potential:
         """Edges per chunk of every convolution's recomputed edge sum (:mod:`mpnn_ip.nn.edge_chunks`).
 
         Bounds the per-edge memory of energy, forces and training to one chunk's; graphs with
@@ -201,7 +202,7 @@ class Potential(torch.nn.Module):
             )
         return index
 
-    def _head_state(self, rebuilt: "Potential", index: list[int]) -> dict[str, torch.Tensor]:
+    def _head_state(self, rebuilt: Potential, index: list[int]) -> dict[str, torch.Tensor]:
         """The state dict of ``rebuilt`` (heads ``index`` of this model): per-head tensors selected, shared ones
         copied; constant buffers whose shape depends on the number of heads (e3nn's output masks) are rebuilt's."""
         source, target = self.state_dict(), rebuilt.state_dict()
@@ -218,7 +219,9 @@ class Potential(torch.nn.Module):
             elif name not in parameters:
                 state[name] = value
             else:
-                raise ValueError(f"{type(self).__name__}.per_head_tensors does not declare {name}, whose shape depends on the heads")
+                raise ValueError(
+                    f"{type(self).__name__}.per_head_tensors does not declare {name}, whose shape depends on the heads"
+                )
         return state
 
     def frame_heads(self, inputs: Mapping[str, torch.Tensor], num_graphs: int, device) -> torch.Tensor | None:
@@ -229,7 +232,11 @@ class Potential(torch.nn.Module):
             head = head.reshape(-1)
             outside = (head < 0) | (head >= self.num_heads)
             if head.shape[0] != num_graphs or bool(outside.any()):
-                bad = sorted(set(head[outside].tolist())) if head.shape[0] == num_graphs else f"{head.shape[0]} for {num_graphs} frames"
+                bad = (
+                    sorted(set(head[outside].tolist()))
+                    if head.shape[0] == num_graphs
+                    else f"{head.shape[0]} for {num_graphs} frames"
+                )
                 raise DataError(
                     f"frame head indices {bad} do not fit this model's {self.num_heads} head(s) {self.heads} "
                     f"(one index per frame, 0..{self.num_heads - 1})"
@@ -321,7 +328,11 @@ class Potential(torch.nn.Module):
         head = graph.get("head")
         return {
             "node_energy": self.node_energies(
-                graph["species"], graph["edge_index"], graph["edge_vectors"], graph["batch"], graph["num_graphs"],
+                graph["species"],
+                graph["edge_index"],
+                graph["edge_vectors"],
+                graph["batch"],
+                graph["num_graphs"],
                 **({} if head is None else {"head": head}),
             )
         }
@@ -394,19 +405,29 @@ class Potential(torch.nn.Module):
             _add_stress(out, -grads[-1], graph["cell"])
         return out
 
-    def _edge_derivatives(self, out: dict[str, torch.Tensor], graph: Mapping[str, Any], compute_stress: bool) -> dict[str, torch.Tensor]:
+    def _edge_derivatives(
+        self, out: dict[str, torch.Tensor], graph: Mapping[str, Any], compute_stress: bool
+    ) -> dict[str, torch.Tensor]:
         """Forces, per-atom virials and (``compute_stress``) virial and stress from ``g_e = dE/dr_e``."""
         vectors, (centre, neighbour) = graph["edge_vectors"], graph["edge_index"]
-        (edge_grad,) = torch.autograd.grad([out["energy"].sum()], [vectors], create_graph=self.training, allow_unused=True)
+        (edge_grad,) = torch.autograd.grad(
+            [out["energy"].sum()], [vectors], create_graph=self.training, allow_unused=True
+        )
         if edge_grad is None:
             edge_grad = torch.zeros_like(vectors)
         n_atoms = graph["pos"].shape[0]
-        out["forces"] = scatter(edge_grad, centre, dim=0, dim_size=n_atoms, reduce="sum") - scatter(edge_grad, neighbour, dim=0, dim_size=n_atoms, reduce="sum")
+        out["forces"] = scatter(edge_grad, centre, dim=0, dim_size=n_atoms, reduce="sum") - scatter(
+            edge_grad, neighbour, dim=0, dim_size=n_atoms, reduce="sum"
+        )
         edge_virial = -0.5 * vectors.unsqueeze(2) * edge_grad.unsqueeze(1)  # [E, 3, 3]
         atomic_virial = scatter(edge_virial, centre, dim=0, dim_size=n_atoms, reduce="sum")
         out["atomic_virial"] = atomic_virial + scatter(edge_virial, neighbour, dim=0, dim_size=n_atoms, reduce="sum")
         if compute_stress:
-            _add_stress(out, scatter(out["atomic_virial"], graph["batch"], dim=0, dim_size=graph["num_graphs"], reduce="sum"), graph["cell"])
+            _add_stress(
+                out,
+                scatter(out["atomic_virial"], graph["batch"], dim=0, dim_size=graph["num_graphs"], reduce="sum"),
+                graph["cell"],
+            )
         return out
 
 

@@ -15,7 +15,7 @@ gets exactly its ``E0``.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -82,7 +82,9 @@ class BPNN(Potential):
         mean = torch.zeros(shape) if feature_mean is None else torch.tensor(feature_mean, dtype=torch.float32)
         std = torch.ones(shape) if feature_std is None else torch.tensor(feature_std, dtype=torch.float32)
         if mean.shape != shape or std.shape != shape:
-            raise ValueError(f"BPNN: feature_mean/feature_std must have shape {list(shape)} (species x symmetry functions)")
+            raise ValueError(
+                f"BPNN: feature_mean/feature_std must have shape {list(shape)} (species x symmetry functions)"
+            )
         self.register_buffer("feature_mean", mean)
         self.register_buffer("feature_std", std)
         self.activation = activation_fn(activation)

@@ -11,7 +11,8 @@ flags structures the data do not cover (active learning: ``mpnn-select``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -80,8 +81,14 @@ class Committee(torch.nn.Module):
                 ("dtype", _dtype(first), _dtype(member)),
             ):
                 if a != b:
-                    hint = "load them with one dtype (dtype=float64)" if what == "dtype" else "use members trained on the same species with the same cutoff"
-                    raise ConfigError(f"committee members differ in {what}: {first_name} has {a}, {name} has {b}; {hint}")
+                    hint = (
+                        "load them with one dtype (dtype=float64)"
+                        if what == "dtype"
+                        else "use members trained on the same species with the same cutoff"
+                    )
+                    raise ConfigError(
+                        f"committee members differ in {what}: {first_name} has {a}, {name} has {b}; {hint}"
+                    )
         self.members = torch.nn.ModuleList(members)
         self.species = list(first.species)
         self.r_max = float(first.r_max)
@@ -114,8 +121,11 @@ class Committee(torch.nn.Module):
             dtype = self.dtype  # the members search in their dtype too: same edges at the cutoff
             with torch.no_grad():
                 inputs["edge_index"], inputs["cell_shifts"] = radius_graph_pbc(
-                    inputs["pos"].to(dtype), inputs["cell"].to(dtype).reshape(-1, 3, 3), inputs["pbc"].reshape(-1, 3),
-                    inputs["batch"], self.r_max,
+                    inputs["pos"].to(dtype),
+                    inputs["cell"].to(dtype).reshape(-1, 3, 3),
+                    inputs["pbc"].reshape(-1, 3),
+                    inputs["batch"],
+                    self.r_max,
                 )
         flags = dict(compute_forces=compute_forces, compute_stress=compute_stress)
         if compute_atomic_virial:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -102,16 +103,22 @@ def compile_potential(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if mode == "auto" and device.type != "cuda":
         if training:
-            return CompileDecision(False, f"compile=auto trains eager on {device.type} (a compiled double backward is not supported; compile=true to try)")
+            return CompileDecision(
+                False,
+                f"compile=auto trains eager on {device.type} (a compiled double backward is not supported; compile=true to try)",
+            )
         n_atoms = int(inputs["pos"].shape[0])
         if n_atoms < AUTO_CPU_MIN_ATOMS:
             return CompileDecision(
-                False, f"compile=auto stays eager on {device.type} below {AUTO_CPU_MIN_ATOMS} atoms ({n_atoms}: compiling would not pay; compile=true to try)"
+                False,
+                f"compile=auto stays eager on {device.type} below {AUTO_CPU_MIN_ATOMS} atoms ({n_atoms}: compiling would not pay; compile=true to try)",
             )
     was_training = model.training
     model.train(training)
     try:
-        return _compile_and_check(model, inputs, training, compute_stress, backend, max(1, int(repeats)), float(min_speedup))
+        return _compile_and_check(
+            model, inputs, training, compute_stress, backend, max(1, int(repeats)), float(min_speedup)
+        )
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
@@ -133,13 +140,17 @@ def _compile_and_check(model, inputs, training, compute_stress, backend, repeats
     mismatch = _mismatch(compiled, reference)
     if mismatch:
         uncompile(model)
-        return CompileDecision(False, f"compiled results differ from eager ({mismatch})", eager_seconds, compiled_seconds)
+        return CompileDecision(
+            False, f"compiled results differ from eager ({mismatch})", eager_seconds, compiled_seconds
+        )
     speedup = eager_seconds / max(compiled_seconds, 1e-12)
     timing = f"{compiled_seconds * 1e3:.1f} ms compiled vs {eager_seconds * 1e3:.1f} ms eager per step"
     if speedup < min_speedup:
         uncompile(model)
         return CompileDecision(False, f"not faster ({timing})", eager_seconds, compiled_seconds)
-    return CompileDecision(True, f"equal to eager and {speedup:.2f}x faster ({timing})", eager_seconds, compiled_seconds)
+    return CompileDecision(
+        True, f"equal to eager and {speedup:.2f}x faster ({timing})", eager_seconds, compiled_seconds
+    )
 
 
 def _timed(model, inputs, training, compute_stress, repeats) -> tuple[dict[str, torch.Tensor], float]:

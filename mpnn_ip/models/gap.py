@@ -24,7 +24,7 @@ as square roots for stability: ``kmm_cholesky`` L (K_MM = L Lᵀ) and ``posterio
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch_geometric.utils import scatter, to_dense_batch
@@ -102,7 +102,9 @@ class GAP(Potential):
         """``[S, D]`` descriptor o_s of an atom of each species with no neighbours."""
         species = torch.arange(self.num_species, device=self.sparse_points.device)
         no_edges = torch.zeros(2, 0, dtype=torch.long, device=species.device)
-        return self.descriptor(species, no_edges, torch.zeros(0, 3, dtype=self.sparse_points.dtype, device=species.device))
+        return self.descriptor(
+            species, no_edges, torch.zeros(0, 3, dtype=self.sparse_points.dtype, device=species.device)
+        )
 
     def _base_kernel(self, dots: torch.Tensor) -> torch.Tensor:
         return self.delta**2 * dots**self.zeta
@@ -156,6 +158,7 @@ class GAP(Potential):
 
         def posterior(rows):  # φ Σ φᵀ per row
             return (rows @ root).pow(2).sum(-1)
+
         isolated = self.isolated_descriptors().to(x.dtype)
         to_isolated = self._base_kernel((x * isolated[species]).sum(-1))
         prior = self._base_kernel((x * x).sum(-1)) - 2 * to_isolated + self.delta**2

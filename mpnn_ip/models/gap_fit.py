@@ -145,8 +145,10 @@ def fit_gap(model, train_graphs, atoms_per_batch: int = 8192) -> dict:
 
     rows, targets, noise, is_force = [], [], [], []
     for inputs in batches:
-        r, t, n, f = _design_rows(model, inputs, model.sigma_energy, model.sigma_forces)
-        rows += r; targets += t; noise += n; is_force += f
+        for collected, part in zip(
+            (rows, targets, noise, is_force), _design_rows(model, inputs, model.sigma_energy, model.sigma_forces)
+        ):
+            collected += part
     design = torch.cat(rows)
     targets, noise, is_force = torch.cat(targets), torch.cat(noise), torch.cat(is_force).to(design.device)
     keep = torch.cat([active, torch.ones(model.num_species, dtype=torch.bool, device=active.device)])
@@ -156,7 +158,9 @@ def fit_gap(model, train_graphs, atoms_per_batch: int = 8192) -> dict:
     num_active = int(active.sum())
     with torch.no_grad():
         kmm = model.kernel(points[active], model.sparse_species[active])[:, active]
-    kmm = 0.5 * (kmm + kmm.T) + model.jitter * model.delta**2 * torch.eye(num_active, dtype=kmm.dtype, device=kmm.device)
+    kmm = 0.5 * (kmm + kmm.T) + model.jitter * model.delta**2 * torch.eye(
+        num_active, dtype=kmm.dtype, device=kmm.device
+    )
     chol = torch.linalg.cholesky(kmm)
     num_params = num_active + model.num_species
     prior = torch.zeros(num_params, num_params, dtype=kmm.dtype, device=kmm.device)
@@ -175,7 +179,9 @@ def fit_gap(model, train_graphs, atoms_per_batch: int = 8192) -> dict:
     full_cholesky = torch.eye(size, dtype=torch.float64, device=active.device)
     full_cholesky[index.unsqueeze(-1), index] = chol
     with_shifts = torch.cat([index, size + torch.arange(model.num_species, device=index.device)])
-    full_root = torch.zeros(size + model.num_species, size + model.num_species, dtype=torch.float64, device=active.device)
+    full_root = torch.zeros(
+        size + model.num_species, size + model.num_species, dtype=torch.float64, device=active.device
+    )
     full_root[with_shifts.unsqueeze(-1), with_shifts] = r_inverse
     model.alpha.copy_(alpha)
     model.species_shift.copy_(theta[num_active:])
@@ -187,7 +193,9 @@ def fit_gap(model, train_graphs, atoms_per_batch: int = 8192) -> dict:
     residual = design @ theta - targets
     energy_residual = residual[~is_force] / (noise[~is_force] / model.sigma_energy) ** 2
     return {
-        "num_sparse_per_species": [int(active[s * per_species : (s + 1) * per_species].sum()) for s in range(model.num_species)],
+        "num_sparse_per_species": [
+            int(active[s * per_species : (s + 1) * per_species].sum()) for s in range(model.num_species)
+        ],
         "num_energy_rows": int((~is_force).sum()),
         "num_force_rows": int(is_force.sum()),
         "time_sparse_selection_s": time_sparse,

@@ -12,7 +12,8 @@ head, in their usual form, or as ``{head name: value}`` with every head named (m
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from mpnn_ip.errors import ConfigError
 
@@ -65,7 +66,9 @@ def selected_per_head(value: Any, heads: Sequence[str], index: Sequence[int], ne
 def head_index(heads: Sequence[str], name: str, owner: str) -> int:
     """Index of head ``name`` in ``heads``; ``ConfigError`` listing the heads of ``owner`` when it has none so named."""
     if str(name) not in heads:
-        raise ConfigError(f"{owner} has no head {name!r}; its heads are {list(heads)} (the first is the default): pass one of them")
+        raise ConfigError(
+            f"{owner} has no head {name!r}; its heads are {list(heads)} (the first is the default): pass one of them"
+        )
     return list(heads).index(str(name))
 
 

@@ -37,7 +37,7 @@ atom's energy is its frame's head's column. With one head the parameters are tho
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from e3nn import o3
@@ -85,9 +85,10 @@ def _hidden_irreps(hidden_irreps: str) -> o3.Irreps:
 def _correlations(correlation, num_interactions: int) -> list[int]:
     values = [int(correlation)] * num_interactions if isinstance(correlation, int) else [int(c) for c in correlation]
     if len(values) != num_interactions or any(not 1 <= c <= 3 for c in values):
-        raise ValueError(f"MACE: correlation must be 1..3 or one such value per interaction ({num_interactions}), got {correlation!r}")
+        raise ValueError(
+            f"MACE: correlation must be 1..3 or one such value per interaction ({num_interactions}), got {correlation!r}"
+        )
     return values
-
 
 
 class MACE(Potential):
@@ -160,18 +161,26 @@ class MACE(Potential):
         if num_interactions < 1:
             raise ValueError(f"MACE needs at least one interaction, got num_interactions={num_interactions}")
         if first_interaction_skip not in FIRST_INTERACTION_SKIPS:
-            raise ValueError(f"MACE: first_interaction_skip must be one of {FIRST_INTERACTION_SKIPS}, got {first_interaction_skip!r}")
+            raise ValueError(
+                f"MACE: first_interaction_skip must be one of {FIRST_INTERACTION_SKIPS}, got {first_interaction_skip!r}"
+            )
         hidden = _hidden_irreps(hidden_irreps)
         correlations = _correlations(correlation, num_interactions)
         channels = hidden[0].mul
         self.irreps_sh = o3.Irreps.spherical_harmonics(max_ell)
-        irreps_basis = o3.Irreps(interaction_irreps) if interaction_irreps is not None else o3.Irreps([(channels, ir) for _, ir in self.irreps_sh])
+        irreps_basis = (
+            o3.Irreps(interaction_irreps)
+            if interaction_irreps is not None
+            else o3.Irreps([(channels, ir) for _, ir in self.irreps_sh])
+        )
         self.num_channels = channels
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         if radial_type == "bessel" and distance_transform is None:
             self.radial_embedding = RadialEmbedding(r_max, num_bessel, cutoff_p, trainable_bessel)
         else:
-            self.radial_embedding = MACERadialEmbedding(r_max, num_bessel, cutoff_p, self.species, radial_type, distance_transform)
+            self.radial_embedding = MACERadialEmbedding(
+                r_max, num_bessel, cutoff_p, self.species, radial_type, distance_transform
+            )
         self.species_embedding = SpeciesEmbedding(self.num_species, channels)
 
         self.interactions = torch.nn.ModuleList()
@@ -234,7 +243,10 @@ class MACE(Potential):
             head = torch.zeros_like(species)
         if isinstance(self.radial_embedding, MACERadialEmbedding):
             lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
-            edge_sh, radial = self.spherical_harmonics(edge_vectors), self.radial_embedding(lengths, species, edge_index)
+            edge_sh, radial = (
+                self.spherical_harmonics(edge_vectors),
+                self.radial_embedding(lengths, species, edge_index),
+            )
         else:
             lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
         node_features = self.species_embedding(species)

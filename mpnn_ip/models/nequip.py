@@ -26,7 +26,7 @@ are those of a NequIP without heads.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from e3nn import o3
@@ -50,8 +50,8 @@ from mpnn_ip.nn import (
 )
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.heads import MultiHeadScaleShift
-from mpnn_ip.nn.scale_shift import per_species_values
 from mpnn_ip.nn.nequip import NequIPZBL, ScalarMLP
+from mpnn_ip.nn.scale_shift import per_species_values
 
 
 def features_per_l(num_features: int | Sequence[int], l_max: int) -> list[int]:
@@ -60,7 +60,9 @@ def features_per_l(num_features: int | Sequence[int], l_max: int) -> list[int]:
         return [num_features] * (l_max + 1)
     features = [int(f) for f in num_features]
     if len(features) != l_max + 1:
-        raise ValueError(f"num_features must be one number or one per l = 0..{l_max} ({l_max + 1} numbers), got {features}")
+        raise ValueError(
+            f"num_features must be one number or one per l = 0..{l_max} ({l_max + 1} numbers), got {features}"
+        )
     return features
 
 
@@ -112,7 +114,9 @@ class NequIPLayer(torch.nn.Module):
         # per species: each neighbour's features are divided by sqrt(avg_num_neighbors of its species)
         # before the (linear) convolution, as NequIP's per-type normalisation does
         self.neighbor_norm = (
-            DtypeConstants({"norm": torch.tensor([float(n) for n in avg_num_neighbors], dtype=torch.float64).rsqrt()}) if per_species else None
+            DtypeConstants({"norm": torch.tensor([float(n) for n in avg_num_neighbors], dtype=torch.float64).rsqrt()})
+            if per_species
+            else None
         )
         self.convolution = TensorProductConvolution(
             self.irreps_in,
@@ -133,7 +137,9 @@ class NequIPLayer(torch.nn.Module):
     def forward(self, node_features, species, edge_sh, radial_embedding, edge_index):
         neighbours = node_features
         if self.neighbor_norm is not None:
-            neighbours = node_features * self.neighbor_norm.get(node_features.dtype, node_features.device)["norm"][species].unsqueeze(-1)
+            neighbours = node_features * self.neighbor_norm.get(node_features.dtype, node_features.device)["norm"][
+                species
+            ].unsqueeze(-1)
         update = self.convolution(neighbours, edge_sh, radial_embedding, edge_index)
         if self.self_connection is not None:
             update = update + self.self_connection(node_features, species)
@@ -249,7 +255,10 @@ class NequIP(Potential):
             self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=True)
         else:
             self.scale_shift = MultiHeadScaleShift(
-                self.species, per_head_values(energy_scale, self.heads), per_head_values(energy_shift, self.heads), trainable=True
+                self.species,
+                per_head_values(energy_scale, self.heads),
+                per_head_values(energy_shift, self.heads),
+                trainable=True,
             )
         if zbl not in (False, True, "nequip"):
             raise ValueError(f"zbl must be False, True or 'nequip', got {zbl!r}")
@@ -287,4 +296,3 @@ class NequIP(Potential):
         if self.zbl is not None:
             node_energy = node_energy + self.zbl(species, edge_index, lengths)
         return node_energy
-

@@ -12,7 +12,7 @@ species (no neighbours), and the per-species shift applies only to atoms with ne
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

@@ -6,7 +6,7 @@ All act elementwise: any shape in, the same shape out.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -21,7 +21,8 @@ largest of the model, in the forward and again in both backward passes of force 
 from __future__ import annotations
 
 import math
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from e3nn import o3

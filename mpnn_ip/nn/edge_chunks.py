@@ -18,7 +18,7 @@ Graphs with at most ``unchunked_edge_limit`` edges (by default: whose intermedia
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -107,7 +107,7 @@ class EdgeChunking:
 
     def sum(
         self,
-        edge_sum: "EdgeSum",
+        edge_sum: EdgeSum,
         node_tensors: Sequence[torch.Tensor],
         edge_tensors: Sequence[torch.Tensor],
         edge_index: torch.Tensor,
@@ -117,7 +117,12 @@ class EdgeChunking:
         """:func:`sum_over_edge_chunks` with these settings; ``parameters()`` lists the tensors
         ``edge_sum`` uses besides its inputs (e.g. its radial MLP's), needed only by the lean path."""
         return sum_over_edge_chunks(
-            edge_sum, node_tensors, edge_tensors, edge_index, n_atoms, self.chunk_size,
+            edge_sum,
+            node_tensors,
+            edge_tensors,
+            edge_index,
+            n_atoms,
+            self.chunk_size,
             lean_double_backward=list(parameters()) if self.lean_double_backward else None,
             unchunked_edge_limit=self.unchunked_edge_limit,
         )
@@ -275,10 +280,16 @@ class RecomputedVJP(torch.autograd.Function):
         with torch.enable_grad():
             g = grad_out.detach().requires_grad_(True)
             detached, grads = _vjp(ctx.fn, inputs, ctx.params, g, create_graph=True)
-            pairs = [(gr, gg) for gr, gg in zip(grads, grad_grads) if gr is not None and gg is not None and gr.requires_grad]
+            pairs = [
+                (gr, gg) for gr, gg in zip(grads, grad_grads) if gr is not None and gg is not None and gr.requires_grad
+            ]
             everything = (g, *detached, *ctx.params)
             wrt = [t for t in everything if t.requires_grad]
-            got = torch.autograd.grad([p for p, _ in pairs], wrt, [q for _, q in pairs], allow_unused=True) if pairs else [None] * len(wrt)
+            got = (
+                torch.autograd.grad([p for p, _ in pairs], wrt, [q for _, q in pairs], allow_unused=True)
+                if pairs
+                else [None] * len(wrt)
+            )
         got = iter(got)
         result = [next(got) if t.requires_grad else None for t in everything]
         return (None, None, None, *result)

@@ -13,7 +13,7 @@ instead, so that its parameters are those of the model without heads.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from e3nn import nn as e3nn_nn
@@ -48,7 +48,9 @@ class MultiHeadMLPReadout(torch.nn.Module):
         super().__init__()
         hidden = o3.Irreps(hidden_irreps)
         if len(hidden) != 1 or hidden[0].ir != o3.Irrep("0e"):
-            raise ValueError(f"MultiHeadMLPReadout: hidden irreps {hidden} must be one block of even scalars, e.g. '16x0e'")
+            raise ValueError(
+                f"MultiHeadMLPReadout: hidden irreps {hidden} must be one block of even scalars, e.g. '16x0e'"
+            )
         self.num_heads, self.width = int(num_heads), hidden[0].mul
         all_hidden = o3.Irreps(f"{self.num_heads * self.width}x0e")
         self.linear_in = o3.Linear(o3.Irreps(irreps_in), all_hidden)
@@ -87,12 +89,18 @@ class MultiHeadScaleShift(torch.nn.Module):
     """
 
     def __init__(
-        self, species: Sequence[int], scales: Sequence[float | Sequence[float] | Mapping], shifts: Sequence, trainable: bool = False
+        self,
+        species: Sequence[int],
+        scales: Sequence[float | Sequence[float] | Mapping],
+        shifts: Sequence,
+        trainable: bool = False,
     ):
         super().__init__()
         dtype = torch.get_default_dtype()
-        rows = [[per_species_values(v, list(species), f"head {k}: {what}") for k, v in enumerate(values)]
-                for what, values in (("energy_scale", scales), ("energy_shift", shifts))]
+        rows = [
+            [per_species_values(v, list(species), f"head {k}: {what}") for k, v in enumerate(values)]
+            for what, values in (("energy_scale", scales), ("energy_shift", shifts))
+        ]
         scale, shift = torch.tensor(rows[0], dtype=dtype), torch.tensor(rows[1], dtype=dtype)
         if trainable:
             self.scale, self.shift = torch.nn.Parameter(scale), torch.nn.Parameter(shift)
@@ -100,5 +108,7 @@ class MultiHeadScaleShift(torch.nn.Module):
             self.register_buffer("scale", scale)
             self.register_buffer("shift", shift)
 
-    def forward(self, node_energy: torch.Tensor, species: torch.Tensor, head: torch.Tensor, shift_gate: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, node_energy: torch.Tensor, species: torch.Tensor, head: torch.Tensor, shift_gate: torch.Tensor
+    ) -> torch.Tensor:
         return own_head(node_energy, head) * self.scale[head, species] + self.shift[head, species] * shift_gate

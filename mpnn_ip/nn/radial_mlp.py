@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
@@ -38,7 +38,9 @@ class RadialMLP(torch.nn.Module):
         self.num_out = int(num_out)
         self.irreps_in = o3.Irreps(f"{self.num_basis}x0e")
         self.irreps_out = o3.Irreps(f"{self.num_out}x0e")
-        self.net = FullyConnectedNet([self.num_basis, *[int(h) for h in hidden], self.num_out], activation(nonlinearity))
+        self.net = FullyConnectedNet(
+            [self.num_basis, *[int(h) for h in hidden], self.num_out], activation(nonlinearity)
+        )
 
     def forward(self, radial_embedding: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         if columns is None:

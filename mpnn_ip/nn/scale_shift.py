@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -52,11 +52,15 @@ def per_species_values(value: float | Sequence[float] | Mapping, species: Sequen
         given = energies_by_atomic_number(value)
         extra = sorted(set(given) - {int(z) for z in species})
         if extra:
-            raise ValueError(f"{name} names atomic numbers {extra} that are not among the model's species {list(species)}")
+            raise ValueError(
+                f"{name} names atomic numbers {extra} that are not among the model's species {list(species)}"
+            )
         return [given.get(int(z), 0.0) for z in species]
     values = [float(v) for v in value]
     if len(values) != len(species):
-        raise ValueError(f"{name} has {len(values)} entries, expected one per species ({len(species)}: {list(species)})")
+        raise ValueError(
+            f"{name} has {len(values)} entries, expected one per species ({len(species)}: {list(species)})"
+        )
     return values
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -35,7 +35,11 @@ def refuse_non_finite_weights(checkpoint: Mapping, model: torch.nn.Module, kept:
     or the model's training weights hold NaN/inf."""
     tensors = [(f"state_dict {name}", v) for name, v in checkpoint.get("state_dict", {}).items()]
     tensors += [(f"parameter {name}", p) for name, p in model.named_parameters()]
-    bad = [name for name, v in tensors if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        name
+        for name, v in tensors
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         where = f"the last good checkpoint is kept: {kept[0]}" if kept else "no checkpoint had been written yet"
         raise TrainingDiverged(

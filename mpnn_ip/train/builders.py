@@ -15,7 +15,8 @@ import contextlib
 import contextvars
 import copy
 import inspect
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -234,8 +235,13 @@ def build_trainer(trainer_cfg, callbacks: list, loggers: list):
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     return instantiate(
-        trainer_cfg, callbacks=callbacks, logger=loggers or False, inference_mode=False, plugins=plugins,
-        use_distributed_sampler=False, _convert_="all",
+        trainer_cfg,
+        callbacks=callbacks,
+        logger=loggers or False,
+        inference_mode=False,
+        plugins=plugins,
+        use_distributed_sampler=False,
+        _convert_="all",
     )
 
 

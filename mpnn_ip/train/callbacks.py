@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import numpy as np

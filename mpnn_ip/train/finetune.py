@@ -30,7 +30,8 @@ rate and replay of the ``finetune`` block are applied again.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,12 @@ log = logging.getLogger(__name__)
 
 #: Defaults of the ``finetune`` block of ``configs/train.yaml`` (settings that only apply with ``finetune_from``).
 DEFAULT_SETTINGS = {
-    "freeze": [], "lr": None, "refit_e0": True, "replay_path": None, "replay_fraction": 0.0, "new_head": None,
+    "freeze": [],
+    "lr": None,
+    "refit_e0": True,
+    "replay_path": None,
+    "replay_fraction": 0.0,
+    "new_head": None,
     "pretrained_head": None,
 }
 
@@ -81,13 +87,17 @@ def finetune_settings(cfg) -> dict[str, Any]:
     given = plain(cfg.get("finetune") or {})
     unknown = sorted(set(given) - set(DEFAULT_SETTINGS))
     if unknown:
-        raise ConfigError(f"finetune.{unknown[0]} is not a fine-tuning setting; the settings are {sorted(DEFAULT_SETTINGS)}")
+        raise ConfigError(
+            f"finetune.{unknown[0]} is not a fine-tuning setting; the settings are {sorted(DEFAULT_SETTINGS)}"
+        )
     settings = {**DEFAULT_SETTINGS, **given}
     settings["freeze"] = list(settings["freeze"] or [])
     return settings
 
 
-def multihead_layout(settings: Mapping, checkpoint_heads: Sequence[str], resumed: bool = False) -> tuple[list[str], int] | None:
+def multihead_layout(
+    settings: Mapping, checkpoint_heads: Sequence[str], resumed: bool = False
+) -> tuple[list[str], int] | None:
     """``(heads of the fine-tuned model, index of the head that evaluates the replayed frames)`` for
     ``finetune.new_head``, or None without it. The heads are ``[new_head, *checkpoint_heads]``; with
     ``resumed`` the checkpoint is the fine-tuning run's own and already has them.
@@ -114,7 +124,9 @@ def multihead_layout(settings: Mapping, checkpoint_heads: Sequence[str], resumed
         )
     heads = checkpoint_heads if resumed else [new, *checkpoint_heads]
     if resumed and (heads[0] != new or len(heads) < 2):
-        raise ConfigError(f"the checkpoint's heads {heads} are not those of a multi-head fine-tuning run with new head {new!r}")
+        raise ConfigError(
+            f"the checkpoint's heads {heads} are not those of a multi-head fine-tuning run with new head {new!r}"
+        )
     if not resumed and new in checkpoint_heads:
         raise ConfigError(
             f"finetune.new_head={new} is already a head of the pretrained model (its heads: {checkpoint_heads}); "
@@ -170,8 +182,11 @@ def use_checkpoint_architecture(cfg, ckpt: Mapping, path, model_on_command_line:
     if ignored:
         level = logging.WARNING if model_on_command_line else logging.INFO
         log.log(
-            level, "finetune_from=%s keeps the checkpoint's %s architecture; these model settings are ignored: %s",
-            path, meta["model_name"], "; ".join(ignored),
+            level,
+            "finetune_from=%s keeps the checkpoint's %s architecture; these model settings are ignored: %s",
+            path,
+            meta["model_name"],
+            "; ".join(ignored),
         )
     with open_dict(cfg):
         cfg.model = OmegaConf.create(model_config_node(meta["model_name"], meta["model_config"]))
@@ -253,7 +268,11 @@ def finetuned_model(cfg, pretrained: Mapping, datamodule, statistics: dict, sett
         cfg.model = OmegaConf.create(model_config_node(pretrained["mpnn_ip"]["model_name"], model.config))
     if is_global_zero():
         e0s = ", ".join(f"{symbol} {e:+.4f}" for symbol, e in zip(symbols(model.species), model.head_e0s(0).values()))
-        new = "" if heads is None else f" of the new head {heads[0][0]!r} (heads {heads[0]}; replayed frames: {heads[0][heads[1]]!r})"
+        new = (
+            ""
+            if heads is None
+            else f" of the new head {heads[0][0]!r} (heads {heads[0]}; replayed frames: {heads[0][heads[1]]!r})"
+        )
         print(f"Fine-tuning {path}: E0 (eV){new} {e0s} [{source}]", flush=True)
     return model, finetuned_statistics(statistics, model, source, path)
 
@@ -276,7 +295,10 @@ def predicted_energies(model: Potential, graphs: Sequence, batch_size: int = 16,
 
 
 def refit_energy_references(
-    model: Potential, graphs: Sequence, isolated_atom_energies: Mapping[int, float] | None = None, device: str = "cpu",
+    model: Potential,
+    graphs: Sequence,
+    isolated_atom_energies: Mapping[int, float] | None = None,
+    device: str = "cpu",
 ) -> tuple[Potential, str]:
     """The model with E0 (and per-species energy shifts) re-fitted on the new training frames ``graphs``, and
     how they were found. Species absent from the new frames keep theirs; frames without energy are not used.
@@ -294,24 +316,32 @@ def refit_energy_references(
     """
     old = model.head_e0s(0)
     if isolated_atom_energies is not None:
-        model = with_e0s(model, {**old, **{int(z): float(e) for z, e in isolated_atom_energies.items() if int(z) in old}})
+        model = with_e0s(
+            model, {**old, **{int(z): float(e) for z, e in isolated_atom_energies.items() if int(z) in old}}
+        )
     correction = residual_correction(model, graphs, device)
     if not correction:
         source = "isolated_atoms" if isolated_atom_energies is not None else "pretrained"
         return model, f"{source} (the new training frames have no energies)"
     e0s = model.head_e0s(0)
     if isolated_atom_energies is None:
-        return with_e0s(model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}), "least_squares_of_pretrained_residual"
+        return with_e0s(
+            model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}
+        ), "least_squares_of_pretrained_residual"
     shifts = [
-        m for m in model.modules()
+        m
+        for m in model.modules()
         if isinstance(m, (PerSpeciesScaleShift, MultiHeadScaleShift)) and m.shift.shape[-1] == len(model.species)
     ]
     if len(shifts) != 1:
         log.warning(
             "%s has no single per-species energy shift; the least-squares correction of the new energies goes into E0 "
-            "instead, so isolated atoms do not get exactly data.isolated_atoms", type(model).__name__,
+            "instead, so isolated atoms do not get exactly data.isolated_atoms",
+            type(model).__name__,
         )
-        return with_e0s(model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}), "isolated_atoms + least_squares_of_pretrained_residual"
+        return with_e0s(
+            model, {z: e0s[z] + correction.get(z, 0.0) for z in e0s}
+        ), "isolated_atoms + least_squares_of_pretrained_residual"
     with torch.no_grad():
         shift = shifts[0].shift if shifts[0].shift.dim() == 1 else shifts[0].shift[0]  # the default head's
         shift += torch.tensor([correction.get(z, 0.0) for z in model.species], dtype=shift.dtype, device=shift.device)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -105,7 +106,9 @@ class PotentialModule(L.LightningModule):
         stage_two = terms.pop("stage_two", None)
         unknown = sorted(set(stage_two or ()) - {"start_fraction", "energy_weight", "lr"})
         if unknown:
-            raise ConfigError(f"loss.stage_two: unknown setting(s) {unknown}; allowed: start_fraction, energy_weight, lr")
+            raise ConfigError(
+                f"loss.stage_two: unknown setting(s) {unknown}; allowed: start_fraction, energy_weight, lr"
+            )
         self.stage_two = StageTwo(**stage_two) if stage_two is not None else None
         self.loss_fn = WeightedPropertyLoss(**terms)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
@@ -152,13 +155,22 @@ class PotentialModule(L.LightningModule):
             total, terms = self.loss_fn.combine(sums, counts, present)
         if stage == "train" and not bool(torch.isfinite(total.detach())):
             bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()))]
-            self._pending_nonfinite_loss = f"non-finite loss ({float(total.detach())}{' in ' + ', '.join(bad) if bad else ''})"
+            self._pending_nonfinite_loss = (
+                f"non-finite loss ({float(total.detach())}{' in ' + ', '.join(bad) if bad else ''})"
+            )
             return None  # neither logged nor in the epoch metrics
         self.metrics[f"{stage}_metrics"].update(pred, batch)
         self.epoch_losses[f"{stage}_loss"].update(sums, counts)
         if stage == "train":
             step_loss, _ = self.loss_fn.combine(global_sums, global_counts)  # the global batch's loss, on every process
-            self.log("train/loss_step", step_loss, on_step=True, on_epoch=False, batch_size=int(batch.num_graphs), prog_bar=True)
+            self.log(
+                "train/loss_step",
+                step_loss,
+                on_step=True,
+                on_epoch=False,
+                batch_size=int(batch.num_graphs),
+                prog_bar=True,
+            )
         return total
 
     def _summed_over_processes(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +185,12 @@ class PotentialModule(L.LightningModule):
             return None
         if self.compile_decision is None:
             self._decide_compile(batch)
-        source = (batch_idx, getattr(batch, "source_path", None), getattr(batch, "source_frame", None), int(batch.num_graphs))
+        source = (
+            batch_idx,
+            getattr(batch, "source_path", None),
+            getattr(batch, "source_frame", None),
+            int(batch.num_graphs),
+        )
         self._pending_sources.append(source)
         loss = self._step(batch, "train")
         if loss is None and self.trainer.world_size > 1:
@@ -218,15 +235,26 @@ class PotentialModule(L.LightningModule):
         self._record_bad_step(reason, sources)
 
     def _record_bad_step(self, reason: str, sources: list) -> None:
-        frames = [frame for batch_idx, paths, indices, count in sources for frame in frame_names(batch_idx, paths, indices, count)]
+        frames = [
+            frame
+            for batch_idx, paths, indices, count in sources
+            for frame in frame_names(batch_idx, paths, indices, count)
+        ]
         step, epoch = int(self.trainer.global_step), int(self.trainer.current_epoch)
         self.bad_steps += 1
         self._skipped_in_epoch += 1
-        self._bad_history = [*self._bad_history, (step, epoch, reason, frames)][-(self.max_bad_steps or MAX_FRAMES_NAMED):]
+        self._bad_history = [*self._bad_history, (step, epoch, reason, frames)][
+            -(self.max_bad_steps or MAX_FRAMES_NAMED) :
+        ]
         limit = f" (the run stops at {self.max_bad_steps})" if self.max_bad_steps else ""
         log.warning(
             "%s at step %d (epoch %d): skipped the optimizer step; frames %s; %d consecutive bad step(s)%s",
-            reason, step, epoch, name_frames(frames), self.bad_steps, limit,
+            reason,
+            step,
+            epoch,
+            name_frames(frames),
+            self.bad_steps,
+            limit,
         )
         if self.max_bad_steps and self.bad_steps >= self.max_bad_steps:
             raise TrainingDiverged(self._diverged_message())
@@ -234,7 +262,9 @@ class PotentialModule(L.LightningModule):
     def _checkpoint_paths(self) -> list[str]:
         """Checkpoints written so far that still exist: ``last`` ones first, then ``best`` ones."""
         callbacks = getattr(self._trainer, "checkpoint_callbacks", None) or []
-        candidates = [getattr(c, "last_model_path", "") for c in callbacks] + [getattr(c, "best_model_path", "") for c in callbacks]
+        candidates = [getattr(c, "last_model_path", "") for c in callbacks] + [
+            getattr(c, "best_model_path", "") for c in callbacks
+        ]
         return list(dict.fromkeys(path for path in candidates if path and Path(path).is_file()))
 
     def _diverged_message(self) -> str:
@@ -254,7 +284,9 @@ class PotentialModule(L.LightningModule):
         if paths:
             others = f" (also kept: {', '.join(paths[1:])})" if len(paths) > 1 else ""
             lines.append(f"The last good checkpoint is kept: {paths[0]}{others}.")
-            restart = f" Then start again from the last good checkpoint with ckpt_path={paths[0]} and the changed settings."
+            restart = (
+                f" Then start again from the last good checkpoint with ckpt_path={paths[0]} and the changed settings."
+            )
         else:
             lines.append("No checkpoint of this run had been written yet.")
             restart = ""
@@ -335,7 +367,12 @@ class PotentialModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch", "frequency": 1},
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.scheduler_monitor,
+                "interval": "epoch",
+                "frequency": 1,
+            },
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -8,8 +8,9 @@ unless W&B runs ``online``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 
 def wandb_mode() -> str:

@@ -17,8 +17,8 @@ does the same over a whole epoch for the logged ``{stage}/loss``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,9 @@ class WeightedPropertyLoss(torch.nn.Module):
             present.append(name)
         return torch.stack(sums), torch.stack(counts), present
 
-    def combine(self, sums: torch.Tensor, counts: torch.Tensor, present=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def combine(
+        self, sums: torch.Tensor, counts: torch.Tensor, present=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, terms)`` from per-term sums and counts ``[3]`` (:meth:`sums_and_counts`): each term
         ``sum / max(count, 1)``, the total their weighted sum; ``terms`` holds the terms that are on and
         named in ``present`` (default: all that are on)."""
@@ -163,7 +165,10 @@ class WeightedPropertyLoss(torch.nn.Module):
         return total, {name: values[names.index(name)] for name in keep}
 
     def forward(
-        self, pred: Mapping[str, torch.Tensor], batch, count_normaliser: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self,
+        pred: Mapping[str, torch.Tensor],
+        batch,
+        count_normaliser: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sums, counts, present = self.sums_and_counts(pred, batch)
         if count_normaliser is not None:

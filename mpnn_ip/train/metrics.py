@@ -9,7 +9,7 @@ Logged names are ``{stage}/{quantity}_{mae|rmse}``, e.g. ``val/forces_rmse``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torchmetrics import MeanAbsoluteError, MeanSquaredError

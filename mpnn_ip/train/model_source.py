@@ -68,10 +68,14 @@ class ModelSource:
     def model(self, datamodule, statistics: dict) -> tuple[Any, dict]:
         """``(model, statistics to store in its checkpoints)`` given the training split's ``statistics``."""
         if self.meta is not None:
-            model = builders.model_from_checkpoint_metadata(self.meta, self.cfg.model, self.cfg.ckpt_path, statistics["species"])
+            model = builders.model_from_checkpoint_metadata(
+                self.meta, self.cfg.model, self.cfg.ckpt_path, statistics["species"]
+            )
             return model, self.meta["statistics"]
         if self.pretrained is not None:
-            return finetuning.finetuned_model(self.cfg, self.pretrained, datamodule, statistics, self.finetune, self.heads)
+            return finetuning.finetuned_model(
+                self.cfg, self.pretrained, datamodule, statistics, self.finetune, self.heads
+            )
         return builders.build_model(self.cfg.model, statistics, self.cfg.dtype), statistics
 
     def prepare(self, model, datamodule, output_dir: Path, loggers: list) -> None:
@@ -90,7 +94,9 @@ class ModelSource:
         trainable, total = finetuning.freeze(model, self.finetune["freeze"])
         if builders.is_global_zero():
             frozen = f" (frozen: {', '.join(self.finetune['freeze'])})" if self.finetune["freeze"] else ""
-            print(f"Fine-tuning {self.finetune_from}: {trainable:,} of {total:,} parameters trainable{frozen}", flush=True)
+            print(
+                f"Fine-tuning {self.finetune_from}: {trainable:,} of {total:,} parameters trainable{frozen}", flush=True
+            )
         return finetuning.trainable_optimizer(optimizer_factory, self.finetune["lr"])
 
 

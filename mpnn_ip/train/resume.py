@@ -87,7 +87,8 @@ def prepare_resume_argv(argv: list[str]) -> list[str]:
                 "another one. Drop hydra.run.dir (or use resume=true with hydra.run.dir=<run dir>)."
             )
     others = [
-        o.input_line for o in overrides
+        o.input_line
+        for o in overrides
         if o.key_or_group not in ("resume", *RESUME_OVERRIDABLE) and not o.key_or_group.startswith("hydra.")
     ]
     if others:
@@ -118,7 +119,7 @@ def _replace_prefix(node, old: str, new: str):
     if isinstance(node, list):
         return [_replace_prefix(v, old, new) for v in node]
     if isinstance(node, str) and (node == old or node.startswith(old.rstrip("/") + "/")):
-        return new + node[len(old.rstrip("/")):]
+        return new + node[len(old.rstrip("/")) :]
     return node
 
 

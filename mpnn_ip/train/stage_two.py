@@ -42,7 +42,9 @@ class StageTwo(L.Callback):
         if None in (start_fraction, energy_weight, lr):
             raise ConfigError("loss.stage_two needs start_fraction, energy_weight and lr (or loss.stage_two=null)")
         if not 0.0 < float(start_fraction) < 1.0:
-            raise ConfigError(f"loss.stage_two.start_fraction must be between 0 and 1 (exclusive), got {start_fraction}")
+            raise ConfigError(
+                f"loss.stage_two.start_fraction must be between 0 and 1 (exclusive), got {start_fraction}"
+            )
         if float(energy_weight) < 0 or float(lr) <= 0:
             raise ConfigError(f"loss.stage_two needs energy_weight >= 0 and lr > 0, got {energy_weight} and {lr}")
         self.start_fraction = float(start_fraction)
@@ -107,7 +109,9 @@ class StageTwo(L.Callback):
                 callback.kth_value = worst.clone()
         log.info(
             "stage two from epoch %d (step %d): energy weight %g, learning rate %g",
-            *self.switched_at, self.energy_weight, self.lr,
+            *self.switched_at,
+            self.energy_weight,
+            self.lr,
         )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

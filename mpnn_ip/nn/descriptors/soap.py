@@ -35,10 +35,20 @@ class PowerSpectrum(torch.nn.Module):
     -> ``[n_atoms, num_features]`` unit vectors.
     """
 
-    def __init__(self, num_species: int, r_max: float, n_max: int = 6, l_max: int = 4, sigma_atom: float = 0.5, central_weight: float = 1.0):
+    def __init__(
+        self,
+        num_species: int,
+        r_max: float,
+        n_max: int = 6,
+        l_max: int = 4,
+        sigma_atom: float = 0.5,
+        central_weight: float = 1.0,
+    ):
         super().__init__()
         if central_weight <= 0:
-            raise ValueError(f"PowerSpectrum: central_weight must be > 0 (got {central_weight}) to keep the normalisation smooth")
+            raise ValueError(
+                f"PowerSpectrum: central_weight must be > 0 (got {central_weight}) to keep the normalisation smooth"
+            )
         self.num_species, self.r_max, self.n_max, self.l_max = int(num_species), float(r_max), int(n_max), int(l_max)
         self.sigma_atom, self.central_weight = float(sigma_atom), float(central_weight)
         self.register_buffer("centres", torch.arange(self.n_max, dtype=torch.float64) * self.r_max / self.n_max)
@@ -58,11 +68,15 @@ class PowerSpectrum(torch.nn.Module):
         num_atoms, dtype = species.shape[0], edge_vectors.dtype
         lengths = torch.linalg.norm(edge_vectors, dim=-1)
         radial = self.radial(lengths) * cosine_cutoff(lengths, self.r_max).unsqueeze(-1)
-        harmonics = o3.spherical_harmonics(list(range(self.l_max + 1)), edge_vectors, normalize=True, normalization="component")
+        harmonics = o3.spherical_harmonics(
+            list(range(self.l_max + 1)), edge_vectors, normalize=True, normalization="component"
+        )
         per_edge = radial.unsqueeze(-1) * harmonics.unsqueeze(1)
         index = edge_index[0] * self.num_species + species[edge_index[1]]
         # index_add rather than scatter_add: its forward-mode derivative (used by the GAP fit) is ~10x faster.
-        coefficients = per_edge.new_zeros((num_atoms * self.num_species, *per_edge.shape[1:])).index_add(0, index, per_edge)
+        coefficients = per_edge.new_zeros((num_atoms * self.num_species, *per_edge.shape[1:])).index_add(
+            0, index, per_edge
+        )
         coefficients = coefficients.reshape(num_atoms, self.num_species, self.n_max, -1)
         central = self.central_weight * self.radial(torch.zeros(1, dtype=dtype, device=species.device))[0]
         own = torch.nn.functional.one_hot(species, self.num_species).to(dtype)

@@ -17,7 +17,7 @@ are handled exactly as the radius graph handles them.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch_geometric.utils import scatter
@@ -99,8 +99,13 @@ class SymmetryFunctions(torch.nn.Module):
 
         eta, shift = self.radial_eta.to(dtype), self.radial_shift.to(dtype)
         g2_edges = torch.exp(-eta * (lengths.unsqueeze(-1) - shift) ** 2) * fc.unsqueeze(-1)
-        g2 = scatter(g2_edges, centre * self.num_species + species[neighbour], dim=0,
-                     dim_size=num_atoms * self.num_species, reduce="sum")
+        g2 = scatter(
+            g2_edges,
+            centre * self.num_species + species[neighbour],
+            dim=0,
+            dim_size=num_atoms * self.num_species,
+            reduce="sum",
+        )
 
         e1, e2 = edge_pairs_around_centres(centre, num_atoms)
         v1, v2 = edge_vectors[e1], edge_vectors[e2]
@@ -117,6 +122,11 @@ class SymmetryFunctions(torch.nn.Module):
         angular_part = 2.0 ** (-zeta) * (1.0 + lam * cos_angle.unsqueeze(-1)) ** zeta
         g_ang_triplets = angular_part * torch.exp(-a_eta * squares.unsqueeze(-1)) * radial_weight.unsqueeze(-1)
         channel = self.pair_channel[species[neighbour[e1]], species[neighbour[e2]]]
-        g_ang = scatter(g_ang_triplets, centre[e1] * self.num_pairs + channel, dim=0,
-                        dim_size=num_atoms * self.num_pairs, reduce="sum")
+        g_ang = scatter(
+            g_ang_triplets,
+            centre[e1] * self.num_pairs + channel,
+            dim=0,
+            dim_size=num_atoms * self.num_pairs,
+            reduce="sum",
+        )
         return torch.cat([g2.reshape(num_atoms, -1), g_ang.reshape(num_atoms, -1)], dim=-1)

@@ -7,7 +7,7 @@ radial embedding ``[n_edges, num_basis]`` (of lengths in Å); messages flow from
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
@@ -63,7 +63,9 @@ class TensorProductConvolution(torch.nn.Module):
         self.irreps_out = o3.Irreps(irreps_out)
         check_reachable(self.irreps_in, self.irreps_sh, self.irreps_out, type(self).__name__)
         if neighbor_normalization not in NEIGHBOR_NORMALIZATIONS:
-            raise ValueError(f"neighbor_normalization must be one of {NEIGHBOR_NORMALIZATIONS}, got {neighbor_normalization!r}")
+            raise ValueError(
+                f"neighbor_normalization must be one of {NEIGHBOR_NORMALIZATIONS}, got {neighbor_normalization!r}"
+            )
         if avg_num_neighbors <= 0:
             raise ValueError(f"avg_num_neighbors must be positive, got {avg_num_neighbors}")
         self.avg_num_neighbors = float(avg_num_neighbors)
@@ -101,7 +103,12 @@ class TensorProductConvolution(torch.nn.Module):
             return self.tensor_product.sum_messages(features, sh, weights, torch.stack([centre, neighbour]), n_centres)
 
         summed = self.edge_chunking.sum(
-            edge_sum, (features,), (edge_sh, radial_embedding), edge_index, node_features.shape[0], self.radial_mlp.parameters
+            edge_sum,
+            (features,),
+            (edge_sh, radial_embedding),
+            edge_index,
+            node_features.shape[0],
+            self.radial_mlp.parameters,
         )
         return self.linear_out(summed * self.message_scale)
 

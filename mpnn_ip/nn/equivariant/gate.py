@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from e3nn import nn as e3nn_nn
@@ -22,7 +22,9 @@ def _by_parity(names: Mapping[str, str], irreps: o3.Irreps, what: str) -> list:
     for _, ir in irreps:
         key = "e" if ir.p == 1 else "o"
         if key not in names:
-            raise ValueError(f"EquivariantGate: {what} has no nonlinearity for parity {key!r} (needed by {ir}); got {dict(names)}")
+            raise ValueError(
+                f"EquivariantGate: {what} has no nonlinearity for parity {key!r} (needed by {ir}); got {dict(names)}"
+            )
         acts.append(activation(names[key]))
     return acts
 

@@ -60,7 +60,11 @@ class ChannelwiseTensorProduct(torch.nn.Module):
 
     def __init__(self, irreps_in, irreps_sh, irreps_mid, instructions):
         super().__init__()
-        self.irreps_in, self.irreps_sh, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_sh), o3.Irreps(irreps_mid)
+        self.irreps_in, self.irreps_sh, self.irreps_out = (
+            o3.Irreps(irreps_in),
+            o3.Irreps(irreps_sh),
+            o3.Irreps(irreps_mid),
+        )
         if any(ins[3] != "uvu" for ins in instructions):
             raise ValueError("ChannelwiseTensorProduct only implements 'uvu' instructions")
         weight_offsets, offset = [], 0
@@ -75,7 +79,10 @@ class ChannelwiseTensorProduct(torch.nn.Module):
             paths_of_input.setdefault(ins[0], []).append(index)
         groups: dict[tuple, list[int]] = {}
         for i_in, indices in paths_of_input.items():
-            key = (self.irreps_in[i_in].ir.l, tuple((instructions[k][1], self.irreps_out[instructions[k][2]].ir.l) for k in indices))
+            key = (
+                self.irreps_in[i_in].ir.l,
+                tuple((instructions[k][1], self.irreps_out[instructions[k][2]].ir.l) for k in indices),
+            )
             groups.setdefault(key, []).append(i_in)
 
         in_slices, sh_slices, mid_slices = self.irreps_in.slices(), self.irreps_sh.slices(), self.irreps_out.slices()
@@ -92,14 +99,23 @@ class ChannelwiseTensorProduct(torch.nn.Module):
             row_start = {p: sum(widths[q] for q in path_sequence[: path_sequence.index(p)]) for p in path_sequence}
             width = sum(widths)
             blocks = [
-                CouplingBlock(l_in, self.irreps_sh[i_sh].ir.l, l_out, 0, sh_slices[i_sh].start, range(row_start[p], row_start[p] + widths[p]))
+                CouplingBlock(
+                    l_in,
+                    self.irreps_sh[i_sh].ir.l,
+                    l_out,
+                    0,
+                    sh_slices[i_sh].start,
+                    range(row_start[p], row_start[p] + widths[p]),
+                )
                 for p, (i_sh, l_out) in enumerate(path_keys)
             ]
             coupling = coupling_tensor(blocks, self.irreps_sh.dim, d_in, width).transpose(1, 2)  # [sh, width, d_in]
             constants[f"coupling_{group_index}"] = coupling.reshape(self.irreps_sh.dim, width * d_in)
             channels = [(i_in, u) for i_in in inputs for u in range(self.irreps_in[i_in].mul)]
             mul_total = len(channels)
-            weight_columns += [weight_offsets[paths_of_input[i_in][p]] + u for p in path_sequence for i_in, u in channels]
+            weight_columns += [
+                weight_offsets[paths_of_input[i_in][p]] + u for p in path_sequence for i_in, u in channels
+            ]
             for p in path_sequence:
                 for m in range(widths[p]):
                     for u_total, (i_in, u) in enumerate(channels):
@@ -107,7 +123,9 @@ class ChannelwiseTensorProduct(torch.nn.Module):
                         position = column + (row_start[p] + m) * mul_total + u_total
                         permutation[mid_slices[instructions[k][2]].start + u * widths[p] + m] = position
             pieces = [(sum(1 for q in path_sequence if widths[q] == w), w) for w in classes]
-            self._groups.append(([(in_slices[i], self.irreps_in[i].mul) for i in inputs], mul_total, d_in, width, pieces))
+            self._groups.append(
+                ([(in_slices[i], self.irreps_in[i].mul) for i in inputs], mul_total, d_in, width, pieces)
+            )
             column += width * mul_total
         constants["permutation"] = permutation
         constants["weight_columns"] = torch.tensor(weight_columns, dtype=torch.long)
@@ -130,7 +148,9 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         """Yield the messages ``[n_edges, paths * (2l+1) * mul]`` of every (group, output width) piece."""
         n_edges = edge_sh.shape[0]
         c = self.constants.get(edge_sh.dtype, edge_sh.device)
-        group_weights = path_weights.split([mul_total * sum(n for n, _ in pieces) for _, mul_total, _, _, pieces in self._groups], dim=1)
+        group_weights = path_weights.split(
+            [mul_total * sum(n for n, _ in pieces) for _, mul_total, _, _, pieces in self._groups], dim=1
+        )
         for index, ((inputs, mul_total, d_in, width, pieces), weights) in enumerate(zip(self._groups, group_weights)):
             rows = [node_features[:, s].reshape(-1, mul, d_in) for s, mul in inputs]
             x = (rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)).transpose(1, 2)  # [n, d_in, mul_total]
@@ -148,7 +168,9 @@ class ChannelwiseTensorProduct(torch.nn.Module):
                 continue
             products = torch.bmm(coupling, x).split([n * w for n, w in pieces], dim=1)  # [n_edges, rows, mul_total]
             for product, w_part, (n, w) in zip(products, weights.split(path_counts, dim=1), pieces):
-                yield (product.reshape(n_edges, n, w, mul_total) * w_part.unsqueeze(2)).reshape(n_edges, n * w * mul_total)
+                yield (product.reshape(n_edges, n, w, mul_total) * w_part.unsqueeze(2)).reshape(
+                    n_edges, n * w * mul_total
+                )
 
     def sum_messages(
         self,
@@ -172,7 +194,10 @@ class ChannelwiseTensorProduct(torch.nn.Module):
         n_atoms = node_features.shape[0] if n_centres is None else n_centres
         # index_add_ with the 1-D centre index: its backward is one index_select, where a scatter
         # broadcasts the index to every column and differentiates to a gather over all of them
-        sums = [m.new_zeros(n_atoms, m.shape[1]).index_add_(0, centre, m) for m in self._pieces(node_features, edge_sh, path_weights, neighbour)]
+        sums = [
+            m.new_zeros(n_atoms, m.shape[1]).index_add_(0, centre, m)
+            for m in self._pieces(node_features, edge_sh, path_weights, neighbour)
+        ]
         return self.to_irreps_layout(sums[0] if len(sums) == 1 else torch.cat(sums, dim=1))
 
     def to_irreps_layout(self, grouped: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ kernels stay apart); tests/test_mace.py compares with ``o3.TensorProduct``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
@@ -91,8 +91,14 @@ class MACEInteraction(torch.nn.Module):
         self.linear_up = ChannelsLastLinear(self.irreps_node, self.irreps_node)
         self.radial_mlp = RadialMLP(num_basis, radial_mlp, self.num_paths * self.num_channels)
         self.linear = ChannelsLastLinear(self.irreps_mid, self.irreps_target)
-        self.skip = None if irreps_skip is None else SpeciesChannelsLastLinear(self.irreps_node, self.irreps_skip, num_species)
-        self.species_linear = SpeciesChannelsLastLinear(self.irreps_target, self.irreps_target, num_species) if species_linear_basis else None
+        self.skip = (
+            None if irreps_skip is None else SpeciesChannelsLastLinear(self.irreps_node, self.irreps_skip, num_species)
+        )
+        self.species_linear = (
+            SpeciesChannelsLastLinear(self.irreps_target, self.irreps_target, num_species)
+            if species_linear_basis
+            else None
+        )
         #: how the edge sum is split into recomputed chunks (:mod:`mpnn_ip.nn.edge_chunks`)
         self.edge_chunking = EdgeChunking(self.floats_per_edge())
 
@@ -101,7 +107,9 @@ class MACEInteraction(torch.nn.Module):
         matrices, the gathered features, the messages and expanded weights, the radial weights
         and the radial MLP's hidden activations."""
         C, hidden = self.num_channels, sum(int(h) for h in self.radial_mlp.net.hs[1:-1])
-        return self.num_rows * self.dim_node + self.dim_node * C + 3 * self.num_rows * C + 2 * self.num_paths * C + hidden
+        return (
+            self.num_rows * self.dim_node + self.dim_node * C + 3 * self.num_rows * C + 2 * self.num_paths * C + hidden
+        )
 
     def _coupling(self, paths):
         """``coupling [dim_sh, rows * dim_node]``, ``row_path [rows]``, irreps of the summed messages.
@@ -116,14 +124,20 @@ class MACEInteraction(torch.nn.Module):
             on_this = [(p, path) for p, path in enumerate(paths) if path.ir_out == ir_out]
             for k, (_, (i, j, _)) in enumerate(on_this):
                 out_rows = [rows + m * len(on_this) + k for m in range(ir_out.dim)]
-                blocks.append(CouplingBlock(self.irreps_node[i].ir.l, self.irreps_sh[j].ir.l, ir_out.l, node_start[i], sh_start[j], out_rows))
+                blocks.append(
+                    CouplingBlock(
+                        self.irreps_node[i].ir.l, self.irreps_sh[j].ir.l, ir_out.l, node_start[i], sh_start[j], out_rows
+                    )
+                )
             row_path += [p for _ in range(ir_out.dim) for p, _ in on_this]
             mid.append((len(on_this) * self.num_channels, ir_out))
             rows += ir_out.dim * len(on_this)
         coupling = coupling_tensor(blocks, self.irreps_sh.dim, self.dim_node, rows).transpose(1, 2)  # [sh, rows, D_in]
         return coupling.reshape(self.irreps_sh.dim, -1), torch.tensor(row_path, dtype=torch.long), o3.Irreps(mid)
 
-    def edge_messages(self, features: torch.Tensor, edge_sh: torch.Tensor, path_weights: torch.Tensor, neighbour: torch.Tensor) -> torch.Tensor:
+    def edge_messages(
+        self, features: torch.Tensor, edge_sh: torch.Tensor, path_weights: torch.Tensor, neighbour: torch.Tensor
+    ) -> torch.Tensor:
         """Per-edge tensor-product messages ``[n_edges, rows, C]`` (rows: output irrep, m, path).
 
         ``features [n_atoms, D_in, C]`` (after ``linear_up``), ``edge_sh [n_edges, dim_sh]``,

@@ -89,7 +89,9 @@ class SpeciesChannelsLastLinear(torch.nn.Module):
         self.num_species = int(num_species)
         _check_unique(self.irreps_in, type(self).__name__)
         if not any(ir in self.irreps_in for _, ir in self.irreps_out):
-            raise ValueError(f"{type(self).__name__}: no irrep of output irreps {self.irreps_out} is in input irreps {self.irreps_in}")
+            raise ValueError(
+                f"{type(self).__name__}: no irrep of output irreps {self.irreps_out} is in input irreps {self.irreps_in}"
+            )
         blocks_in = {ir: (mul, start, stop) for ir, mul, start, stop in channels_last_blocks(self.irreps_in)}
         self._paths = []  # (input start, stop or None when absent, 2l+1, mul_in, mul_out, normalisation)
         self.weights = torch.nn.ParameterList()
@@ -109,7 +111,9 @@ class SpeciesChannelsLastLinear(torch.nn.Module):
             if stop is None:
                 out.append(features.new_zeros(n, dim * mul_out))
                 continue
-            all_species = (features[:, start:stop].reshape(n, dim, mul_in) @ (next(weights) * norm)).reshape(n, dim, self.num_species, mul_out)
+            all_species = (features[:, start:stop].reshape(n, dim, mul_in) @ (next(weights) * norm)).reshape(
+                n, dim, self.num_species, mul_out
+            )
             out.append(all_species[atoms, :, species].reshape(n, dim * mul_out))
         return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 

@@ -39,7 +39,9 @@ class ProductBasis(torch.nn.Module):
         (:meth:`SymmetricContraction.floats_per_atom`), the linear's output and the sum with the skip."""
         return self.symmetric_contraction.floats_per_atom() + 2 * self.irreps_out.dim
 
-    def forward(self, atomic_basis: torch.Tensor, species: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, atomic_basis: torch.Tensor, species: torch.Tensor, skip: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.atom_chunking.map(self._forward, atomic_basis, species, skip)
 
     def _forward(self, atomic_basis: torch.Tensor, species: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:

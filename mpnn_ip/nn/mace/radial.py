@@ -9,7 +9,7 @@ embedding needs the species of both ends of every edge.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from ase.data import covalent_radii
@@ -51,7 +51,9 @@ class MACERadialEmbedding(torch.nn.Module):
         if radial_type not in RADIAL_TYPES:
             raise ValueError(f"MACERadialEmbedding: radial_type must be one of {RADIAL_TYPES}, got {radial_type!r}")
         if distance_transform not in DISTANCE_TRANSFORMS:
-            raise ValueError(f"MACERadialEmbedding: distance_transform must be one of {DISTANCE_TRANSFORMS}, got {distance_transform!r}")
+            raise ValueError(
+                f"MACERadialEmbedding: distance_transform must be one of {DISTANCE_TRANSFORMS}, got {distance_transform!r}"
+            )
         self.r_max = float(r_max)
         self.num_basis = int(num_basis)
         self.radial_type = radial_type

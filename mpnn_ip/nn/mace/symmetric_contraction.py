@@ -69,7 +69,7 @@ def _coupling_paths(irreps: o3.Irreps, correlation: int, ir_out: o3.Irrep) -> li
     return level.get(ir_out, [])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _symmetric_coupling_basis(irreps: str, correlation: int, ir_out: str) -> torch.Tensor:
     irreps_o3, ir = o3.Irreps(irreps), o3.Irrep(ir_out)
     paths = _coupling_paths(irreps_o3, correlation, ir)
@@ -104,7 +104,9 @@ def symmetric_coupling_basis(irreps, correlation: int, ir_out) -> torch.Tensor:
 def _equal_multiplicity(irreps: o3.Irreps, who: str) -> int:
     muls = {mul for mul, _ in irreps}
     if len(muls) != 1 or len(irreps) != len({ir for _, ir in irreps}):
-        raise ValueError(f"{who}: irreps {irreps} must list each irrep once with one common multiplicity (e.g. '64x0e+64x1o')")
+        raise ValueError(
+            f"{who}: irreps {irreps} must list each irrep once with one common multiplicity (e.g. '64x0e+64x1o')"
+        )
     return muls.pop()
 
 
@@ -169,7 +171,9 @@ class SymmetricContraction(torch.nn.Module):
                     pairs = basis[:, :, :, pair_j, pair_k] * multiplicity  # [P, M, i, jk]
                     constants[key] = pairs.permute(3, 2, 1, 0)  # [jk, i, M, P]
                 # MACE's initialisation: N(0, 1) / number of basis elements
-                self.weights[key] = torch.nn.Parameter(torch.randn(self.num_species, basis.shape[0], channels) / basis.shape[0])
+                self.weights[key] = torch.nn.Parameter(
+                    torch.randn(self.num_species, basis.shape[0], channels) / basis.shape[0]
+                )
             if not keys:
                 raise ValueError(
                     f"SymmetricContraction: no symmetric coupling of {self.coupling_irreps} up to correlation "
@@ -191,6 +195,7 @@ class SymmetricContraction(torch.nn.Module):
         J = c["pair_j"].shape[0]
         linear, quadratic, cubic = [], [], []
         for width, keys in self._outputs:
+
             def part(nu, equation, shape):
                 if nu in keys:
                     weights = self.weights[keys[nu]]

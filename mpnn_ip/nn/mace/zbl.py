@@ -8,7 +8,7 @@ and where the model adds it (mace's ScaleShiftMACE scales it with the atomic ene
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from ase.data import covalent_radii
@@ -44,7 +44,11 @@ class MACEZBLRepulsion(torch.nn.Module):
         phi = sum(c * torch.exp(-d * x) for c, d in zip(self.coefficients.unbind(), SCREENING_EXPONENTS))
         r = lengths / (self.radii[si] + self.radii[sj])
         p = self.p
-        envelope = 1.0 - (p + 1.0) * (p + 2.0) / 2.0 * r**p + p * (p + 2.0) * r ** (p + 1) - p * (p + 1.0) / 2 * r ** (p + 2)
+        envelope = (
+            1.0 - (p + 1.0) * (p + 2.0) / 2.0 * r**p + p * (p + 2.0) * r ** (p + 1) - p * (p + 1.0) / 2 * r ** (p + 2)
+        )
         envelope = envelope * (r < 1.0)
         pair = 0.5 * 14.3996 * zi * zj / lengths * phi * envelope
-        return torch.zeros(species.shape[0], dtype=lengths.dtype, device=lengths.device).index_add(0, edge_index[0], pair)
+        return torch.zeros(species.shape[0], dtype=lengths.dtype, device=lengths.device).index_add(
+            0, edge_index[0], pair
+        )
