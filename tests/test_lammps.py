@@ -458,3 +458,21 @@ def test_mpi_library_is_found_without_ld_library_path():
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     code = "from mpnn_ip.lammps import is_available; assert is_available()"
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
+
+
+def test_attach_takes_a_model_in_memory_with_device_auto(model):
+    from mpnn_ip.lammps import attach
+
+    lmp = _lammps(
+        "units metal",
+        "lattice fcc 3.7",
+        "region box block 0 2 0 2 0 2",
+        "create_box 1 box",
+        "create_atoms 1 box",
+        "mass 1 63.546",
+        "fix mpnn all external pf/callback 1 1",
+    )
+    potential = attach(lmp, model, device="auto", compile=False)
+    lmp.command("run 0")
+    assert potential.calls == 1 and np.isfinite(lmp.get_thermo("pe"))
+    lmp.close()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mpnn_ip.checkpoint import load_model, resolve_dtype
+from mpnn_ip.checkpoint import resolve_device, resolve_dtype
 from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS, AtomicGraph, to_inputs
 from mpnn_ip.errors import DataError
@@ -36,7 +36,7 @@ class StructureEvaluator:
     Args:
         model: a potential, or a list of them (run as one :class:`~mpnn_ip.models.committee.Committee`);
             put in eval mode.
-        device: move the model there; ``None`` = leave it where it is.
+        device: move the model there (``"auto"``: CUDA when there is one); ``None`` = leave it where it is.
         dtype: ``"float32"``/``"float64"`` converts the model; ``None`` keeps its dtype.
         skin: Å, Verlet skin (:class:`~mpnn_ip.graph.verlet.VerletList`); ``0`` searches every call.
         compile: ``"auto"``, ``True`` or ``False`` (:func:`~mpnn_ip.models.compiled.compile_potential`),
@@ -68,7 +68,7 @@ class StructureEvaluator:
             model = select_head(model, head)
         target = resolve_dtype(dtype)
         if device is not None:
-            model = model.to(torch.device(device))
+            model = model.to(resolve_device(device))
         if target is not None:
             model = model.to(target)
         self.model = model.eval()
@@ -82,16 +82,6 @@ class StructureEvaluator:
         self.neighbor_list = VerletList(float(r_max), float(skin)) if r_max is not None else None
         self._inputs: dict[str, torch.Tensor] | None = None  # inputs of the last structure
         self._moved = False  # positions changed by move() since the full checks of set_structure
-
-    @classmethod
-    def from_checkpoints(
-        cls, paths: str | Sequence[str], device: str | torch.device = "cpu", dtype=None, **kwargs
-    ) -> StructureEvaluator:
-        """Evaluator of the model of one checkpoint path, or of the committee of several (a list)."""
-        if isinstance(paths, (list, tuple)):
-            model = [load_model(path, device=device, dtype=dtype) for path in paths]
-            return cls(model[0] if len(model) == 1 else model, **kwargs)
-        return cls(load_model(paths, device=device, dtype=dtype), **kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -315,17 +315,16 @@ def attach(
     if ranks == 1 or comm.Get_rank() == 0:
         restore_torch_threads(ranks)  # LAMMPS (or mpiexec) left OpenMP one thread
     if not isinstance(model, StructureEvaluator):
-        model = StructureEvaluator(
-            model,
-            device=device,
-            dtype=dtype,
-            skin=skin,
-            compile=compile,
-            head=head,
-            source=f"LAMMPS fix {fix_id}",
-            name="mpnn_ip.lammps",
-        )
+        model = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog)
     return LammpsPotential(lmp, model, elements, fix_id, comm, on_error, prog=prog)
+
+
+def make_evaluator(model, device, dtype, skin: float, compile, head, fix_id: str, prog: str) -> StructureEvaluator:
+    """The evaluator of a potential or committee (a list) for the fix ``fix_id`` (arguments of :func:`attach`)."""
+    source = f"LAMMPS fix {fix_id}"
+    return StructureEvaluator(
+        model, device=device, dtype=dtype, skin=skin, compile=compile, head=head, source=source, name=prog
+    )
 
 
 def _receive_sleeping(comm) -> Any:

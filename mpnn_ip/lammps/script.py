@@ -136,8 +136,8 @@ def run_script(
         ConfigError: a bad script, option, type mapping or model (before LAMMPS runs anything but the
             script's head, and with no log written); LAMMPS's own errors, with its message.
     """
-    from mpnn_ip.calculators.evaluator import StructureEvaluator
-    from mpnn_ip.lammps.fix import attach
+    from mpnn_ip.checkpoint import load_model
+    from mpnn_ip.lammps.fix import attach, make_evaluator
     from mpnn_ip.lammps.library import create_lammps, world_communicator
 
     script = Path(script)
@@ -149,30 +149,11 @@ def run_script(
             raise ConfigError(
                 f"{flag} is set by {prog}: the script is its first argument and the log file log= (log=none for none)"
             )
-    if isinstance(model, (str, Path)) or (
-        isinstance(model, (list, tuple)) and model and isinstance(model[0], (str, Path))
-    ):
-        evaluator = StructureEvaluator.from_checkpoints(
-            model,
-            device=device,
-            dtype=dtype,
-            skin=skin,
-            compile=compile,
-            head=head,
-            source=f"LAMMPS fix {fix_id}",
-            name=prog,
-        )
-    else:
-        evaluator = StructureEvaluator(
-            model,
-            device=device,
-            dtype=dtype,
-            skin=skin,
-            compile=compile,
-            head=head,
-            source=f"LAMMPS fix {fix_id}",
-            name=prog,
-        )
+    if isinstance(model, (str, Path)):
+        model = load_model(model, device=device, dtype=dtype)
+    elif isinstance(model, (list, tuple)) and model and isinstance(model[0], (str, Path)):
+        model = [load_model(path, device=device, dtype=dtype) for path in model]  # a committee
+    evaluator = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog)
     comm = world_communicator()
     rank = 0 if comm is None else comm.Get_rank()
     final_log = Path(log) if log else None
