@@ -61,7 +61,7 @@ class Potential(torch.nn.Module):
             ``node_energy``, ``per`` being ``"frame"`` ([B]) or ``"atom"`` ([N]); e.g. GAP's
             ``energy_uncertainty``. Consumers (the ASE calculator, evaluation) read this declaration.
         default_dtype: the precision ``mpnn-train dtype=auto`` (the default) builds the model in:
-            float32 for the networks (2.2x faster on the CPU at the same errors), float64 for a model
+            float32 for the networks (faster at the same errors; docs/performance.md), float64 for a model
             whose numerics need it (GAP's kernels and closed-form fit).
     """
 

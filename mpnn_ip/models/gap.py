@@ -56,8 +56,8 @@ class GAP(Potential):
     """
 
     fitted_in_closed_form = True
-    #: kernels of near-identical environments and the Cholesky solve of the fit lose ~4e-4 eV in float32
-    #: (32 Cu-Au atoms: central differences of the energy 54 % off the forces at h = 1e-4 Å; 1e-8 in float64)
+    #: kernels of near-identical environments and the Cholesky solve of the fit need float64: in float32 the
+    #: energies are too noisy for their own forces (measured in docs/performance.md)
     default_dtype = torch.float64
     extra_outputs = {"node_energy_variance": ("atom", "eV^2"), "energy_uncertainty": ("frame", "eV")}
 
