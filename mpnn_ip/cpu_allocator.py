@@ -3,9 +3,9 @@
 PyTorch's CPU allocator is plain ``malloc``. glibc serves every block above its mmap threshold
 (128 KiB, rising to at most 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``, so a model
 that allocates the same per-edge tensors (tens of MB each) at every call touches new zero pages
-every time: one page fault per 4 KiB. Measured here (2 threads, float32): writing a 36 MB
-product takes 22 ms into a fresh tensor and 5 ms into a reused one; energy+forces of MACE-s on
-Cu 256 takes 0.93 s with glibc's defaults and 0.39 s with large blocks kept in the heap.
+every time: one page fault per 4 KiB, which makes writing into a fresh tensor several times
+slower than into a reused one and a whole energy+forces call markedly slower (measurements:
+docs/performance.md, "Why the defaults are what they are", CPU allocator).
 
 :func:`keep_tensor_buffers_in_heap` raises the mmap threshold to 1 GiB and the trim threshold to
 2 GiB (``mallopt``), which is what ``MALLOC_MMAP_THRESHOLD_=1073741824

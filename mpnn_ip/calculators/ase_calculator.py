@@ -58,8 +58,10 @@ class MPNNCalculator(Calculator):
         compile: ``"auto"`` (default), ``True`` or ``False``: ``torch.compile`` of the model, checked
             on the first structure (equal to eager and faster, else eager with the reason; see
             :mod:`mpnn_ip.models.compiled`). ``auto`` tries on CUDA, and on the CPU for structures of at
-            least 1,000 atoms (compiling takes 30-100 s there); ``compile_decision`` holds
-            the outcome after the first call, and a ``compile=True`` that falls back warns.
+            least 1,000 atoms (where the compile time is repaid over an MD run; measurements:
+            docs/performance.md, "Why the defaults are what they are", torch.compile decision);
+            ``compile_decision`` holds the outcome after the first call, and a ``compile=True`` that
+            falls back warns.
         head: the head of a model with several heads (:mod:`mpnn_ip.models.heads`) to compute with, by
             name; ``None`` = its default head (the first; for a multi-head fine-tuned model, the new
             head). An unknown name is a ``ConfigError`` listing the model's heads.

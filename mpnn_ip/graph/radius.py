@@ -29,8 +29,9 @@ from mpnn_ip.graph.images import periodic_images
 #: Frames with more search points (atoms plus images) than this are split into blocks.
 #: CUDA: torch-cluster compares all pairs of a batch element, O(n^2); below ~10^4 points one
 #: GPU wave does that faster than the sorting that blocks need (estimate, not measured here).
-#: CPU: torch-cluster builds a KD-tree per batch element, already O(n log n); blocks measured
-#: 1.3-2.5x slower for 256-16384 Cu atoms (8x halo copies), so they are never used by default.
+#: CPU: torch-cluster builds a KD-tree per batch element, already O(n log n); blocks add halo
+#: copies and sorting on top and were slower at every size measured, so they are never used by default
+#: (measurements: docs/performance.md, "Why the defaults are what they are", Radius-graph spatial blocks).
 _BLOCK_MIN_POINTS = {"cuda": 16384, "cpu": 1 << 62}
 #: Minimal block thickness in units of r_max (halo copies vs. pairs compared per query).
 _BLOCK_EDGE_OVER_R_MAX = 2.0

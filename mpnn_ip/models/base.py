@@ -364,7 +364,8 @@ class Potential(torch.nn.Module):
         the virial ``-dE/dstrain`` (the input of heat-flux workflows; ASE's ``stresses`` divide it by
         ``-volume``). Implies forces. Then one gradient, w.r.t. the edge vectors, gives everything
         (forces ``-dE/dr_i = sum over i's edges of ±g_e``, the virial as the atoms' sum): the cost of
-        forces alone, where the strain derivative of ``compute_stress`` alone adds ~15 %.
+        forces alone, whereas ``compute_stress`` alone pays for a strain derivative on top (measurement:
+        docs/performance.md, "Why the defaults are what they are", Stress and per-atom virials).
         """
         from mpnn_ip.data.atomic_graph import to_inputs
 

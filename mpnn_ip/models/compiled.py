@@ -9,9 +9,9 @@ returned :class:`CompileDecision` says why, for the caller to log.
 
 ``mode``: ``"auto"`` (the default of ``mpnn-train``, ``mpnn-md`` and the calculator) tries on CUDA,
 and on the CPU only for inference on structures of at least :data:`AUTO_CPU_MIN_ATOMS` atoms, where
-the try (30-100 s of compilation on 2 cores) is repaid over an MD run: measured on this project's
-2-core machine (torch 2.13, inductor), MD of 2,048 Cu atoms with the quickstart NequIP ran 1.7x faster
-compiled, the quickstart MACE was not faster (and stays eager by the check). Training on the CPU
+the try (a slow compilation on the CPU) is repaid over an MD run; a model that is not
+faster compiled stays eager by the check (measurements: docs/performance.md, "Why the defaults are
+what they are", torch.compile decision). Training on the CPU
 stays eager without trying: AOTAutograd does not differentiate a compiled backward ("does not
 currently support double backward"), which the force loss needs. ``True``/``"true"`` tries in
 every case; ``False``/``"false"`` stays eager.

@@ -3,7 +3,8 @@
 A message-passing convolution computes, per edge, a radial MLP, a tensor product and a
 weighting, then sums the messages at each centre atom. Autograd keeps every per-edge
 intermediate for the backward pass: ~10k floats per edge and layer for the small presets,
-~3 MB per atom of a dense metal. :func:`sum_over_edge_chunks` instead splits the edges (sorted by
+megabytes per atom of a dense metal (measurements: docs/performance.md, "Why the defaults are
+what they are", Edge chunks). :func:`sum_over_edge_chunks` instead splits the edges (sorted by
 centre atom, as :func:`~mpnn_ip.graph.radius_graph_pbc` returns them) into chunks that end at
 atom boundaries and runs each chunk under :func:`torch.utils.checkpoint.checkpoint`
 (non-reentrant): only the chunk's inputs are kept, and the backward pass recomputes the chunk's
@@ -29,19 +30,18 @@ from mpnn_ip.nn.tracing import is_tracing
 #: chunk is this many floats' worth of its edges (:func:`automatic_chunk_size`). Small presets
 #: (~10k floats per edge and layer) get ~3,000-3,500 edges per chunk; the quickstart NequIP (~300)
 #: ~120k, so graphs of a few thousand atoms are not chunked at all, which is faster there (the
-#: recomputation costs more than it saves when the intermediates are small). Measured on Cu 2,048
-#: (87,550 edges), energy+forces, float32, 2 threads, NequIP-s: peak RSS 6.2 GB unchunked, 1.15 GB
-#: at 8192 edges per chunk, 0.97 GB at 4096, 0.82 GB at 2048; MACE-s 6.4 / 1.41 / 1.28 / 1.58 GB;
-#: the chunked runs of the small presets were also faster (smaller working set).
+#: recomputation costs more than it saves when the intermediates are small). Chunks of this size
+#: cut the peak memory of large graphs several-fold, and the small presets' chunked runs were also
+#: faster (smaller working set) (measurements: docs/performance.md, "Why the defaults are what
+#: they are", Edge chunks).
 EDGE_CHUNK_FLOATS = 2**25
 #: Fewest edges per automatic chunk (below this the per-chunk overhead dominates).
 MIN_EDGE_CHUNK_SIZE = 1024
 #: A convolution whose per-edge intermediates fit in this many floats (~512 MiB in float32) is
 #: not chunked by default: chunking costs a recomputation, worth it only when memory is short.
-#: Measured (energy+forces, float32, 2 threads, large buffers kept in the heap): 3BPA x16
-#: (7,236 edges) NequIP-s 0.58 s unchunked vs 0.75 s in ~3,500-edge chunks, MACE-s 0.37 vs
-#: 0.42 s; Cu 256 (10,944 edges) NequIP-s 0.75 vs 1.00 s, MACE-s 0.39 vs 0.51 s. Cu 2,048
-#: (87,550 edges) stays chunked.
+#: Graphs of a few hundred atoms (the benchmark's 3BPA and Cu 256 workloads) run faster unchunked;
+#: Cu 2,048 stays chunked (measurements: docs/performance.md, "Why the defaults are what they
+#: are", Edge chunks).
 UNCHUNKED_EDGE_FLOATS = 2**27
 
 
@@ -57,9 +57,9 @@ def automatic_unchunked_edge_limit(floats_per_edge: int) -> int:
 
 #: A double backward through recomputed chunks (``lean_double_backward``) holds, for one chunk,
 #: its recomputed forward, that forward's backward graph and their gradients: ~3x the floats of the
-#: forward alone. Lean training therefore budgets 3 forwards' worth per chunk. Measured (Cu 256, one
-#: training step, float32, 2 threads, peak RSS with ~0.44 GB of imports): MACE-s 1.08 GB at the
-#: forward's chunk size, 0.86 GB at a third (2.1 -> 2.2 s); NequIP-s 0.91 -> 0.63 GB (3.1 -> 3.7 s).
+#: forward alone. Lean training therefore budgets 3 forwards' worth per chunk: a third of the
+#: forward's chunk size lowers a training step's peak memory at some cost in time (measurements:
+#: docs/performance.md, "Why the defaults are what they are", Lean training memory).
 LEAN_CHUNK_FLOATS_FACTOR = 3
 
 EdgeSum = Callable[..., torch.Tensor]
@@ -298,9 +298,10 @@ class RecomputedVJP(torch.autograd.Function):
 #: Floats of per-atom intermediates in one atom chunk (~32 MiB in float32; :class:`AtomChunking`).
 ATOM_CHUNK_FLOATS = 2**23
 #: Node-level blocks whose intermediates exceed this many floats (~128 MiB in float32) are
-#: evaluated in atom chunks. Measured (MACE-s, Cu 2,048 energy+forces, float32, 2 threads; its
-#: symmetric contractions keep ~25k floats per atom and layer): peak RSS of the first call 1.5-1.6
-#: -> 1.1 GB, of five calls in one process 1.9-2.0 -> 1.5-1.6 GB, at ~+8 % time.
+#: evaluated in atom chunks: MACE's symmetric contractions keep ~25k floats per atom and layer, so
+#: on large graphs the chunks lower the peak memory (of one call and of repeated calls in one
+#: process) for a little more time (measurements: docs/performance.md, "Why the defaults are what
+#: they are", Atom chunks).
 UNCHUNKED_ATOM_FLOATS = 2**25
 
 

@@ -73,7 +73,8 @@ class PowerSpectrum(torch.nn.Module):
         )
         per_edge = radial.unsqueeze(-1) * harmonics.unsqueeze(1)
         index = edge_index[0] * self.num_species + species[edge_index[1]]
-        # index_add rather than scatter_add: its forward-mode derivative (used by the GAP fit) is ~10x faster.
+        # index_add rather than scatter_add: its forward-mode derivative (used by the GAP fit) is much faster
+        # (measurement: docs/performance.md, "Why the defaults are what they are", SOAP index_add).
         coefficients = per_edge.new_zeros((num_atoms * self.num_species, *per_edge.shape[1:])).index_add(
             0, index, per_edge
         )

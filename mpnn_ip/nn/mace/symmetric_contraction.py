@@ -9,13 +9,15 @@ order ν is a symmetric polynomial of degree ν in that vector, coupled to an ou
 with U_ν,L,k an orthonormal basis of the *symmetric* equivariant maps Sym^ν(V) -> L and
 species-dependent weights w (Batatia et al., NeurIPS 2022, eq. 10-11).
 
-How the basis U is built (measured, float64 matters): ``e3nn.o3.ReducedTensorProducts`` with
+How the basis U is built (float64 matters): ``e3nn.o3.ReducedTensorProducts`` with
 the formula ``"ijk=jik=ikj"`` on ``0e+1o+2e+3o`` gives the right space (8x0e + 12x1o for ν = 3)
-but takes 5.3 s to build on one core and works in the default dtype only (float32, 1e-8
+but is slow to build and works in the default dtype only (float32, 1e-8
 errors that break float64 equivariance checks at 1e-10). Here the same space is spanned
 exactly in float64 from e3nn's Clebsch-Gordan coefficients (``o3.wigner_3j``): every coupling
 path ((l1 ⊗ l2) -> l12) ⊗ l3 -> L is built, symmetrised over the permutations of its ν factors,
-and an orthonormal basis of their span is taken from their Gram matrix (~1 s for max_ell = 3, ν = 3, cached per process). tests/test_symmetric_contraction.py
+and an orthonormal basis of their span is taken from their Gram matrix (faster to build, cached
+per process; build times: docs/performance.md, "Why the defaults are what they are",
+Symmetric-contraction basis). tests/test_symmetric_contraction.py
 checks that the dimensions and spans agree with ReducedTensorProducts.
 """
 
