@@ -6,7 +6,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mpnn_ip.data import AtomicDataModule, synthetic
+from mpnn_ip.data import AtomicDataModule, compute_statistics, synthetic
 from mpnn_ip.data import datamodule as datamodule_module
 from mpnn_ip.errors import ConfigError, DataError
 
@@ -154,12 +154,14 @@ def test_loaders_yield_batches_with_batch_and_ptr(train_file):
 def test_statistics_are_computed_once_from_the_training_split(train_file, monkeypatch):
     dm = AtomicDataModule(train_path=str(train_file), r_max=4.0, isolated_atoms={"Cu": -0.1, "Au": -0.2})
     calls = []
-    original = datamodule_module.compute_statistics
-    monkeypatch.setattr(datamodule_module, "compute_statistics", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = datamodule_module.frame_summaries
+    monkeypatch.setattr(datamodule_module, "frame_summaries", lambda *a, **k: calls.append(1) or original(*a, **k))
     stats = dm.statistics()
     assert dm.statistics() is stats and len(calls) == 1
     assert stats["num_frames"] == len(dm.train_dataset) and stats["r_max"] == 4.0
     assert stats["e0s"] == {29: -0.1, 79: -0.2} and stats["species"] == [29, 79]
+    isolated = {29: -0.1, 79: -0.2}
+    assert stats == compute_statistics(dm.train_dataset.graphs, 4.0, isolated)  # the same path as in memory
 
 
 def test_element_outside_species_names_element_file_and_frame(train_file):

@@ -253,3 +253,17 @@ def test_mpnn_preprocess_then_mpnn_train_data_ondisk_with_two_workers(folder, fr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 1 and metrics["split"] == "test" and metrics["num_frames"] == 4
     assert metrics["statistics"]["num_frames"] == 8 and np.isfinite(metrics["best_val_loss"])
+
+
+def test_both_data_modules_share_one_split_base_and_only_files_replay(store, frames_file):
+    from mpnn_ip.data.datamodule import AtomicDataModule
+    from mpnn_ip.data.ondisk import OnDiskDataModule
+    from mpnn_ip.data.split_module import SplitDataModule
+    from mpnn_ip.errors import ConfigError
+
+    assert issubclass(OnDiskDataModule, SplitDataModule) and not issubclass(OnDiskDataModule, AtomicDataModule)
+    assert "add_replay" not in vars(OnDiskDataModule)  # the base refuses; nothing is overridden to refuse
+    with pytest.raises(
+        ConfigError, match=r"replaying old frames \(finetune.replay_path\) needs frames read from files"
+    ):
+        OnDiskDataModule(store=str(store), **SPLIT).add_replay(str(frames_file), 0.2)

@@ -1,32 +1,26 @@
-"""Lightning DataModule: read files (or the embedded synthetic set), split, batch, statistics."""
+"""The data module of files (or the embedded synthetic set): read and check them, then split, batch and
+count statistics as every data module does (:class:`~mpnn_ip.data.split_module.SplitDataModule`)."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
-import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
-from mpnn_ip.data.atomic_graph import AtomicGraph, collate
+from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.checks import DEFAULT_OUTLIER_SIGMA, dataset_problems
 from mpnn_ip.data.dataset import AtomicDataset, FramesOfHead
 from mpnn_ip.data.problems import Problem, errors_of, format_problems, problems_error
-from mpnn_ip.data.reading import check_on_error, expand_paths, read_dataset, read_isolated_atom_energies
-from mpnn_ip.data.sampler import AtomBudgetBatchSampler, EpochOrder, ProcessShare
-from mpnn_ip.data.statistics import compute_statistics
+from mpnn_ip.data.reading import check_on_error, expand_paths, read_dataset
+from mpnn_ip.data.split_module import SplitDataModule
+from mpnn_ip.data.statistics import StatisticsAccumulator, frame_summaries
 from mpnn_ip.data.synthetic import default_dataset_path
-from mpnn_ip.elements import atomic_numbers
 from mpnn_ip.errors import ConfigError
 
-#: Share of the training file split off for testing when neither a test file nor a test size is given
-#: and validation frames are split off the training file as well.
-DEFAULT_TEST_FRACTION = 0.1
 
-
-class AtomicDataModule(L.LightningDataModule):
+class AtomicDataModule(SplitDataModule):
     """Training, validation and test frames of an interatomic-potential fit.
 
     Args (all plain values; this signature is the reference of ``configs/data/*.yaml``):
@@ -116,18 +110,23 @@ class AtomicDataModule(L.LightningDataModule):
         on_error: str = "raise",
         outlier_sigma: float | None = DEFAULT_OUTLIER_SIGMA,
     ):
-        super().__init__()
+        super().__init__(
+            train_count=train_count,
+            val_fraction=val_fraction,
+            val_count=val_count,
+            test_fraction=test_fraction,
+            test_count=test_count,
+            seed=seed,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            max_atoms_per_batch=max_atoms_per_batch,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            isolated_atoms=isolated_atoms,
+            r_max=r_max,
+            species=species,
+        )
         self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
-        self.train_count, self.val_fraction, self.val_count = train_count, val_fraction, val_count
-        self.test_fraction, self.test_count, self.seed = test_fraction, test_count, seed
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
-        if max_atoms_per_batch is not None and int(max_atoms_per_batch) <= 0:
-            raise ConfigError(
-                f"data.max_atoms_per_batch={max_atoms_per_batch} must be a positive number of atoms (or null)"
-            )
-        self.max_atoms_per_batch = None if max_atoms_per_batch is None else int(max_atoms_per_batch)
-        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.read_options = dict(
             energy_key=energy_key,
             forces_key=forces_key,
@@ -138,21 +137,14 @@ class AtomicDataModule(L.LightningDataModule):
             index=index,
             format=format,
         )
-        self.isolated_atoms = isolated_atoms
-        self.r_max = r_max
-        self.species = None if species is None else atomic_numbers(species)
         check_on_error(on_error)
         self.on_error, self.outlier_sigma = on_error, outlier_sigma
-        #: Problems of the bad frames left out with ``on_error="skip"`` (:class:`~mpnn_ip.data.problems.Problem`).
-        self.skipped_frames: list[Problem] = []
         self._problems: list[Problem] = []
-        self.train_dataset = self.val_dataset = self.test_dataset = None
         #: old frames mixed into training by :meth:`add_replay`, and their share of each epoch
         self.replay_dataset: AtomicDataset | None = None
         self.replay_fraction = 0.0
         #: head index of the replayed frames (multi-head fine-tuning; the new frames get head 0), or None
         self.replay_head: int | None = None
-        self._statistics = None
 
     def setup(self, stage: str | None = None) -> None:
         """Read and split the data (once; later calls do nothing)."""
@@ -164,23 +156,10 @@ class AtomicDataModule(L.LightningDataModule):
         val_frames = self._read(str(self.val_path)) if self.val_path is not None else None
         test_frames = self._read(str(self.test_path)) if self.test_path is not None else None
         self._validate(frames + (val_frames or []) + (test_frames or []))
-        n_val = 0 if self.val_path is not None else _split_size(len(frames), self.val_fraction, self.val_count, "val")
-        n_test = (
-            0
-            if self.test_path is not None
-            else _split_size(len(frames), self._test_fraction(), self.test_count, "test")
+        train_indices, val_indices, test_indices = self.split(
+            len(frames), val_frames is not None, test_frames is not None, train_file
         )
-        n_rest = len(frames) - n_val - n_test
-        n_train = n_rest if self.train_count is None else int(self.train_count)
-        if n_train < 1 or n_train > n_rest:
-            raise ConfigError(
-                f"{train_file} has {len(frames)} frames: cannot take {n_train} training frames after "
-                f"{n_val} validation and {n_test} test frames (adjust train_count / val_* / test_*)"
-            )
-        order = np.random.default_rng(self.seed).permutation(len(frames))
-        val = [frames[i] for i in order[:n_val]]
-        test = [frames[i] for i in order[n_val : n_val + n_test]]
-        train = [frames[i] for i in order[n_val + n_test : n_val + n_test + n_train]]
+        train, val, test = ([frames[i] for i in indices] for indices in (train_indices, val_indices, test_indices))
         val = val_frames if val_frames is not None else val
         test = test_frames if test_frames is not None else test
         self.train_dataset, self.val_dataset, self.test_dataset = (
@@ -189,19 +168,9 @@ class AtomicDataModule(L.LightningDataModule):
             AtomicDataset(test),
         )
 
-    def _test_fraction(self) -> float:
-        """``test_fraction``, or its default: 0.1 when validation is split off the training file too, else 0."""
-        if self.test_fraction is not None:
-            return float(self.test_fraction)
-        return DEFAULT_TEST_FRACTION if self.val_path is None else 0.0
-
-    def statistics(self) -> dict:
-        """Statistics of the training split (:func:`mpnn_ip.data.compute_statistics`), computed once."""
-        if self._statistics is None:
-            self.setup()
-            e0s = read_isolated_atom_energies(self.isolated_atoms) if self.isolated_atoms is not None else None
-            self._statistics = compute_statistics(self.train_dataset.graphs, self.r_max, e0s, species=self.species)
-        return self._statistics
+    def add_training_frames(self, accumulator: StatisticsAccumulator) -> None:
+        """The training frames' summaries into ``accumulator`` (:meth:`SplitDataModule.statistics`)."""
+        accumulator.add(frame_summaries(self.train_dataset.graphs, [self.r_max]))
 
     def add_replay(self, path: str, fraction: float, head: int | None = None) -> None:
         """Mix frames of ``path`` (a file or glob of earlier training data, read and checked with this
@@ -225,11 +194,8 @@ class AtomicDataModule(L.LightningDataModule):
         self.replay_head = None if head is None else int(head)
 
     def train_dataloader(self) -> DataLoader:
-        self.setup()
         if self.replay_dataset is None:
-            return self._loader(
-                self.train_dataset, self.batch_size, EpochOrder(len(self.train_dataset), True, self.seed)
-            )
+            return super().train_dataloader()
         sampler = ReplaySampler(len(self.train_dataset), len(self.replay_dataset), self.replay_fraction, self.seed)
         parts = [self.train_dataset, self.replay_dataset]
         if self.replay_head is not None:
@@ -239,51 +205,13 @@ class AtomicDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The validation frames; with replayed frames of a head (multi-head fine-tuning) also those, second,
         evaluated with their head (``val_replay/*`` metrics: what the pretrained head still knows)."""
-        self.setup()
-        loader = self._loader(self.val_dataset, self.val_batch_size, training=False)
+        loader = super().val_dataloader()
         if self.replay_head is None:
             return loader
         return [
             loader,
             self._loader(FramesOfHead(self.replay_dataset, self.replay_head), self.val_batch_size, training=False),
         ]
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.test_dataset, self.val_batch_size, training=False)
-
-    def evaluation_dataloader(self, split: str) -> DataLoader:
-        """All frames of ``split`` (``"val"`` or ``"test"``) in file order, in this process whatever the number of
-        processes (reports and parity plots, written by one process)."""
-        self.setup()
-        return self._loader(getattr(self, f"{split}_dataset"), self.val_batch_size, training=False, whole=True)
-
-    def _processes(self) -> tuple[int, int]:
-        """``(world_size, global_rank)`` of the Trainer this module is attached to; ``(1, 0)`` without one."""
-        trainer = getattr(self, "trainer", None)
-        return (1, 0) if trainer is None else (int(trainer.world_size), int(trainer.global_rank))
-
-    def _loader(
-        self, dataset, batch_size: int, order: Sampler | None = None, training: bool = True, whole: bool = False
-    ) -> DataLoader:
-        """This process's batches of ``dataset`` in ``order`` (default: file order); training shares are padded to
-        equal lengths across processes (:mod:`mpnn_ip.data.sampler`), ``whole`` gives every frame to this process."""
-        order = order if order is not None else EpochOrder(len(dataset), shuffle=False)
-        replicas, rank = (1, 0) if whole else self._processes()
-        options = dict(
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-        if self.max_atoms_per_batch is None:
-            return DataLoader(
-                dataset, batch_size=batch_size, sampler=ProcessShare(order, replicas, rank, pad=training), **options
-            )
-        sizes = getattr(dataset, "num_atoms", None)  # datasets on disk give them without reading every frame
-        sizes = [int(dataset[i].num_atoms) for i in range(len(dataset))] if sizes is None else [int(n) for n in sizes]
-        batches = AtomBudgetBatchSampler(order, sizes, self.max_atoms_per_batch, replicas, rank, pad=training)
-        return DataLoader(dataset, batch_sampler=batches, **options)
 
     def _read(self, path: str) -> list[AtomicGraph]:
         """Frames of ``path``, or of every file matching it when it is a glob pattern (sorted file order)."""
@@ -344,14 +272,3 @@ class ReplaySampler(Sampler[int]):
         old.append(torch.randperm(self.num_old, generator=generator)[:rest])
         indices = torch.cat([torch.arange(self.num_new), self.num_new + torch.cat(old)])
         return iter(indices[torch.randperm(len(indices), generator=generator)].tolist())
-
-
-def _split_size(total: int, fraction: float, count: int | None, name: str) -> int:
-    if count is not None:
-        if count < 0 or count >= total:
-            raise ConfigError(f"{name}_count={count} must be in 0..{total - 1} for a file of {total} frames")
-        return int(count)
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"{name}_fraction={fraction} must be in [0, 1)")
-    size = int(round(fraction * total))
-    return max(size, 1) if fraction > 0 and total > 2 else size

@@ -9,13 +9,11 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mpnn_ip.data.atomic_graph import AtomicGraph
-from mpnn_ip.data.datamodule import AtomicDataModule
-from mpnn_ip.data.reading import read_isolated_atom_energies
-from mpnn_ip.data.splits import split_indices
+from mpnn_ip.data.split_module import SplitDataModule
 from mpnn_ip.data.statistics import StatisticsAccumulator, edge_counts
 from mpnn_ip.data.store import GraphStore
 from mpnn_ip.elements import symbols
-from mpnn_ip.errors import ConfigError, DataError
+from mpnn_ip.errors import DataError
 
 #: Training frames given to ``model.prepare`` (BPNN's standardisation, GAP's fit) at most.
 DEFAULT_PREPARE_MAX_FRAMES = 10_000
@@ -73,7 +71,7 @@ class StoreDataset(Dataset):
         return LazyGraphs(self.store, self.indices[chosen])
 
 
-class OnDiskDataModule(AtomicDataModule):
+class OnDiskDataModule(SplitDataModule):
     """Training, validation and test frames read lazily from a graph store (``mpnn-preprocess ... out=STORE``).
 
     Args (the reference of ``configs/data/ondisk.yaml``):
@@ -83,8 +81,8 @@ class OnDiskDataModule(AtomicDataModule):
             rules of :class:`~mpnn_ip.data.AtomicDataModule` over the store's training frames (a
             ``val``/``test`` part written from ``val_path``/``test_path`` plays that file's role):
             same options and seed, same frames in each split as reading the files in memory.
-        batch_size, val_batch_size, max_atoms_per_batch, num_workers, pin_memory: batching, as
-            ``AtomicDataModule``'s (its loaders, epoch orders and DDP shares are used as they are).
+        batch_size, val_batch_size, max_atoms_per_batch, num_workers, pin_memory: batching, with the
+            loaders, epoch orders and DDP shares of every data module (:class:`~mpnn_ip.data.split_module.SplitDataModule`).
             Any number of workers: each opens its own connections to the shards.
         isolated_atoms: file of isolated-atom frames or ``{symbol or Z: eV}``; else E0 by least squares.
         r_max: cutoff (Å) of the mean-neighbour-count statistic (the model's). A cutoff the store
@@ -153,17 +151,8 @@ class OnDiskDataModule(AtomicDataModule):
                 stacklevel=2,
             )
         train_part, val_part, test_part = store.part("train"), store.part("val"), store.part("test")
-        train, val, test = split_indices(
-            len(train_part),
-            separate_val=val_part is not None,
-            separate_test=test_part is not None,
-            train_count=self.train_count,
-            val_fraction=self.val_fraction,
-            val_count=self.val_count,
-            test_fraction=self.test_fraction,
-            test_count=self.test_count,
-            seed=self.seed,
-            where=f"the store {self.store_path}",
+        train, val, test = self.split(
+            len(train_part), val_part is not None, test_part is not None, f"the store {self.store_path}"
         )
         val = np.asarray(val_part) if val_part is not None else train_part.start + val
         test = np.asarray(test_part) if test_part is not None else train_part.start + test
@@ -171,36 +160,25 @@ class OnDiskDataModule(AtomicDataModule):
         self.train_dataset = StoreDataset(store, train_part.start + train, self.prepare_max_frames, self.seed)
         self.val_dataset, self.test_dataset = StoreDataset(store, val), StoreDataset(store, test)
 
-    def statistics(self) -> dict:
-        """Statistics of the training split (equal to ``compute_statistics`` of its graphs), computed once."""
-        if self._statistics is None:
-            self.setup()
-            accumulator = StatisticsAccumulator(self.r_max)
-            chosen = np.zeros(len(self.store), dtype=bool)
-            chosen[self.train_dataset.indices] = True
-            if self.r_max not in self.store.manifest["r_max"]:
-                warnings.warn(
-                    f"the store {self.store_path} has no neighbour counts for r_max={self.r_max:g} Å (it has "
-                    f"{self.store.manifest['r_max']}); counting them on the training graphs now. Add them once with "
-                    f"mpnn-preprocess (same options) r_max=[{self.r_max:g}]",
-                    stacklevel=2,
-                )
-            for start, summary in self.store.summaries():
-                rows = chosen[start : start + len(summary["energy"])]
-                if self.r_max not in summary["num_edges"]:
-                    counts = np.zeros(len(rows), dtype=np.int64)
-                    counts[rows] = edge_counts([self.store[start + i] for i in np.flatnonzero(rows)], self.r_max)
-                    summary["num_edges"][self.r_max] = counts
-                accumulator.add(summary, rows)
-            e0s = read_isolated_atom_energies(self.isolated_atoms) if self.isolated_atoms is not None else None
-            self._statistics = accumulator.result(e0s, species=self.species)
-        return self._statistics
-
-    def add_replay(self, path: str, fraction: float, head: int | None = None) -> None:
-        raise ConfigError(
-            "replaying old frames (finetune.replay_path) is not available with data=ondisk; "
-            "fine-tune with data=extxyz, or write the old and new frames into one store"
-        )
+    def add_training_frames(self, accumulator: StatisticsAccumulator) -> None:
+        """The training split's rows of the store's per-frame summaries into ``accumulator`` (no graph is read,
+        unless the store has no neighbour counts for ``r_max``: then they are counted on the training graphs)."""
+        chosen = np.zeros(len(self.store), dtype=bool)
+        chosen[self.train_dataset.indices] = True
+        if self.r_max not in self.store.manifest["r_max"]:
+            warnings.warn(
+                f"the store {self.store_path} has no neighbour counts for r_max={self.r_max:g} Å (it has "
+                f"{self.store.manifest['r_max']}); counting them on the training graphs now. Add them once with "
+                f"mpnn-preprocess (same options) r_max=[{self.r_max:g}]",
+                stacklevel=3,
+            )
+        for start, summary in self.store.summaries():
+            rows = chosen[start : start + len(summary["energy"])]
+            if self.r_max not in summary["num_edges"]:
+                counts = np.zeros(len(rows), dtype=np.int64)
+                counts[rows] = edge_counts([self.store[start + i] for i in np.flatnonzero(rows)], self.r_max)
+                summary["num_edges"][self.r_max] = counts
+            accumulator.add(summary, rows)
 
     def _check_species(self, store: GraphStore) -> None:
         if self.species is None:

@@ -1,16 +1,19 @@
-"""Train/validation/test indices of one training file's frames: the rules of :class:`~mpnn_ip.data.AtomicDataModule`.
+"""Train/validation/test indices of one training file's frames: the split rules of every data module.
 
 Validation and test frames are drawn first from a seeded permutation (so they do not change
-with ``train_count``), then the training frames. Used by the on-disk data module
-(:class:`~mpnn_ip.data.ondisk.OnDiskDataModule`) so that a store splits exactly as its files do.
+with ``train_count``), then the training frames. :class:`~mpnn_ip.data.split_module.SplitDataModule`
+splits with it, so a store (``data=ondisk``) splits exactly as its files read in memory do.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mpnn_ip.data.datamodule import DEFAULT_TEST_FRACTION, _split_size
 from mpnn_ip.errors import ConfigError
+
+#: Share of the training file split off for testing when neither a test file nor a test size is given
+#: and validation frames are split off the training file as well.
+DEFAULT_TEST_FRACTION = 0.1
 
 
 def split_indices(
@@ -44,3 +47,14 @@ def split_indices(
         )
     order = np.random.default_rng(seed).permutation(num_frames)
     return order[n_val + n_test : n_val + n_test + n_train], order[:n_val], order[n_val : n_val + n_test]
+
+
+def _split_size(total: int, fraction: float, count: int | None, name: str) -> int:
+    if count is not None:
+        if count < 0 or count >= total:
+            raise ConfigError(f"{name}_count={count} must be in 0..{total - 1} for a file of {total} frames")
+        return int(count)
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"{name}_fraction={fraction} must be in [0, 1)")
+    size = int(round(fraction * total))
+    return max(size, 1) if fraction > 0 and total > 2 else size
