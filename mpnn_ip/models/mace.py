@@ -57,6 +57,7 @@ from mpnn_ip.nn import (
     neighbour_gate,
 )
 from mpnn_ip.nn.heads import MultiHeadMLPReadout, MultiHeadScaleShift
+from mpnn_ip.nn.kernels import resolve_kernels
 from mpnn_ip.nn.mace.radial import MACERadialEmbedding
 from mpnn_ip.nn.mace.zbl import MACEZBLRepulsion
 
@@ -128,6 +129,8 @@ class MACE(Potential):
             to the atomic energies before the scale and shift, as mace-torch does.
         heads: names of the heads (see above); None = one head, ``"Default"``. With several heads,
             ``e0s``, ``energy_scale`` and ``energy_shift`` may be given per head as ``{head: value}``.
+        kernels: ``"e3nn"`` (default), ``"auto"`` or ``"oeq"``: the kernels of the convolutions
+            (:mod:`mpnn_ip.nn.kernels`; ``"oeq"`` is refused where OpenEquivariance cannot run).
     """
 
     def __init__(
@@ -155,8 +158,11 @@ class MACE(Potential):
         distance_transform: str | None = None,
         pair_repulsion: bool = False,
         heads: Sequence[str] | None = None,
+        kernels: str = "e3nn",
     ):
         super().__init__(species, r_max, e0s, heads)
+        #: the kernels the convolutions run on (:mod:`mpnn_ip.nn.kernels`)
+        self.kernels = resolve_kernels(kernels, "MACE")
         num_heads = len(normalize_heads(heads))
         if num_interactions < 1:
             raise ValueError(f"MACE needs at least one interaction, got num_interactions={num_interactions}")

@@ -50,6 +50,7 @@ from mpnn_ip.nn import (
 )
 from mpnn_ip.nn.constants import DtypeConstants
 from mpnn_ip.nn.heads import MultiHeadScaleShift
+from mpnn_ip.nn.kernels import resolve_kernels
 from mpnn_ip.nn.nequip import NequIPZBL, ScalarMLP
 from mpnn_ip.nn.scale_shift import per_species_values
 
@@ -182,6 +183,8 @@ class NequIP(Potential):
         nonlinearity_gates: activation of the even / odd gates, ``{"e": "silu", "o": "tanh"}``.
         heads: names of the heads (see above); None = one head, ``"Default"``. With several heads,
             ``e0s``, ``energy_scale`` and ``energy_shift`` may be given per head as ``{head: value}``.
+        kernels: ``"e3nn"`` (default), ``"auto"`` or ``"oeq"``: the kernels of the convolutions
+            (:mod:`mpnn_ip.nn.kernels`; ``"oeq"`` is refused where OpenEquivariance cannot run).
     """
 
     def __init__(
@@ -209,8 +212,11 @@ class NequIP(Potential):
         readout_mlp: Sequence[int] | None = None,
         readout_nonlinearity: str | None = "silu",
         heads: Sequence[str] | None = None,
+        kernels: str = "e3nn",
     ):
         super().__init__(species, r_max, e0s, heads)
+        #: the kernels the convolutions run on (:mod:`mpnn_ip.nn.kernels`)
+        self.kernels = resolve_kernels(kernels, "NequIP")
         num_heads = len(normalize_heads(heads))
         if num_layers < 1:
             raise ValueError(f"NequIP needs at least one layer, got num_layers={num_layers}")
