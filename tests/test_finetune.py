@@ -424,7 +424,7 @@ def test_refit_recovers_a_per_species_change_of_reference_energy():
 
     from mpnn_ip.data import AtomicGraph, default_dataset_path
     from mpnn_ip.models import build_model
-    from mpnn_ip.train.finetune import predicted_energies, refit_energy_references
+    from mpnn_ip.train.energy_references import predicted_energies, refit_energy_references
 
     torch.manual_seed(1)
     model = build_model(

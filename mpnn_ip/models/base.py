@@ -23,6 +23,7 @@ from mpnn_ip.elements import atomic_numbers, energies_by_atomic_number, symbols
 from mpnn_ip.errors import ConfigError, DataError
 from mpnn_ip.graph import edge_vectors, radius_graph_pbc
 from mpnn_ip.models.arguments import record_constructor_arguments
+from mpnn_ip.models.derivatives import edge_derivatives, position_and_strain_derivatives, zero_strain
 from mpnn_ip.models.heads import head_index, map_per_head, normalize_heads, per_head_values, selected_per_head
 from mpnn_ip.nn.edge_chunks import AtomChunking, EdgeChunking
 from mpnn_ip.nn.tracing import is_tracing
@@ -371,18 +372,14 @@ class Potential(torch.nn.Module):
 
         if not isinstance(inputs, Mapping) or "batch" not in inputs:
             inputs = to_inputs(inputs)
-        wrt = []
         dtype = self.dtype
-        positions = inputs["pos"].to(dtype)
         compute_forces = compute_forces or compute_atomic_virial
+        positions = inputs["pos"].to(dtype)
         if compute_forces:
             positions = positions.detach().requires_grad_(True)
-            wrt.append(positions)
         strain = None
         if compute_stress and not compute_atomic_virial:
-            num_graphs = inputs["cell"].reshape(-1, 3, 3).shape[0]
-            strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=positions.device, requires_grad=True)
-            wrt.append(strain)
+            strain = zero_strain(inputs["cell"].reshape(-1, 3, 3).shape[0], dtype, positions.device)
         graph = self.graph(inputs, positions=positions, strain=strain)
         out = self.atomic_outputs(graph)
         species, batch = graph["species"], graph["batch"]
@@ -393,48 +390,9 @@ class Potential(torch.nn.Module):
         energy = scatter(interaction.to(torch.float64) + e0, batch, dim=0, dim_size=graph["num_graphs"], reduce="sum")
         out["node_energy"] = interaction + e0.to(dtype)
         out["energy"] = energy.to(dtype)
-        if not wrt:
-            return out
         if compute_atomic_virial:
-            return self._edge_derivatives(out, graph, compute_stress)
-
-        grads = torch.autograd.grad([out["energy"].sum()], wrt, create_graph=self.training, allow_unused=True)
-        grads = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads, wrt)]
-        if compute_forces:
-            out["forces"] = -grads[0]
-        if compute_stress:
-            _add_stress(out, -grads[-1], graph["cell"])
+            edge_derivatives(out, graph, compute_stress, create_graph=self.training)
+        elif compute_forces or compute_stress:
+            forces_wrt = positions if compute_forces else None
+            position_and_strain_derivatives(out, forces_wrt, strain, graph["cell"], create_graph=self.training)
         return out
-
-    def _edge_derivatives(
-        self, out: dict[str, torch.Tensor], graph: Mapping[str, Any], compute_stress: bool
-    ) -> dict[str, torch.Tensor]:
-        """Forces, per-atom virials and (``compute_stress``) virial and stress from ``g_e = dE/dr_e``."""
-        vectors, (centre, neighbour) = graph["edge_vectors"], graph["edge_index"]
-        (edge_grad,) = torch.autograd.grad(
-            [out["energy"].sum()], [vectors], create_graph=self.training, allow_unused=True
-        )
-        if edge_grad is None:
-            edge_grad = torch.zeros_like(vectors)
-        n_atoms = graph["pos"].shape[0]
-        out["forces"] = scatter(edge_grad, centre, dim=0, dim_size=n_atoms, reduce="sum") - scatter(
-            edge_grad, neighbour, dim=0, dim_size=n_atoms, reduce="sum"
-        )
-        edge_virial = -0.5 * vectors.unsqueeze(2) * edge_grad.unsqueeze(1)  # [E, 3, 3]
-        atomic_virial = scatter(edge_virial, centre, dim=0, dim_size=n_atoms, reduce="sum")
-        out["atomic_virial"] = atomic_virial + scatter(edge_virial, neighbour, dim=0, dim_size=n_atoms, reduce="sum")
-        if compute_stress:
-            _add_stress(
-                out,
-                scatter(out["atomic_virial"], graph["batch"], dim=0, dim_size=graph["num_graphs"], reduce="sum"),
-                graph["cell"],
-            )
-        return out
-
-
-def _add_stress(out: dict[str, torch.Tensor], virial: torch.Tensor, cell: torch.Tensor) -> None:
-    """``out["virial"]`` [B, 3, 3] (eV) and ``out["stress"] = -virial / volume`` (eV/Å³; 0 without a volume)."""
-    volume = torch.linalg.det(cell.detach()).abs()
-    safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-    out["virial"] = virial
-    out["stress"] = torch.where((volume > 0).view(-1, 1, 1), -virial / safe.view(-1, 1, 1), torch.zeros_like(virial))
