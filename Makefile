@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --no-index --no-deps --only-binary torch-cluster --timeout 5 --retries 0 \
 		--find-links "https://data.pyg.org/whl/torch-$$($(PY) -c '$(PYG_TORCH_TAG)' 2>/dev/null).html" torch-cluster \
 	|| $(PIP) install --no-build-isolation torch-cluster
-	$(PIP) install -e '.[test,torchsim,slurm,lammps]'
+	$(PIP) install -e '.[test,torchsim,slurm,lammps,dispersion]'
+	$(PIP) install --no-deps torch-dftd==0.5.3
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,8 +35,12 @@ install: $(STAMP)
 train: install
 	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/mpnn-train experiment=quickstart $(ARGS)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process, so module
+# fixtures are built once), one torch thread each; the 15 slowest tests are listed at the end.
+TEST_WORKERS ?= auto
 test: install
-	WANDB_MODE=disabled $(PY) -m pytest -q tests $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		--durations=15 tests $(ARGS)
 
 # Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites the files.
 lint: install

@@ -7,9 +7,8 @@ in ASE (:class:`MPNNCalculator`). Heavy submodules are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-
 from mpnn_ip.errors import ConfigError, DataError
+from mpnn_ip.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,14 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mpnn_ip' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["ConfigError", "DataError", "__version__", *_LAZY]

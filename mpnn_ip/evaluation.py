@@ -10,6 +10,9 @@ files are fine. The quantities, their units and how each is paired with its labe
     forces            eV/Å      per Cartesian component
     stress            eV/Å³     per tensor component (9 per frame)
 
+and those of labels added with :func:`mpnn_ip.outputs.register_label` (their results hold
+``{label: {"pred", "ref", "mask"}}`` like forces and stress).
+
 A model's declared uncertainties (``energy_uncertainty`` [B] eV of a committee or a GAP,
 ``forces_uncertainty`` [N] eV/Å of a committee) are compared with the errors frame by frame
 (:func:`per_frame_table`, :func:`uncertainty_metrics`, :func:`error_vs_uncertainty_plot`).

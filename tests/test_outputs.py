@@ -22,7 +22,7 @@ def test_checkpoint_units_are_the_ones_old_checkpoints_carry():
 
 def test_output_and_quantity_names_and_units():
     assert STANDARD_OUTPUTS == ("energy", "node_energy", "forces", "stress", "virial", "atomic_virial")
-    assert LABELLED_OUTPUTS == ("energy", "forces", "stress")
+    assert tuple(LABELLED_OUTPUTS) == ("energy", "forces", "stress")
     assert QUANTITY_UNITS == {"energy_per_atom": "eV/atom", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"}
 
 

@@ -6,7 +6,7 @@ Imported on first use, so that the exported calculator does not load the models 
 
 from __future__ import annotations
 
-import importlib
+from mpnn_ip.lazy import lazy_exports
 
 _LAZY = {
     "MPNNCalculator": "mpnn_ip.calculators.ase_calculator",
@@ -14,10 +14,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mpnn_ip.calculators' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

@@ -25,6 +25,8 @@ from mpnn_ip.models.committee import Committee
 from mpnn_ip.models.compiled import CompileDecision
 
 SOURCE = "the ASE Atoms given to MPNNCalculator"
+#: the keywords that go to :class:`~mpnn_ip.calculators.evaluator.StructureEvaluator` (its defaults hold)
+EVALUATOR_OPTIONS = ("device", "dtype", "skin", "compile", "head")
 
 
 class MPNNCalculator(Calculator):
@@ -48,6 +50,11 @@ class MPNNCalculator(Calculator):
     Args:
         model: the potential (e.g. from :func:`mpnn_ip.load_model`), or a list of them (a committee,
             see above); put in eval mode.
+        **options: how it runs (below, defaults those of
+            :class:`~mpnn_ip.calculators.evaluator.StructureEvaluator`) and ASE's ``Calculator`` keywords
+            (``label``, ``directory`` ...); any other keyword is a ``ConfigError`` listing the known ones.
+
+    Keyword Args:
         device: move the model there (``"cpu"``, ``"cuda"``); ``None`` = leave it where it is.
         dtype: ``"float32"`` or ``"float64"`` converts the model; ``None`` keeps its dtype.
         skin: Å, Verlet skin of the neighbour list (:class:`mpnn_ip.graph.verlet.VerletList`): the
@@ -71,22 +78,12 @@ class MPNNCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
 
-    def __init__(
-        self,
-        model: torch.nn.Module | Sequence[torch.nn.Module],
-        device: str | torch.device | None = None,
-        dtype=None,
-        skin: float = 0.0,
-        compile: bool | str = "auto",
-        head: str | None = None,
-        **kwargs,
-    ):
-        check_keywords(type(self).__name__, kwargs, ("model", "device", "dtype", "skin", "compile", "head"))
-        super().__init__(**kwargs)
+    def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], **options):
+        evaluator_options = {key: options.pop(key) for key in EVALUATOR_OPTIONS if key in options}
+        check_keywords(type(self).__name__, options, ("model", *EVALUATOR_OPTIONS))
+        super().__init__(**options)
         #: the shared evaluation path (model, Verlet list, compile decision)
-        self.evaluator = StructureEvaluator(
-            model, device, dtype, skin, compile, head, source=SOURCE, name=type(self).__name__
-        )
+        self.evaluator = StructureEvaluator(model, **evaluator_options, source=SOURCE, name=type(self).__name__)
         self.extra_outputs = self.evaluator.extra_outputs
         self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
 

@@ -1,6 +1,9 @@
 """ASE results from a model's output dict, shared by :class:`MPNNCalculator` and :class:`ExportedCalculator`.
 
-Needs torch, numpy and ASE only (the exported calculator imports no model code).
+Which output gives which ASE result is a column of the output table (``Output.ase_names`` in
+:mod:`mpnn_ip.outputs`: energy -> energy and free_energy, node_energy -> energies, forces, stress, and
+those of registered labels). Needs torch, numpy, ASE and the output table only (the exported
+calculator imports no model code).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mpnn_ip.errors import ConfigError
+from mpnn_ip.outputs import OUTPUTS
 
 #: the keywords of ASE's ``Calculator.__init__``; ASE stores any other keyword as a parameter, silently
 ASE_CALCULATOR_KEYWORDS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
@@ -35,18 +39,27 @@ def check_stress_possible(atoms) -> None:
 
 
 def energy_forces_stress(out: dict, want_stress: bool) -> dict:
-    """``energy``/``free_energy`` (eV), per-atom ``energies`` (eV), ``forces`` (eV/Å) and, if asked,
-    ``stress`` (eV/Å³, Voigt) of the one frame in ``out``."""
-    energy = float(out["energy"].detach().sum())
-    results = {
-        "energy": energy,
-        "free_energy": energy,
-        "energies": to_numpy(out["node_energy"]),
-        "forces": to_numpy(out["forces"]),
-    }
-    if want_stress:
-        results["stress"] = full_3x3_to_voigt_6_stress(to_numpy(out["stress"])[0])
+    """The ASE results of the one frame in ``out``: ``energy``/``free_energy`` (eV), per-atom ``energies``
+    (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, Voigt) only if ``want_stress``, and the results of any
+    registered label the model returned (:func:`ase_value`)."""
+    results = {}
+    for output in OUTPUTS.values():
+        if not output.ase_names or output.name not in out or (output.name == "stress" and not want_stress):
+            continue
+        value = ase_value(output, out[output.name])
+        results.update(dict.fromkeys(output.ase_names, value))
     return results
+
+
+def ase_value(output, tensor: torch.Tensor):
+    """ASE's layout of one frame's ``output``: a per-atom output as an array [N, *shape]; a per-frame one as a
+    float (shape ``()``), a Voigt 6-vector (shape ``(3, 3)``, a stress) or an array of its shape."""
+    if output.rows == "atom":
+        return to_numpy(tensor)
+    if output.shape == ():
+        return float(tensor.detach().sum())
+    value = to_numpy(tensor)[0]
+    return full_3x3_to_voigt_6_stress(value) if output.shape == (3, 3) else value
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -4,11 +4,13 @@
     mpnn-check-data train.xyz energy_key=REF_energy forces_key=REF_forces species=[C,H,O] r_max=5.0 report=check.json
 
 PATHs are files or glob patterns (quote them). Options are the settings of ``configs/data/extxyz.yaml``
-(the ``data.`` prefix of an ``mpnn-train`` command may stay): the reading ones (``energy_key``,
-``forces_key``, ``stress_key``, ``stress_unit``, ``stress_sign``, ``virial_key``, ``index``,
-``format``), ``species``, ``r_max`` (Å, neighbour counts), ``outlier_sigma``, and the paths
-``train_path``/``val_path``/``test_path``; the others (batch sizes, splits ...) are accepted and
-unused. ``report=FILE`` also writes the report as JSON.
+(the ``data.`` prefix of an ``mpnn-train`` command may stay): the reading ones
+(:class:`~mpnn_ip.data.reader_options.ReaderOptions`: ``energy_key``, ``forces_key``, ``stress_key``,
+``stress_unit``, ``stress_sign``, ``virial_key``, ``index``, ``format``, and ``<label>_key`` or
+``label_keys={label: key}`` for a registered label), ``species``, ``r_max`` (Å, neighbour counts),
+``outlier_sigma``, and the paths ``train_path``/``val_path``/``test_path``; the others (batch sizes,
+splits ...) are accepted and unused. ``report=FILE`` also writes the report as JSON. The report counts
+the frames carrying each label of the table.
 
 Errors (the frame cannot be trained on; ``mpnn-train`` raises, or drops it with
 ``data.on_error=skip``): unreadable files or frames, NaN/inf, wrong label shapes, atoms closer than
@@ -27,7 +29,6 @@ from pathlib import Path
 
 PROG = "mpnn-check-data"
 PATH_KEYS = ("train_path", "val_path", "test_path")
-READ_KEYS = ("energy_key", "forces_key", "stress_key", "stress_unit", "stress_sign", "virial_key", "index", "format")
 _OPTION = re.compile(r"^(?:data\.)?([A-Za-z_]\w*)=(.*)$", re.DOTALL)
 
 
@@ -59,11 +60,13 @@ def parse_arguments(argv: list[str]) -> tuple[list[str], dict]:
 def run_check(paths: list[str], options: dict) -> dict:
     """Check ``paths`` with ``options``, print the report (and write the JSON ``report``); returns the report."""
     from mpnn_ip.data.checks import DEFAULT_OUTLIER_SIGMA, check_data
+    from mpnn_ip.data.reader_options import ReaderOptions
 
-    settings = {key: options[key] for key in READ_KEYS if key in options}
+    reader = ReaderOptions.from_config(options)
+    settings = reader.as_settings()
     r_max = float(options.get("r_max", 5.0))
     outlier_sigma = options.get("outlier_sigma", DEFAULT_OUTLIER_SIGMA)
-    result = check_data(paths, r_max=r_max, species=options.get("species"), outlier_sigma=outlier_sigma, **settings)
+    result = check_data(paths, r_max=r_max, species=options.get("species"), outlier_sigma=outlier_sigma, options=reader)
     problems = result["problems"]
     report = {
         "files": result["files"],
@@ -128,12 +131,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _known_options() -> set[str]:
-    """The keys of ``configs/data/extxyz.yaml`` (the data module's arguments), and ``report``."""
+    """The keys of ``configs/data/extxyz.yaml`` (the data module's arguments), the reading options (those of
+    registered labels too), and ``report``."""
     from omegaconf import OmegaConf
 
     from mpnn_ip.cli.hydra_app import config_dir
+    from mpnn_ip.data.reader_options import ReaderOptions
 
-    return set(OmegaConf.load(config_dir() / "data" / "extxyz.yaml")) - {"_target_", "defaults"} | {"report"}
+    data_keys = set(OmegaConf.load(config_dir() / "data" / "extxyz.yaml")) - {"_target_", "defaults"}
+    return data_keys | set(ReaderOptions.keywords()) | {"report"}
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ OPTIONS = ("out", "head", "check_with")
 
 def parse_arguments(argv: list[str]) -> tuple[str, dict]:
     """``(source file, options)`` of the command line."""
-    from mpnn_ip.errors import ConfigError
+    from mpnn_ip.cli.arguments import require, the_one, unknown_option
 
     sources, options = [], {}
     for arg in argv:
@@ -35,18 +35,10 @@ def parse_arguments(argv: list[str]) -> tuple[str, dict]:
         elif key in OPTIONS:
             options[key] = value or None
         else:
-            raise ConfigError(
-                f"{arg}: unknown option {key!r}; the options are {', '.join(k + '=' for k in OPTIONS)} (see {PROG} --help)"
-            )
-    if len(sources) != 1:
-        raise ConfigError(
-            f"give exactly one model file to import (got {sources or 'none'}). Usage: {PROG} FILE out=CHECKPOINT"
-        )
-    if not options.get("out"):
-        raise ConfigError(
-            f"no output given: add out=CHECKPOINT (e.g. out=imported.ckpt). Usage: {PROG} {sources[0]} out=CHECKPOINT"
-        )
-    return sources[0], options
+            raise unknown_option(arg, key, OPTIONS, PROG)
+    source = the_one(sources, "model file to import", f"{PROG} FILE out=CHECKPOINT")
+    require(options, "out", "out=CHECKPOINT (e.g. out=imported.ckpt)", f"{PROG} {source} out=CHECKPOINT")
+    return source, options
 
 
 def run_import(source: str, options: dict) -> dict:

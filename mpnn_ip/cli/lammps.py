@@ -37,7 +37,7 @@ OPTIONS = ("model", "elements", "fix_id", "device", "dtype", "skin", "compile", 
 
 def parse_arguments(argv: list[str]) -> tuple[str, dict, list[str]]:
     """``(script, options, LAMMPS arguments)`` of the command line."""
-    from mpnn_ip.errors import ConfigError
+    from mpnn_ip.cli.arguments import require, the_one, unknown_option
 
     scripts, options, lammps_args = [], {}, []
     in_lammps_flag = False
@@ -45,9 +45,7 @@ def parse_arguments(argv: list[str]) -> tuple[str, dict, list[str]]:
         key, sep, value = arg.partition("=")
         if sep and key.isidentifier():  # ours (LAMMPS's flags and their values take no key=value)
             if key not in OPTIONS:
-                raise ConfigError(
-                    f"{arg}: unknown option {key!r}; the options are {', '.join(k + '=' for k in OPTIONS)} (see {PROG} --help)"
-                )
+                raise unknown_option(arg, key, OPTIONS, PROG)
             options[key] = value
             in_lammps_flag = False
         elif arg.startswith("-") and not _is_number(arg):
@@ -57,15 +55,10 @@ def parse_arguments(argv: list[str]) -> tuple[str, dict, list[str]]:
             lammps_args.append(arg)  # a value of the LAMMPS flag before it
         else:
             scripts.append(arg)
-    if len(scripts) != 1:
-        raise ConfigError(
-            f"give exactly one LAMMPS input script (got {scripts or 'none'}). Usage: {PROG} IN_SCRIPT model=CHECKPOINT"
-        )
-    if not options.get("model"):
-        raise ConfigError(
-            f"no model given: add model=CHECKPOINT (or model=[a.ckpt,b.ckpt] for a committee). Usage: {PROG} {scripts[0]} model=CHECKPOINT"
-        )
-    return scripts[0], options, lammps_args
+    script = the_one(scripts, "LAMMPS input script", f"{PROG} IN_SCRIPT model=CHECKPOINT")
+    hint = "model=CHECKPOINT (or model=[a.ckpt,b.ckpt] for a committee)"
+    require(options, "model", hint, f"{PROG} {script} model=CHECKPOINT")
+    return script, options, lammps_args
 
 
 def _is_number(text: str) -> bool:

@@ -5,9 +5,10 @@
     mpnn-train data=ondisk data.store=big_store
 
 Arguments are the overrides of an ``mpnn-train`` command (``data=extxyz`` is the default here):
-the ``data.*`` reading options (keys, units, ``index``, ``format``, ``species``, ``on_error``) are
-applied frame by frame, the paths may be glob patterns, and ``data.r_max`` (the model's cutoff,
-``model=...``) is the cutoff whose neighbour counts the store keeps. Split and batch options are
+the ``data.*`` reading options (keys, units, ``index``, ``format``: the
+:class:`~mpnn_ip.data.reader_options.ReaderOptions`; ``species``, ``on_error``) are applied frame by
+frame, every label of the table is stored with its mask, the paths may be glob patterns, and
+``data.r_max`` (the model's cutoff, ``model=...``) is the cutoff whose neighbour counts the store keeps. Split and batch options are
 accepted and unused (they are chosen at training). Own options:
 
     out=DIR           the store folder (required; empty, new, or an earlier store)
@@ -25,7 +26,6 @@ import time
 
 PROG = "mpnn-preprocess"
 OWN_OPTIONS = ("out", "r_max", "shard_size", "rebuild")
-READ_KEYS = ("energy_key", "forces_key", "stress_key", "stress_unit", "stress_sign", "virial_key", "index", "format")
 
 
 def parse_arguments(argv: list[str]) -> tuple[dict, dict]:
@@ -63,6 +63,7 @@ def parse_arguments(argv: list[str]) -> tuple[dict, dict]:
 
 def run_preprocess(data: dict, own: dict) -> dict:
     """Write (or reuse) the store and print what was done; returns the manifest."""
+    from mpnn_ip.data.reader_options import ReaderOptions
     from mpnn_ip.data.store_writer import DEFAULT_SHARD_SIZE, write_store
 
     radii = own.get("r_max", data.get("r_max", 5.0))
@@ -73,7 +74,7 @@ def run_preprocess(data: dict, own: dict) -> dict:
         data["train_path"],
         data.get("val_path"),
         data.get("test_path"),
-        read_options={key: data[key] for key in READ_KEYS if key in data},
+        read_options=ReaderOptions.from_config(data),
         species=data.get("species"),
         on_error=data.get("on_error", "raise"),
         r_max=radii,

@@ -97,6 +97,7 @@ def fit(cfg) -> float | None:
         statistics=statistics,
         max_bad_steps=int(cfg.get("max_bad_steps", 5)),
         compile=cfg.get("compile", "auto"),
+        refit_energy_shift=bool(cfg.get("refit_energy_shift", True)),
     )
     callbacks = builders.build_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer = builders.build_trainer(cfg.trainer, callbacks, loggers)

@@ -3,6 +3,7 @@
 Public names:
     AtomicGraph, collate, to_inputs          one structure as a graph without edges; batching
     read_dataset, read_isolated_atom_energies  any ASE-readable file -> graphs / E0 per species
+    ReaderOptions                            label keys, stress unit and sign, virial key, index, format
     check_data, Problem                      every problem of every frame of files, and their statistics
     AtomicDataset, AtomicDataModule          torch Dataset and Lightning DataModule
     compute_statistics                       E0, force RMS, mean neighbour count of a training split
@@ -18,6 +19,7 @@ from mpnn_ip.data.atomic_graph import AtomicGraph, collate, to_inputs
 from mpnn_ip.data.checks import check_data
 from mpnn_ip.data.dataset import AtomicDataset
 from mpnn_ip.data.problems import Problem
+from mpnn_ip.data.reader_options import ReaderOptions
 from mpnn_ip.data.reading import read_dataset, read_isolated_atom_energies
 from mpnn_ip.data.statistics import compute_statistics
 from mpnn_ip.data.synthetic import default_dataset_path, make_dataset
@@ -38,6 +40,7 @@ __all__ = [
     "AtomicGraph",
     "DataError",
     "Problem",
+    "ReaderOptions",
     "check_data",
     "collate",
     "compute_statistics",

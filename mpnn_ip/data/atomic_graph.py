@@ -14,6 +14,8 @@ from torch_geometric.data import Batch, Data
 
 from mpnn_ip.data.problems import FrameError
 from mpnn_ip.errors import DataError
+from mpnn_ip.labels import LabelValueError
+from mpnn_ip.outputs import LABELS
 
 #: Closest allowed distance between two atoms (Å); anything closer is a broken structure.
 MIN_INTERATOMIC_DISTANCE = 0.1
@@ -30,9 +32,10 @@ class AtomicGraph(Data):
         atomic_numbers: [N] long.
         cell: [1, 3, 3] float64, Å; rows are lattice vectors (ASE); zeros when no direction is periodic.
         pbc: [1, 3] bool.
-        energy: [1] float64, eV (0 where missing); has_energy: [1] bool.
-        forces: [N, 3] float64, eV/Å (0 where missing); has_forces: [1] bool.
-        stress: [1, 3, 3] float64, eV/Å³, ASE sign (positive = tensile) (0 where missing); has_stress: [1] bool.
+        one field per label of :data:`mpnn_ip.outputs.LABELS` ([1, *shape] per frame, [N, *shape] per atom;
+            0 where missing) and its mask ``has_<label>`` ([1] bool); the standard ones:
+            energy: [1] float64, eV. forces: [N, 3] float64, eV/Å.
+            stress: [1, 3, 3] float64, eV/Å³, ASE sign (positive = tensile).
         weight: [1] float64, per-frame loss weight.
         head: [1] long, optional: the head of a multi-head model that evaluates the frame (absent = 0,
             the default head; set by :class:`~mpnn_ip.data.dataset.FramesOfHead`).
@@ -43,18 +46,26 @@ class AtomicGraph(Data):
         cls,
         atoms,
         *,
-        energy: float | None = None,
-        forces: np.ndarray | None = None,
-        stress: np.ndarray | None = None,
         weight: float = 1.0,
         path: str | None = None,
         frame: int | None = None,
+        **labels,
     ) -> AtomicGraph:
-        """Build a graph from an ASE ``Atoms``; labels are optional and validated.
+        """Build a graph from an ASE ``Atoms``; labels are optional keywords, one per label of the table
+        (``energy=`` eV, ``forces=`` [N, 3] eV/Å, ``stress=`` eV/Å³ with ASE's sign as Voigt 6, 9 or 3×3,
+        ``<name>=`` of a registered label), each checked (layout, NaN/inf); a label not given is masked.
 
-        ``stress`` is in eV/Å³ with ASE's sign, as 6-component Voigt (xx, yy, zz, yz, xz, xy)
-        or 3×3. ``path``/``frame`` only make error messages name where the data came from.
+        ``path``/``frame`` only make error messages name where the data came from.
+
+        Raises:
+            TypeError: a keyword that is no label.
+            DataError: a bad structure or label (the message names ``path`` and ``frame``).
         """
+        unknown = sorted(set(labels) - set(LABELS))
+        if unknown:
+            raise TypeError(
+                f"AtomicGraph.from_atoms: unknown label(s) {', '.join(unknown)}; labels: {', '.join(LABELS)}"
+            )
         n = len(atoms)
         if n == 0:
             raise FrameError("the structure has no atoms", kind="no_atoms", path=path, frame=frame)
@@ -83,9 +94,11 @@ class AtomicGraph(Data):
             pbc=torch.as_tensor(pbc).unsqueeze(0),
             weight=torch.tensor([float(weight)], dtype=torch.float64),
         )
-        data.update(_energy_label(energy, path, frame))
-        data.update(_forces_label(forces, n, path, frame))
-        data.update(_stress_label(stress, path, frame))
+        for spec in LABELS.values():
+            try:
+                data.update(spec.entries(labels.get(spec.name), n))
+            except LabelValueError as exc:
+                raise FrameError(str(exc), kind=exc.kind, path=path, frame=frame) from None
         return cls(**data)
 
     @property
@@ -176,51 +189,3 @@ def _check_min_distance(atoms, path, frame) -> None:
             path=path,
             frame=frame,
         )
-
-
-def _energy_label(energy, path, frame) -> dict:
-    if energy is None:
-        return dict(energy=torch.zeros(1, dtype=torch.float64), has_energy=torch.tensor([False]))
-    value = np.asarray(energy, dtype=np.float64).reshape(-1)
-    if value.size != 1:
-        raise FrameError(
-            f"energy must be one number per frame, got shape {np.shape(energy)}", kind="shape", path=path, frame=frame
-        )
-    _check_finite(value, "energy", path, frame)
-    return dict(energy=torch.as_tensor(value), has_energy=torch.tensor([True]))
-
-
-def _forces_label(forces, n, path, frame) -> dict:
-    if forces is None:
-        return dict(forces=torch.zeros(n, 3, dtype=torch.float64), has_forces=torch.tensor([False]))
-    value = np.asarray(forces, dtype=np.float64)
-    if value.shape != (n, 3):
-        raise FrameError(
-            f"forces must have shape ({n}, 3) for {n} atoms, got {value.shape}", kind="shape", path=path, frame=frame
-        )
-    _check_finite(value, "forces", path, frame)
-    return dict(forces=torch.as_tensor(value), has_forces=torch.tensor([True]))
-
-
-def _stress_label(stress, path, frame) -> dict:
-    if stress is None:
-        return dict(stress=torch.zeros(1, 3, 3, dtype=torch.float64), has_stress=torch.tensor([False]))
-    value = stress_to_3x3(stress, path=path, frame=frame)
-    _check_finite(value, "stress", path, frame)
-    return dict(stress=torch.as_tensor(value).unsqueeze(0), has_stress=torch.tensor([True]))
-
-
-def stress_to_3x3(stress, *, path=None, frame=None) -> np.ndarray:
-    """Voigt (xx, yy, zz, yz, xz, xy), 9 components or 3×3 -> symmetric-as-given 3×3 array."""
-    value = np.asarray(stress, dtype=np.float64)
-    if value.shape == (6,):
-        xx, yy, zz, yz, xz, xy = value
-        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-    if value.shape in ((9,), (3, 3)):
-        return value.reshape(3, 3)
-    raise FrameError(
-        f"stress must have 6 (Voigt) or 9 / 3x3 components, got shape {value.shape}",
-        kind="shape",
-        path=path,
-        frame=frame,
-    )

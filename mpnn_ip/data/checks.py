@@ -15,10 +15,12 @@ import numpy as np
 
 from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.problems import Problem
+from mpnn_ip.data.reader_options import ReaderOptions
 from mpnn_ip.data.reading import expand_paths, read_dataset
 from mpnn_ip.data.statistics import neighbour_counts
 from mpnn_ip.elements import symbols
 from mpnn_ip.errors import DataError
+from mpnn_ip.outputs import LABELS
 
 #: Default outlier threshold: standard deviations of the per-atom energy residual. 8 is quiet on the
 #: reference sets (ab initio MD, the synthetic set) and flags only the most extreme of Ta's volume
@@ -37,14 +39,17 @@ def check_data(
     r_max: float = 5.0,
     species=None,
     outlier_sigma: float | None = DEFAULT_OUTLIER_SIGMA,
-    **read_options,
+    options: ReaderOptions | None = None,
+    **reader_keywords,
 ) -> dict:
     """Every problem of every frame of ``paths`` (files or glob patterns), and the statistics of the good frames.
 
-    ``read_options`` are those of :func:`mpnn_ip.data.read_dataset`. A file that cannot be read at
+    ``options`` (or, when None, ``reader_keywords``: ``energy_key=`` ...) say how files are read, as for
+    :func:`mpnn_ip.data.read_dataset`. A file that cannot be read at
     all is one problem with ``frame`` None. Returns ``{"files": [str], "problems": [Problem],
     "statistics": dict}`` (see :func:`dataset_statistics`; statistics cover the frames without errors).
     """
+    options = ReaderOptions.from_keywords(**reader_keywords) if options is None else options
     files, problems, graphs = [], [], []
     for pattern in paths:
         try:
@@ -55,7 +60,7 @@ def check_data(
         for path in matched:
             files.append(path)
             try:
-                graphs.extend(read_dataset(path, species=species, on_error="skip", problems=problems, **read_options))
+                graphs.extend(read_dataset(path, options, species=species, on_error="skip", problems=problems))
             except DataError as exc:
                 problems.append(Problem(path, exc.frame, "unreadable", exc.problem))
     problems.extend(dataset_problems(graphs, outlier_sigma))
@@ -131,7 +136,7 @@ def dataset_statistics(graphs: Sequence[AtomicGraph], r_max: float) -> dict:
     """What the data holds: frame and atom counts, elements, label coverage, force RMS (eV/Å), neighbours within ``r_max`` (Å).
 
     Returns a dict of plain values: ``frames``, ``atoms`` {total, min, max per frame}, ``elements``
-    {symbol: {atoms, frames}}, ``labels`` {energy, forces, stress: frames with it}, ``force_rms``
+    {symbol: {atoms, frames}}, ``labels`` {label: frames with it, for every label of the table}, ``force_rms``
     (None without forces), ``neighbours`` {r_max, mean, min, max per atom} (periodic images counted).
     """
     sizes = np.array([g.num_atoms for g in graphs], dtype=np.int64)
@@ -152,7 +157,7 @@ def dataset_statistics(graphs: Sequence[AtomicGraph], r_max: float) -> dict:
             "max": int(sizes.max()) if len(sizes) else 0,
         },
         "elements": {symbols([z])[0]: {"atoms": a, "frames": f} for z, (a, f) in sorted(elements.items())},
-        "labels": {name: int(sum(bool(g[f"has_{name}"]) for g in graphs)) for name in ("energy", "forces", "stress")},
+        "labels": {name: int(sum(bool(g[spec.mask]) for g in graphs)) for name, spec in LABELS.items()},
         "force_rms": float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else None,
         "neighbours": {
             "r_max": float(r_max),

@@ -4,7 +4,7 @@ count statistics as every data module does (:class:`~mpnn_ip.data.split_module.S
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
@@ -13,6 +13,7 @@ from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.checks import DEFAULT_OUTLIER_SIGMA, dataset_problems
 from mpnn_ip.data.dataset import AtomicDataset, FramesOfHead
 from mpnn_ip.data.problems import Problem, errors_of, format_problems, problems_error
+from mpnn_ip.data.reader_options import ReaderOptions
 from mpnn_ip.data.reading import check_on_error, expand_paths, read_dataset
 from mpnn_ip.data.split_module import SplitDataModule
 from mpnn_ip.data.statistics import StatisticsAccumulator, frame_summaries
@@ -29,35 +30,16 @@ class AtomicDataModule(SplitDataModule):
             dataset (:func:`mpnn_ip.data.default_dataset_path`).
         val_path: validation file or pattern; ``None`` = split validation frames off the training file.
         test_path: test file or pattern; ``None`` = split test frames off the training file.
-        train_count: number of training frames kept from the training file after the
-            validation/test frames are taken out; ``None`` = all remaining.
-        val_fraction: share of the training file used for validation when ``val_path`` is None
-            (rounded; at least one frame when > 0).
-        val_count: number of validation frames split off; overrides ``val_fraction``.
-        test_fraction, test_count: the same for the test split (used when ``test_path`` is None).
-            ``test_fraction=None`` (default) means 0.1 when validation frames are split off the
-            training file too, and 0 (no test split) when ``val_path`` is given: a separate
-            validation file does not silently take frames out of training; ask for them with
-            ``test_fraction`` or ``test_count``. Without a test split, the report after training
-            uses the validation split. Example, AcAc protocol (450 train / 50 val from one
-            500-frame file): ``train_count=450, val_count=50, test_count=0``.
-        seed: seed of the random split (same seed, same split; independent of the global RNG).
-        batch_size: frames per training batch.
-        val_batch_size: frames per validation/test batch; ``None`` = ``batch_size``.
-        max_atoms_per_batch: when given, batches are packed with consecutive frames up to this many
-            atoms (training, validation and test) instead of ``batch_size`` frames: for data that
-            mixes 5-atom molecules and 500-atom cells. A frame with more atoms is a batch of its own
-            (with a warning). ``None`` = batches of ``batch_size`` frames.
-        num_workers, pin_memory: passed to the ``DataLoader``s.
+        **split_options: the splits, batching and statistics settings of every data module (``train_count``,
+            ``val_fraction``, ``val_count``, ``test_fraction``, ``test_count``, ``seed``, ``batch_size``,
+            ``val_batch_size``, ``max_atoms_per_batch``, ``num_workers``, ``pin_memory``, ``isolated_atoms``,
+            ``r_max``, ``species``): see :class:`~mpnn_ip.data.split_module.SplitDataModule`.
         energy_key, forces_key, stress_key, stress_unit, stress_sign, virial_key, index, format:
-            reading options of :func:`mpnn_ip.data.read_dataset`, applied to every file.
-        isolated_atoms: file of isolated-atom frames or ``{symbol or Z: eV}``; when given these
-            are the E0s of the statistics, else E0s are fitted by least squares.
-        r_max: cutoff (Å) for the mean-neighbour-count statistic (use the model's).
-        species: allowed elements (symbols or Z); every frame must only contain these, else
-            ``DataError`` naming the element, file and frame; the statistics then cover all of
-            them (E0 0.0 for one absent from training, unless isolated-atom energies give it).
-            ``None`` = any, statistics over the species seen in training.
+            reading options of :func:`mpnn_ip.data.read_dataset`, applied to every file; together they
+            make :attr:`reader_options` (:class:`~mpnn_ip.data.reader_options.ReaderOptions`).
+        label_keys: ``{label: key}`` of labels added with :func:`mpnn_ip.outputs.register_label` (a
+            standard label may be given here too; its flat ``*_key`` argument wins). ``None`` = their
+            default keys. From a command line: ``data.label_keys={dipole: REF_dipole}``.
         on_error: what to do with bad frames (NaN/inf, wrong shapes, atoms closer than 0.1 Å,
             zero-volume periodic cells, elements outside ``species`` ...), found in every frame of
             every file before anything is split: ``"raise"``: one ``DataError`` listing them all;
@@ -85,17 +67,6 @@ class AtomicDataModule(SplitDataModule):
         train_path: str | None = None,
         val_path: str | None = None,
         test_path: str | None = None,
-        train_count: int | None = None,
-        val_fraction: float = 0.1,
-        val_count: int | None = None,
-        test_fraction: float | None = None,
-        test_count: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
-        max_atoms_per_batch: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
         energy_key: str | None = "energy",
         forces_key: str | None = "forces",
         stress_key: str | None = "stress",
@@ -104,30 +75,16 @@ class AtomicDataModule(SplitDataModule):
         virial_key: str | None = None,
         index: str = ":",
         format: str | None = None,
-        isolated_atoms: str | Mapping | None = None,
-        r_max: float = 5.0,
-        species: Sequence[str | int] | None = None,
+        label_keys: Mapping[str, str | None] | None = None,
         on_error: str = "raise",
         outlier_sigma: float | None = DEFAULT_OUTLIER_SIGMA,
+        **split_options,
     ):
-        super().__init__(
-            train_count=train_count,
-            val_fraction=val_fraction,
-            val_count=val_count,
-            test_fraction=test_fraction,
-            test_count=test_count,
-            seed=seed,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            max_atoms_per_batch=max_atoms_per_batch,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            isolated_atoms=isolated_atoms,
-            r_max=r_max,
-            species=species,
-        )
+        super().__init__(**split_options)
         self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
-        self.read_options = dict(
+        #: how every file is read
+        self.reader_options = ReaderOptions.from_keywords(
+            label_keys=label_keys,
             energy_key=energy_key,
             forces_key=forces_key,
             stress_key=stress_key,
@@ -220,7 +177,7 @@ class AtomicDataModule(SplitDataModule):
     def _read_file(self, path: str) -> list[AtomicGraph]:
         """Good frames of one file; the problems of the others are kept for :meth:`_validate`."""
         problems: list[Problem] = []
-        graphs = read_dataset(path, **self.read_options, species=self.species, on_error="skip", problems=problems)
+        graphs = read_dataset(path, self.reader_options, species=self.species, on_error="skip", problems=problems)
         if not graphs:
             raise problems_error(problems)
         self._problems.extend(problems)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -77,18 +77,13 @@ class OnDiskDataModule(SplitDataModule):
     Args (the reference of ``configs/data/ondisk.yaml``):
         store: the store folder written by ``mpnn-preprocess``. A store of another format version
             is refused (re-run ``mpnn-preprocess``).
-        train_count, val_fraction, val_count, test_fraction, test_count, seed: the splits, with the
-            rules of :class:`~mpnn_ip.data.AtomicDataModule` over the store's training frames (a
-            ``val``/``test`` part written from ``val_path``/``test_path`` plays that file's role):
-            same options and seed, same frames in each split as reading the files in memory.
-        batch_size, val_batch_size, max_atoms_per_batch, num_workers, pin_memory: batching, with the
-            loaders, epoch orders and DDP shares of every data module (:class:`~mpnn_ip.data.split_module.SplitDataModule`).
-            Any number of workers: each opens its own connections to the shards.
-        isolated_atoms: file of isolated-atom frames or ``{symbol or Z: eV}``; else E0 by least squares.
-        r_max: cutoff (Å) of the mean-neighbour-count statistic (the model's). A cutoff the store
-            has no counts for is counted from the training graphs (slow; a warning says so;
-            ``mpnn-preprocess ... r_max=X`` adds it to the store).
-        species: elements the model allows; a store holding another is an error. ``None`` = any.
+        **split_options: splits, batching and statistics (``train_count`` ... ``species``), as for every data
+            module (:class:`~mpnn_ip.data.split_module.SplitDataModule`), over the store's training frames (a
+            ``val``/``test`` part written from ``val_path``/``test_path`` plays that file's role): same options and
+            seed, same frames in each split as reading the files in memory. Any number of workers: each opens
+            its own connections to the shards. A cutoff ``r_max`` the store has no counts for is counted from
+            the training graphs (slow; a warning says so; ``mpnn-preprocess ... r_max=X`` adds it to the store);
+            a store holding an element outside ``species`` is an error.
         prepare_max_frames: at most this many training frames (a seeded sample) go to
             ``model.prepare``; ``None`` = all (then held in memory at once).
 
@@ -101,38 +96,10 @@ class OnDiskDataModule(SplitDataModule):
     def __init__(
         self,
         store: str,
-        train_count: int | None = None,
-        val_fraction: float = 0.1,
-        val_count: int | None = None,
-        test_fraction: float | None = None,
-        test_count: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
-        max_atoms_per_batch: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        isolated_atoms: str | Mapping | None = None,
-        r_max: float = 5.0,
-        species: Sequence | None = None,
         prepare_max_frames: int | None = DEFAULT_PREPARE_MAX_FRAMES,
+        **split_options,
     ):
-        super().__init__(
-            train_count=train_count,
-            val_fraction=val_fraction,
-            val_count=val_count,
-            test_fraction=test_fraction,
-            test_count=test_count,
-            seed=seed,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            max_atoms_per_batch=max_atoms_per_batch,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            isolated_atoms=isolated_atoms,
-            r_max=r_max,
-            species=species,
-        )
+        super().__init__(**split_options)
         self.store_path = str(store)
         self.prepare_max_frames = prepare_max_frames
         self.store: GraphStore | None = None

@@ -1,8 +1,10 @@
 """Read labelled structures from any ASE-readable file into :class:`AtomicGraph` frames.
 
-Label lookup: for each key, a frame's ``atoms.info``, then ``atoms.arrays``, then the results of
-an attached calculator (ASE's extxyz reader moves ``energy``/``forces``/``stress`` there; custom
-keys such as ``REF_energy`` stay in info/arrays). Only the exact key is looked up.
+The labels read are the rows of the label table (:data:`mpnn_ip.outputs.LABELS`: energy, forces,
+stress and any registered one), each with the key :class:`~mpnn_ip.data.reader_options.ReaderOptions`
+gives it. Label lookup: for each key, a frame's ``atoms.info``, then ``atoms.arrays``, then the
+results of an attached calculator (ASE's extxyz reader moves ``energy``/``forces``/``stress`` there;
+custom keys such as ``REF_energy`` stay in info/arrays). Only the exact key is looked up.
 
 Missing labels (see :func:`read_dataset`): a frame without a label gets it masked
 (``has_* = False``), never invented. A key the user chose (not the default) that no frame of the
@@ -32,49 +34,40 @@ import torch
 from mpnn_ip.data import xyz_text
 from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.problems import FrameError, Problem, errors_of, format_problems, problems_error
-from mpnn_ip.data.units import check_stress_sign, stress_to_ase, stress_unit_factor, virial_to_stress
+from mpnn_ip.data.reader_options import ReaderOptions
 from mpnn_ip.elements import atomic_number, atomic_numbers, symbols
 from mpnn_ip.errors import DataError
+from mpnn_ip.labels import LabelValueError, lookup
+from mpnn_ip.outputs import LABELS
 
-_DEFAULT_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
 _WEIGHT_KEYS = ("weight", "config_weight")
 #: Larger absolute values are corrupt numbers (1e308 ...) or wrong units: they would overflow in products.
 _MAX_COORDINATE = 1e8  # Å
-_MAX_LABEL = 1e12  # eV, eV/Å, eV/Å³
 _ISOLATED_ATOM_TYPES = {"isolatedatom", "isolated_atom", "isolated", "e0", "iso_atom", "isoatom"}
 ON_ERROR_CHOICES = ("raise", "skip")
 
 
 def read_dataset(
     path,
+    options: ReaderOptions | None = None,
     *,
-    energy_key: str | None = "energy",
-    forces_key: str | None = "forces",
-    stress_key: str | None = "stress",
-    stress_unit: str = "eV/A^3",
-    stress_sign: int = 1,
-    virial_key: str | None = None,
-    index: str | int | slice = ":",
-    format: str | None = None,
     species=None,
     on_error: str = "raise",
     problems: list | None = None,
+    **reader_keywords,
 ) -> list[AtomicGraph]:
     """Read every selected frame of ``path`` as an :class:`AtomicGraph` (labels in eV, eV/Å, eV/Å³).
 
     Args:
         path: file in any format ASE reads (extxyz is the main one).
-        energy_key: total energy (eV) key; ``None`` = do not read energies.
-        forces_key: forces (eV/Å, [n_atoms, 3]) key; ``None`` = do not read forces.
-        stress_key: stress key (Voigt xx,yy,zz,yz,xz,xy or 9 / 3×3); ``None`` = do not read stress.
-        stress_unit: unit of the stored stress: ``eV/A^3`` (also ``eV/Å^3``, ``eV/Ang^3``), ``GPa``, ``kbar``, ``bar``.
-        stress_sign: ``1`` if positive stored stress is tensile (ASE), ``-1`` if positive is compressive.
-        virial_key: virial (eV, Voigt 6, 9 or 3×3) key; where a frame has it, its stress is
-            ``-virial / volume`` and ``stress_key`` is not used for that frame. Stress and virial
-            labels of frames not periodic in all three directions are masked with a warning.
-        index: ASE frame selection (``":"`` all, ``"0:100"``, ``-1``, ...). Error messages count
-            frames within this selection.
-        format: ASE format name; ``None`` = guess from the file name/content.
+        options: the :class:`~mpnn_ip.data.reader_options.ReaderOptions` (label keys, stress unit and
+            sign, virial key, ``index``, ``format``); ``None`` = built from ``reader_keywords``.
+        reader_keywords: the same as flat keywords, when ``options`` is None: ``energy_key`` (total energy,
+            eV), ``forces_key`` (eV/Å, [n_atoms, 3]), ``stress_key`` (Voigt xx,yy,zz,yz,xz,xy or 9 / 3×3),
+            ``<name>_key`` of a registered label, ``label_keys``, ``stress_unit``, ``stress_sign``,
+            ``virial_key``, ``index``, ``format`` (see ``ReaderOptions``); a key ``None`` = do not read that
+            label. Stress and virial labels of frames not periodic in all three directions are masked
+            with a warning. Error messages count frames within the ``index`` selection.
         species: allowed elements (symbols or Z); a frame with another one is an error
             (kind ``unknown_element``). ``None`` = any.
         on_error: ``"raise"``: every frame is checked, then one ``DataError`` lists every bad
@@ -89,29 +82,34 @@ def read_dataset(
     where each graph came from.
 
     Raises:
+        ConfigError: an unknown option, stress unit or sign (before the file is read).
         DataError: missing/empty/unparseable file, a chosen key that no frame has; with
             ``on_error="raise"`` also bad frames: NaN/inf, wrongly shaped labels, a zero or
             singular periodic cell, atoms closer than 0.1 Å, an element outside ``species``.
     """
     check_on_error(on_error)
-    stress_unit_factor(stress_unit)  # unit and sign are checked before the (slow) read
-    check_stress_sign(stress_sign)
+    if options is None:
+        options = ReaderOptions.from_keywords(**reader_keywords)
+    elif reader_keywords:
+        raise TypeError(f"read_dataset: give options or keywords ({', '.join(sorted(reader_keywords))}), not both")
     allowed = None if species is None else atomic_numbers(species)
+    index = options.index
     where = str(path) if index in (":", slice(None)) else f"{path} (index={index!r})"
     found_problems: list[Problem] = []
-    frames = read_frames(path, index=index, format=format, unreadable=found_problems if on_error == "skip" else None)
-    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
-    found = _check_keys_exist([a for a in frames if a is not None], keys, path)
+    frames = read_frames(
+        path, index=index, format=options.format, unreadable=found_problems if on_error == "skip" else None
+    )
+    found = labels_found([a for a in frames if a is not None], options, path)
     graphs = []
     for frame, atoms in enumerate(frames):
         if atoms is None:  # unparseable, already recorded
             continue
         try:
-            graph = _frame_graph(atoms, keys, stress_unit, stress_sign, allowed, where, frame)
+            graph = frame_graph(atoms, options, allowed, where, frame)
         except DataError as exc:
             found_problems.append(Problem.from_error(exc, where, frame))
             continue
-        found_problems.extend(_missing_labels(atoms, graph, keys, found, where, frame))
+        found_problems.extend(_missing_labels(atoms, graph, found, where, frame))
         graphs.append(graph)
     errors = errors_of(found_problems)
     if errors and on_error == "raise":
@@ -130,24 +128,22 @@ def check_on_error(on_error: str) -> None:
         raise DataError(f"on_error must be one of {', '.join(ON_ERROR_CHOICES)}, got {on_error!r}")
 
 
-def _frame_graph(atoms, keys: dict, stress_unit: str, stress_sign: int, allowed, where: str, frame: int) -> AtomicGraph:
-    """The graph of one frame with its labels; raises a ``DataError`` at the frame's first problem."""
+def frame_graph(atoms, options: ReaderOptions, allowed, where: str, frame: int) -> AtomicGraph:
+    """The graph of one frame with every label of the table; raises a ``DataError`` at the frame's first problem."""
     _check_magnitude(atoms.positions, "positions", _MAX_COORDINATE, "Å", where, frame)
     _check_magnitude(atoms.cell.array, "cell", _MAX_COORDINATE, "Å", where, frame)
     if allowed is not None:
         _check_species(atoms.numbers, allowed, where, frame)
-    stress = _frame_stress(atoms, keys, stress_unit, stress_sign, where, frame)
-    graph = AtomicGraph.from_atoms(
-        atoms,
-        energy=_lookup(atoms, keys["energy"]),
-        forces=_lookup(atoms, keys["forces"]),
-        stress=stress,
-        weight=_frame_weight(atoms, where, frame),
-        path=where,
-        frame=frame,
-    )
-    for label, unit in (("energy", "eV"), ("forces", "eV/Å"), ("stress", "eV/Å³")):
-        _check_magnitude(getattr(graph, label).numpy(), label, _MAX_LABEL, unit, where, frame)
+    values = {}
+    for name, spec in LABELS.items():
+        try:
+            values[name] = spec.value_of(atoms, options.key(name), options, where, frame)
+        except LabelValueError as exc:
+            raise FrameError(str(exc), kind=exc.kind, path=where, frame=frame) from None
+    graph = AtomicGraph.from_atoms(atoms, weight=_frame_weight(atoms, where, frame), path=where, frame=frame, **values)
+    for name, spec in LABELS.items():
+        if spec.max_magnitude is not None:
+            _check_magnitude(graph[name].numpy(), name, spec.max_magnitude, spec.unit, where, frame)
     graph.config_type = str(atoms.info.get("config_type", ""))
     graph.source_path = where  # provenance, for messages that name a frame (batched: a list)
     graph.source_frame = torch.tensor([frame], dtype=torch.long)  # index within the selection; batched: [B]
@@ -165,16 +161,24 @@ def _check_species(numbers, allowed, path, frame) -> None:
         )
 
 
-def _missing_labels(atoms, graph: AtomicGraph, keys: dict, found: dict, path: str, frame: int) -> list[Problem]:
+def _missing_labels(atoms, graph: AtomicGraph, found: dict, path: str, frame: int) -> list[Problem]:
     """Warnings for labels that other frames of the file have but this one lacks (masked in training)."""
-    missing = [name for name in ("energy", "forces") if found[name] and not bool(graph[f"has_{name}"])]
-    stress_expected = (found["stress"] or found["virial"]) and bool(atoms.pbc.all())
-    if stress_expected and not bool(graph.has_stress):
-        missing.append("stress")
+    missing = [
+        name
+        for name, spec in LABELS.items()
+        if _label_in_file(spec, found)
+        and (bool(atoms.pbc.all()) or not spec.periodic_only)
+        and not bool(graph[spec.mask])
+    ]
     if not missing:
         return []
     message = f"no {' / '.join(missing)} label, though other frames of the file have one; it is masked"
     return [Problem(path, frame, "missing_label", message, "warning")]
+
+
+def _label_in_file(spec, found: dict) -> bool:
+    """Whether some frame of the file has the label, by its own key or an alternative source (stress: virial)."""
+    return found.get(spec.name, False) or any(found.get(source, False) for source in spec.alternatives)
 
 
 def expand_paths(pattern) -> list[str]:
@@ -213,7 +217,7 @@ def read_isolated_atom_energies(source, *, energy_key: str = "energy") -> dict[i
             raise DataError(
                 f"frame is marked as an isolated atom but has {len(atoms)} atoms", path=str(source), frame=i
             )
-        energy = _lookup(atoms, energy_key)
+        energy = lookup(atoms, energy_key)
         if energy is None:
             raise DataError(
                 f"isolated atom has no energy {energy_key!r}; keys present: {_describe_keys([atoms])}",
@@ -309,19 +313,6 @@ def _is_xyz_like(file: Path, format: str | None) -> bool:
     return file.suffix.lower() in (".xyz", ".extxyz")
 
 
-def _lookup(atoms, key: str | None):
-    """Value of ``key`` in info, arrays or the calculator's results; ``None`` if absent."""
-    if key is None:
-        return None
-    if key in atoms.info:
-        return atoms.info[key]
-    if key in atoms.arrays:
-        return atoms.arrays[key]
-    calc = getattr(atoms, "calc", None)
-    results = getattr(calc, "results", None) or {}
-    return results.get(key)
-
-
 def _describe_keys(frames) -> str:
     info, arrays, results = set(), set(), set()
     for atoms in frames:
@@ -332,50 +323,32 @@ def _describe_keys(frames) -> str:
     return f"info keys {sorted(info)}, arrays keys {sorted(arrays)}, calculator results {sorted(results)}"
 
 
-def _check_keys_exist(frames, keys: dict, path) -> dict:
-    """Which labels some frame has (``{name: bool}``); a chosen key no frame has, or no label at all, is an error."""
-    found = {name: key is not None and any(_lookup(a, key) is not None for a in frames) for name, key in keys.items()}
+def labels_found(frames, options: ReaderOptions, path) -> dict[str, bool]:
+    """Which sources (every label, and ``virial``) some frame has, ``{source: bool}``; a key the user chose that
+    no frame has, or no label at all, is an error; a default key that no frame has is masked with a warning."""
+    keys = options.source_keys()
+    found = {name: key is not None and any(lookup(a, key) is not None for a in frames) for name, key in keys.items()}
+    periodic = any(a.pbc.all() for a in frames)
     for name, key in keys.items():
         if key is None or found[name]:
             continue
-        if key != _DEFAULT_KEYS.get(name):
+        if key != options.default_key(name):
             raise DataError(
                 f"no frame has the {name} key {key!r}; keys present: {_describe_keys(frames)}", path=str(path)
             )
-        stress_expected = any(a.pbc.all() for a in frames) and not found["virial"]
-        if name != "stress" or stress_expected:
+        spec = LABELS.get(name)
+        if spec is not None and not _label_in_file(spec, found) and (periodic or not spec.periodic_only):
             warnings.warn(
                 f"{path}: no frame has a {name!r} label (key {key!r}); it is masked. Keys present: {_describe_keys(frames)}",
                 stacklevel=3,
             )
     if not any(found.values()):
+        chosen = ", ".join(f"{name} {key!r}" for name, key in keys.items())
         raise DataError(
-            f"no frame has any label (energy {keys['energy']!r}, forces {keys['forces']!r}, stress {keys['stress']!r}, "
-            f"virial {keys['virial']!r}); keys present: {_describe_keys(frames)}",
+            f"no frame has any label ({chosen}); keys present: {_describe_keys(frames)}",
             path=str(path),
         )
     return found
-
-
-def _frame_stress(atoms, keys: dict, unit: str, sign: int, path, frame):
-    """Stress [3, 3] eV/Å³ (ASE sign) from the virial or stress label; ``None`` when absent or unusable.
-
-    A stress needs a volume: on a frame that is not periodic in all three directions the
-    label is masked (with a warning) rather than trained on.
-    """
-    virial = _lookup(atoms, keys["virial"])
-    stress = _lookup(atoms, keys["stress"])
-    if virial is None and stress is None:
-        return None
-    if not atoms.pbc.all():
-        warnings.warn(
-            f"{path}, frame {frame}: stress/virial label on a frame that is not periodic in x, y and z (pbc={atoms.pbc.tolist()}); it is masked",
-            stacklevel=5,
-        )
-        return None
-    if virial is not None:
-        return virial_to_stress(virial, abs(float(np.linalg.det(atoms.cell.array))), path=path, frame=frame)
-    return stress_to_ase(stress, unit=unit, sign=sign, path=path, frame=frame)
 
 
 def _check_magnitude(values, what: str, bound: float, unit: str, path, frame) -> None:

@@ -30,15 +30,39 @@ from mpnn_ip.errors import ConfigError
 class SplitDataModule(L.LightningDataModule):
     """Splits, loaders and statistics of a data module (see the module docstring).
 
-    Args (shared by the data modules; their docstrings are the config reference):
-        train_count, val_fraction, val_count, test_fraction, test_count, seed: the split rules of
-            :func:`~mpnn_ip.data.splits.split_indices`.
-        batch_size: frames per training batch; val_batch_size: per validation/test batch (None = batch_size).
-        max_atoms_per_batch: pack batches up to this many atoms instead of ``batch_size`` frames (None = off).
+    The arguments are shared by every data module, which passes them on as ``**split_options``; this is the
+    reference of these keys in ``configs/data/*.yaml``. "The training file" is the training split's source:
+    the training files of :class:`~mpnn_ip.data.AtomicDataModule`, the store's training part of
+    :class:`~mpnn_ip.data.OnDiskDataModule`.
+
+    Args:
+        train_count: number of training frames kept from the training file after the
+            validation/test frames are taken out; ``None`` = all remaining.
+        val_fraction: share of the training file used for validation when ``val_path`` is None
+            (rounded; at least one frame when > 0).
+        val_count: number of validation frames split off; overrides ``val_fraction``.
+        test_fraction, test_count: the same for the test split (used when ``test_path`` is None).
+            ``test_fraction=None`` (default) means 0.1 when validation frames are split off the
+            training file too, and 0 (no test split) when ``val_path`` is given: a separate
+            validation file does not silently take frames out of training; ask for them with
+            ``test_fraction`` or ``test_count``. Without a test split, the report after training
+            uses the validation split. Example, AcAc protocol (450 train / 50 val from one
+            500-frame file): ``train_count=450, val_count=50, test_count=0``.
+        seed: seed of the random split (same seed, same split; independent of the global RNG).
+        batch_size: frames per training batch.
+        val_batch_size: frames per validation/test batch; ``None`` = ``batch_size``.
+        max_atoms_per_batch: when given, batches are packed with consecutive frames up to this many
+            atoms (training, validation and test) instead of ``batch_size`` frames: for data that
+            mixes 5-atom molecules and 500-atom cells. A frame with more atoms is a batch of its own
+            (with a warning). ``None`` = batches of ``batch_size`` frames.
         num_workers, pin_memory: passed to the ``DataLoader``s.
-        isolated_atoms: file of isolated-atom frames or ``{symbol or Z: eV}``: the E0s of the statistics.
-        r_max: cutoff (Å) of the mean-neighbour-count statistic (the model's).
-        species: allowed elements (symbols or Z); None = any.
+        isolated_atoms: file of isolated-atom frames or ``{symbol or Z: eV}``; when given these
+            are the E0s of the statistics, else E0s are fitted by least squares.
+        r_max: cutoff (Å) for the mean-neighbour-count statistic (use the model's).
+        species: allowed elements (symbols or Z); every frame must only contain these, else
+            ``DataError`` naming the element, file and frame; the statistics then cover all of
+            them (E0 0.0 for one absent from training, unless isolated-atom energies give it).
+            ``None`` = any, statistics over the species seen in training.
     """
 
     def __init__(

@@ -30,6 +30,7 @@ import numpy as np
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph.neighbours import neighbours_per_atom
+from mpnn_ip.outputs import LABELS
 
 #: Atomic numbers 0..118 index the accumulated sums.
 _NUM_Z = 119
@@ -119,23 +120,22 @@ def frame_summaries(graphs: Sequence[AtomicGraph], r_max_values: Iterable[float]
     """The per-frame summary arrays of ``graphs`` that :meth:`StatisticsAccumulator.add` takes (and a store keeps).
 
     Keys: ``species [S]`` (atomic numbers present), ``counts [F, S]`` atoms per species,
-    ``energy [F]`` eV, ``has_energy``, ``has_forces``, ``has_stress`` ``[F]`` bool, ``force_sq_sum [F]``
-    (eV/Å)², ``num_edges`` ``{r_max: [F] directed pairs within r_max}`` for each cutoff.
+    ``energy [F]`` eV, the mask of every label of the table (``has_energy``, ``has_forces``, ``has_stress``
+    ... ``[F]`` bool), ``force_sq_sum [F]`` (eV/Å)², ``num_edges`` ``{r_max: [F] directed pairs within r_max}``
+    for each cutoff.
     """
     numbers = [g.atomic_numbers.numpy() for g in graphs]
     species = np.unique(np.concatenate(numbers)).astype(np.int64)
     counts = np.stack([np.count_nonzero(n[:, None] == species[None, :], axis=0) for n in numbers]).astype(np.int64)
-    has_forces = np.array([bool(g.has_forces.item()) for g in graphs])
+    masks = {spec.mask: np.array([bool(g[spec.mask].item()) for g in graphs]) for spec in LABELS.values()}
     return {
         "species": species,
         "counts": counts,
         "energy": np.array([float(g.energy.item()) for g in graphs]),
-        "has_energy": np.array([bool(g.has_energy.item()) for g in graphs]),
-        "has_forces": has_forces,
+        **masks,
         "force_sq_sum": np.array(
-            [float(np.sum(g.forces.numpy() ** 2)) if f else 0.0 for g, f in zip(graphs, has_forces)]
+            [float(np.sum(g.forces.numpy() ** 2)) if f else 0.0 for g, f in zip(graphs, masks["has_forces"])]
         ),
-        "has_stress": np.array([bool(g.has_stress.item()) for g in graphs]),
         "num_edges": {float(r): edge_counts(graphs, r) for r in r_max_values},
     }
 

@@ -2,12 +2,17 @@
 
 Layout of a store folder::
 
-    manifest.json              format version, reader settings, inputs (size, mtime, sha256), parts,
-                               shards, skipped frames, statistics of all training frames
+    manifest.json              format version, reader settings, labels, inputs (size, mtime, sha256),
+                               parts, shards, skipped frames, statistics of all training frames
     shard-00000.db             up to ``shard_size`` graphs: torch-geometric's ``SQLiteDatabase``, one row
-                               per frame, one typed column per field (raw float64/int64/bool bytes)
+                               per frame, one typed column per field (raw float64/int64/bool bytes):
+                               the structure, then ``<label>`` and ``has_<label>`` of every label
+                               (:func:`store_schema`), then the provenance strings
     shard-00000.summary.npz    one row per frame: atoms per species, energy, Σ forces², label flags,
                                neighbour pairs within each preprocessed r_max (the statistics' input)
+
+The manifest's ``labels`` lists the labels a store holds (stores written before it existed hold
+energy, forces and stress); a label registered now that the store lacks is read as absent (masked).
 
 Frames are numbered globally in input order (files of a glob in sorted order, frames in file order,
 bad frames left out); the parts ``train``, ``val``, ``test`` (one per input path given) are
@@ -28,6 +33,7 @@ import torch
 from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.problems import Problem
 from mpnn_ip.errors import DataError
+from mpnn_ip.outputs import LABELS
 
 #: Bump when the layout, the schema or the summaries change: older stores are then rebuilt or refused.
 FORMAT_VERSION = 1
@@ -36,23 +42,32 @@ MANIFEST = "manifest.json"
 #: SQLite page cache per open shard (KiB): a worker holds one connection per shard it has read from.
 PAGE_CACHE_KIB = 256
 TABLE = "graphs"
-#: Columns of a shard: tensors (dtype, shape; -1 = number of atoms) and strings/ints.
-SCHEMA = {
+#: Columns of a shard before the labels: tensors (dtype, shape; -1 = number of atoms).
+STRUCTURE_COLUMNS = {
     "pos": dict(dtype=torch.float64, size=(-1, 3)),
     "atomic_numbers": dict(dtype=torch.int64, size=(-1,)),
     "cell": dict(dtype=torch.float64, size=(1, 3, 3)),
     "pbc": dict(dtype=torch.bool, size=(1, 3)),
     "weight": dict(dtype=torch.float64, size=(1,)),
-    "energy": dict(dtype=torch.float64, size=(1,)),
-    "has_energy": dict(dtype=torch.bool, size=(1,)),
-    "forces": dict(dtype=torch.float64, size=(-1, 3)),
-    "has_forces": dict(dtype=torch.bool, size=(1,)),
-    "stress": dict(dtype=torch.float64, size=(1, 3, 3)),
-    "has_stress": dict(dtype=torch.bool, size=(1,)),
-    "config_type": str,
-    "source_path": str,
-    "source_frame": int,
 }
+#: Columns of a shard after the labels: where each frame came from.
+PROVENANCE_COLUMNS = {"config_type": str, "source_path": str, "source_frame": int}
+#: The labels of stores whose manifest does not list them (written before it did).
+LEGACY_LABELS = ("energy", "forces", "stress")
+
+
+def store_schema(labels=None) -> dict:
+    """Columns of a shard holding ``labels`` (names; ``None`` = every label of the table): the structure,
+    ``<label>`` and ``has_<label>`` of each (:attr:`~mpnn_ip.labels.LabelSpec.columns`), the provenance."""
+    names = list(LABELS) if labels is None else list(labels)
+    unknown = [name for name in names if name not in LABELS]
+    if unknown:
+        raise DataError(
+            f"the store holds label(s) {', '.join(unknown)} that are not registered (labels: {', '.join(LABELS)}); "
+            "register them (mpnn_ip.outputs.register_label) before opening it"
+        )
+    label_columns = {column: kind for name in names for column, kind in LABELS[name].columns.items()}
+    return {**STRUCTURE_COLUMNS, **label_columns, **PROVENANCE_COLUMNS}
 
 
 def shard_name(number: int) -> str:
@@ -63,10 +78,11 @@ def summary_name(number: int) -> str:
     return f"shard-{number:05d}.summary.npz"
 
 
-def graph_row(graph: AtomicGraph) -> dict:
-    """The shard row of a graph (tensors in the schema's dtype, contiguous)."""
+def graph_row(graph: AtomicGraph, schema: dict | None = None) -> dict:
+    """The shard row of a graph (tensors in the dtype of ``schema``, contiguous); ``schema`` defaults to
+    :func:`store_schema` of every label."""
     row = {}
-    for key, kind in SCHEMA.items():
+    for key, kind in (schema or store_schema()).items():
         value = graph[key]
         if isinstance(kind, dict):
             row[key] = value.detach().to(kind["dtype"]).contiguous().cpu()
@@ -78,8 +94,12 @@ def graph_row(graph: AtomicGraph) -> dict:
 
 
 def row_graph(row: dict) -> AtomicGraph:
-    """The :class:`AtomicGraph` of a shard row (tensors copied: the database's buffers are read-only)."""
+    """The :class:`AtomicGraph` of a shard row (tensors copied: the database's buffers are read-only); a label
+    of the table that the row lacks is absent (zeros, masked)."""
     data = {key: value.clone() for key, value in row.items() if isinstance(value, torch.Tensor)}
+    for name, spec in LABELS.items():
+        if name not in data:
+            data.update(spec.entries(None, data["pos"].shape[0]))
     graph = AtomicGraph(**data)
     graph.config_type = row["config_type"]
     graph.source_path = row["source_path"]
@@ -136,6 +156,9 @@ class GraphStore:
                 f"cannot read the graph store {self.folder}: {problem}. Re-run mpnn-preprocess with out={self.folder} to rebuild it"
             )
         self.shards = self.manifest["shards"]
+        #: the labels the store holds, and its shards' columns
+        self.labels = list(self.manifest.get("labels", LEGACY_LABELS))
+        self.schema = store_schema(self.labels)
         self._starts = [shard["start"] for shard in self.shards]
         for shard in self.shards:
             for name in (shard["file"], shard["summary"]):
@@ -199,7 +222,7 @@ class GraphStore:
             self._inherited = list(self._databases.values())
             self._databases, self._pid = {}, os.getpid()
         if number not in self._databases:
-            database = SQLiteDatabase(str(self.folder / self.shards[number]["file"]), TABLE, schema=SCHEMA)
+            database = SQLiteDatabase(str(self.folder / self.shards[number]["file"]), TABLE, schema=self.schema)
             # SQLite keeps a 2 MiB page cache per connection, so memory would grow with the number of shards;
             # rows are read by primary key in random order, where the operating system's file cache serves as well
             database.cursor.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
@@ -232,10 +255,8 @@ def stack_summaries(rows: list[dict]) -> dict:
     counts = np.zeros((len(rows), len(species)), dtype=np.int64)
     for i, row in enumerate(rows):
         counts[i, np.searchsorted(species, row["species"])] = row["counts"][0]
-    stacked = {
-        key: np.concatenate([row[key] for row in rows]) if rows else np.zeros(0)
-        for key in ("energy", "has_energy", "has_forces", "force_sq_sum", "has_stress")
-    }
+    columns = ("energy", "force_sq_sum", *(spec.mask for spec in LABELS.values()))
+    stacked = {key: np.concatenate([row[key] for row in rows]) if rows else np.zeros(0) for key in columns}
     radii = rows[0]["num_edges"].keys() if rows else ()
     stacked["num_edges"] = {r: np.concatenate([row["num_edges"][r] for row in rows]) for r in radii}
     return {"species": species, "counts": counts, **stacked}

@@ -28,13 +28,13 @@ import numpy as np
 
 from mpnn_ip.data import reading
 from mpnn_ip.data.problems import Problem, errors_of, problems_error
+from mpnn_ip.data.reader_options import ReaderOptions
 from mpnn_ip.data.reading import check_on_error, expand_paths
 from mpnn_ip.data.statistics import StatisticsAccumulator, edge_counts, frame_summaries
 from mpnn_ip.data.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
-    SCHEMA,
     TABLE,
     GraphStore,
     graph_row,
@@ -43,11 +43,13 @@ from mpnn_ip.data.store import (
     save_summary,
     shard_name,
     stack_summaries,
+    store_schema,
     summary_name,
     version_problem,
 )
 from mpnn_ip.elements import atomic_numbers
 from mpnn_ip.errors import ConfigError, DataError
+from mpnn_ip.outputs import LABELS
 
 #: Graphs held in memory before they are written to the current shard.
 CHUNK = 256
@@ -61,7 +63,7 @@ def write_store(
     val_path=None,
     test_path=None,
     *,
-    read_options: dict,
+    read_options: ReaderOptions | dict | None = None,
     species: Sequence | None = None,
     on_error: str = "raise",
     r_max: Sequence[float] = (5.0,),
@@ -73,7 +75,9 @@ def write_store(
     Args:
         out: the store folder; it must be empty, absent, or hold a store.
         train_path, val_path, test_path: files or glob patterns, as ``data.*_path`` of training.
-        read_options: the reading keywords of :func:`~mpnn_ip.data.read_dataset` (``energy_key`` ...).
+        read_options: how files are read: a :class:`~mpnn_ip.data.reader_options.ReaderOptions`, or its flat
+            keywords (``{"energy_key": ...}``); ``None`` = the defaults. Recorded in the manifest as flat keywords;
+            a store holds every label of the table (the manifest's ``labels``).
         species, on_error: as :class:`~mpnn_ip.data.AtomicDataModule`'s.
         r_max: cutoffs (Å) whose neighbour counts are stored (the statistics' mean neighbour count).
             Counts for a cutoff an existing store lacks are added without rebuilding it.
@@ -89,7 +93,12 @@ def write_store(
     inputs = {
         part: expand_paths(path) for part, path in zip(PARTS, (train_path, val_path, test_path)) if path is not None
     }
-    settings = {**read_options, "species": None if species is None else atomic_numbers(species), "on_error": on_error}
+    options = ReaderOptions.coerce(read_options)
+    settings = {
+        **options.as_settings(),
+        "species": None if species is None else atomic_numbers(species),
+        "on_error": on_error,
+    }
     fingerprints = {part: [_fingerprint(path) for path in paths] for part, paths in inputs.items()}
     reason = _rebuild_reason(out, settings, fingerprints) if not rebuild else "rebuild=true"
     if reason is None:
@@ -101,22 +110,17 @@ def write_store(
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     try:
-        manifest = _write(building, inputs, settings, fingerprints, [float(r) for r in r_max], shard_size)
+        manifest = _write(building, inputs, options, settings, fingerprints, [float(r) for r in r_max], shard_size)
         _replace(out, building)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return manifest, "written" if reason == "new" else f"rebuilt: {reason}"
 
 
-def stream_graphs(path: str, *, read_options: dict, allowed, on_error: str, problems: list) -> Iterator:
+def stream_graphs(path: str, *, read_options: ReaderOptions, allowed, on_error: str, problems: list) -> Iterator:
     """The good frames of one file as :class:`AtomicGraph`, one at a time; bad ones go to ``problems`` (or raise)."""
-    index, format = read_options.get("index", ":"), read_options.get("format")
+    index, format = read_options.index, read_options.format
     where = str(path) if index in (":", slice(None)) else f"{path} (index={index!r})"
-    keys = {
-        name: read_options.get(f"{name}_key", default)
-        for name, default in (("energy", "energy"), ("forces", "forces"), ("stress", "stress"), ("virial", None))
-    }
-    unit, sign = read_options.get("stress_unit", "eV/A^3"), read_options.get("stress_sign", 1)
     kinds: dict = {}  # one frame per kind of labels present: what the missing-key checks need
     found: list[Problem] = []
     frames, frame = ase.io.iread(str(path), index=index, format=format), 0
@@ -135,13 +139,13 @@ def stream_graphs(path: str, *, read_options: dict, allowed, on_error: str, prob
         if atoms is not None:  # None: a frame read_frames could not parse, already in ``found``
             kinds.setdefault(_label_kind(atoms), atoms)
             try:
-                yield reading._frame_graph(atoms, keys, unit, sign, allowed, where, frame)
+                yield reading.frame_graph(atoms, read_options, allowed, where, frame)
             except DataError as exc:
                 found.append(Problem.from_error(exc, where, frame))
         frame += 1
     if frame == 0:
         raise DataError(f"no frames read (index={index!r})", path=str(path))
-    reading._check_keys_exist(list(kinds.values()), keys, path)
+    reading.labels_found(list(kinds.values()), read_options, path)
     errors = errors_of(found)
     if errors and on_error == "raise":
         raise problems_error(errors)
@@ -173,12 +177,20 @@ def _counts(store: GraphStore, indices, r_max: float) -> np.ndarray:
     return edge_counts([store[i] for i in indices], r_max)
 
 
-def _write(folder: Path, inputs: dict, settings: dict, fingerprints: dict, radii: list[float], shard_size: int) -> dict:
+def _write(
+    folder: Path,
+    inputs: dict,
+    read_options: ReaderOptions,
+    settings: dict,
+    fingerprints: dict,
+    radii: list[float],
+    shard_size: int,
+) -> dict:
     from torch_geometric.data import SQLiteDatabase
 
     started = time.perf_counter()
     allowed, on_error = settings["species"], settings["on_error"]
-    read_options = {k: v for k, v in settings.items() if k not in ("species", "on_error")}
+    labels, schema = list(LABELS), store_schema()
     statistics = StatisticsAccumulator(radii[0])
     shards, parts, skipped, species = [], {}, [], set()
     rows, summaries, database, total = [], [], None, 0
@@ -212,13 +224,13 @@ def _write(folder: Path, inputs: dict, settings: dict, fingerprints: dict, radii
                             "count": 0,
                         }
                     )
-                    database = SQLiteDatabase(str(folder / shards[-1]["file"]), TABLE, schema=SCHEMA)
+                    database = SQLiteDatabase(str(folder / shards[-1]["file"]), TABLE, schema=schema)
                 summary = frame_summaries([graph], radii)
                 summaries.append(summary)
                 species.update(summary["species"].tolist())
                 if part == "train":
                     statistics.add(summary)
-                rows.append(graph_row(graph))
+                rows.append(graph_row(graph, schema))
                 total, written = total + 1, written + 1
                 if len(rows) >= CHUNK or shards[-1]["count"] + len(rows) >= shard_size:
                     flush()
@@ -232,6 +244,7 @@ def _write(folder: Path, inputs: dict, settings: dict, fingerprints: dict, radii
         "mpnn_ip_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "reader_settings": settings,
+        "labels": labels,
         "inputs": fingerprints,
         "parts": parts,
         "num_frames": total,
@@ -260,7 +273,11 @@ def _rebuild_reason(out: Path, settings: dict, fingerprints: dict) -> str | None
     if problem is not None:
         return problem
     old = manifest["reader_settings"]
-    changed = [f"{key} {old.get(key)!r} -> {value!r}" for key, value in settings.items() if old.get(key) != value]
+    changed = [
+        f"{key} {old.get(key)!r} -> {settings.get(key)!r}"
+        for key in {**old, **settings}
+        if old.get(key) != settings.get(key)
+    ]
     if changed:
         return "reader settings changed: " + ", ".join(changed)
     for part in sorted(set(fingerprints) | set(manifest["inputs"])):

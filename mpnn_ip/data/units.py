@@ -1,7 +1,8 @@
 """Stress and virial conventions of data files -> ASE's stress (eV/Å³, positive = tensile).
 
 Files in the wild give stress in eV/Å³, GPa, kbar (VASP) or bar (LAMMPS, FitSNAP), and some
-use "positive = compressive" (pressure-like sign). Others store the virial (eV) instead.
+use "positive = compressive" (pressure-like sign). Others store the virial (eV) instead. The stress
+row of the label table (:mod:`mpnn_ip.labels`) reads a frame's stress with these conventions.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 from ase import units
 
-from mpnn_ip.data.atomic_graph import stress_to_3x3
-from mpnn_ip.errors import ConfigError, DataError
+from mpnn_ip.data.problems import FrameError
+from mpnn_ip.errors import ConfigError
+from mpnn_ip.labels import LabelValueError, stress_to_3x3, virial_stress
 
 #: Size of one unit of each accepted stress unit, in eV/Å³.
 STRESS_UNITS_IN_EV_PER_A3 = {
@@ -51,8 +53,11 @@ def check_stress_sign(stress_sign: int) -> int:
 
 def stress_to_ase(stress, *, unit: str = "eV/A^3", sign: int = 1, path=None, frame=None) -> np.ndarray:
     """Stress as stored in a file (Voigt 6, 9 or 3×3; ``unit``; ``sign``) -> [3, 3] eV/Å³, ASE sign."""
-    value = stress_to_3x3(stress, path=path, frame=frame)
-    return check_stress_sign(sign) * stress_unit_factor(unit) * value
+    scale = check_stress_sign(sign) * stress_unit_factor(unit)
+    try:
+        return scale * stress_to_3x3(stress)
+    except LabelValueError as exc:
+        raise FrameError(str(exc), kind=exc.kind, path=path, frame=frame) from None
 
 
 def virial_to_stress(virial, volume: float, *, path=None, frame=None) -> np.ndarray:
@@ -60,8 +65,7 @@ def virial_to_stress(virial, volume: float, *, path=None, frame=None) -> np.ndar
 
     ``volume``: cell volume in Å³; it must be positive (a virial needs a periodic cell).
     """
-    if not np.isfinite(volume) or volume <= 1e-8:
-        raise DataError(
-            f"a virial was given but the cell volume is {volume:g} Å³; a virial needs a 3D cell", path=path, frame=frame
-        )
-    return -stress_to_3x3(virial, path=path, frame=frame) / volume
+    try:
+        return virial_stress(virial, volume)
+    except LabelValueError as exc:
+        raise FrameError(str(exc), kind=exc.kind, path=path, frame=frame) from None

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import importlib
+from mpnn_ip.lazy import lazy_exports
 
 _LAZY = {
     "import_model": "mpnn_ip.interop.importer",
@@ -23,10 +23,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mpnn_ip.interop' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

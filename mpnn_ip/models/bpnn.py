@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.nn import PerSpeciesScaleShift, SymmetryFunctions, neighbour_gate
+from mpnn_ip.models.energy_head import EnergyHead
+from mpnn_ip.nn import SymmetryFunctions
 from mpnn_ip.nn import activation as activation_fn
 
 
@@ -30,7 +31,7 @@ def default_radial_shifts(r_max: float, count: int = 8) -> list[float]:
     return [round(0.5 + k * step, 4) for k in range(count)]
 
 
-class BPNN(Potential):
+class BPNN(EnergyHead, Potential):
     """Behler–Parrinello potential.
 
     Args:
@@ -44,10 +45,8 @@ class BPNN(Potential):
         hidden: hidden layer widths of each element's network.
         activation: nonlinearity name (``mpnn_ip.nn.activations``), Behler's is ``"tanh"``.
         feature_mean, feature_std: ``[S][F]`` standardisation (None: 0 and 1 until :meth:`prepare`).
-        e0s: per-species isolated-atom energies (eV), ``{Z or symbol: eV}``.
-        energy_scale: eV, initial per-species scale of the networks' outputs (e.g. the force RMS).
-        energy_shift: eV, initial per-species shift on top of E0 (one number, one per species or
-            ``{Z or symbol: eV}``), applied to atoms with neighbours.
+        e0s, energy_scale, energy_shift, zbl: isolated-atom energies added by the base class and the shared,
+            trained energy head (eV; :meth:`~mpnn_ip.models.energy_head.EnergyHead.build_energy_head`).
     """
 
     def __init__(
@@ -67,6 +66,7 @@ class BPNN(Potential):
         e0s: Mapping | None = None,
         energy_scale: float = 1.0,
         energy_shift: float | Sequence[float] | Mapping = 0.0,
+        zbl: bool | str = False,
     ):
         super().__init__(species, r_max, e0s)
         if radial_shifts is None:
@@ -94,7 +94,7 @@ class BPNN(Potential):
             self.element_networks.append(
                 torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
             )
-        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift)
+        self.build_energy_head(energy_scale, energy_shift, trainable=True, zbl=zbl)
 
     def _network(self, element: int, features: torch.Tensor) -> torch.Tensor:
         layers = self.element_networks[element]
@@ -111,8 +111,7 @@ class BPNN(Potential):
             mask = species == element
             reference = self._network(element, isolated[element : element + 1])
             energies = energies.index_put((mask,), self._network(element, standardized[mask]) - reference)
-        gate = neighbour_gate(torch.linalg.norm(edge_vectors, dim=-1), edge_index[0], species.shape[0], self.r_max)
-        return self.scale_shift(energies, species, gate)
+        return self.head_energies(energies, species, edge_index, torch.linalg.norm(edge_vectors, dim=-1))
 
     @torch.no_grad()
     def fit_feature_standardization(self, batches: Iterable) -> None:

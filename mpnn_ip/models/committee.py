@@ -20,7 +20,7 @@ from mpnn_ip.data.atomic_graph import to_inputs
 from mpnn_ip.elements import symbols
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.graph import radius_graph_pbc
-from mpnn_ip.outputs import STANDARD_OUTPUTS
+from mpnn_ip.outputs import LABELS, STANDARD_OUTPUTS
 
 #: Spreads are population standard deviations (``correction=0``) over the members.
 SPREAD_CORRECTION = 0
@@ -105,15 +105,9 @@ class Committee(torch.nn.Module):
             "members": [getattr(m, "checkpoint_metadata", {"path": n}) for m, n in zip(self.members, self.names)],
         }
 
-    def forward(
-        self,
-        inputs,
-        compute_forces: bool = True,
-        compute_stress: bool = False,
-        compute_atomic_virial: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """Mean outputs of the members plus the spreads (see the class docstring); arguments as for
-        :meth:`mpnn_ip.models.Potential.forward`."""
+    def forward(self, inputs, **flags) -> dict[str, torch.Tensor]:
+        """Mean outputs of the members plus the spreads (see the class docstring); ``inputs`` and the ``flags``
+        (``compute_forces``, ``compute_stress``, ``compute_atomic_virial``) as for :meth:`mpnn_ip.models.Potential.forward`."""
         if not isinstance(inputs, Mapping) or "batch" not in inputs:
             inputs = to_inputs(inputs)
         if inputs.get("edge_index") is None:
@@ -127,11 +121,9 @@ class Committee(torch.nn.Module):
                     inputs["batch"],
                     self.r_max,
                 )
-        flags = dict(compute_forces=compute_forces, compute_stress=compute_stress)
-        if compute_atomic_virial:
-            flags["compute_atomic_virial"] = True
         outs = [member(inputs, **flags) for member in self.members]
-        out = {key: torch.stack([o[key] for o in outs]).mean(dim=0) for key in STANDARD_OUTPUTS if key in outs[0]}
+        averaged = dict.fromkeys([*STANDARD_OUTPUTS, *LABELS])  # the standard outputs and every registered label
+        out = {key: torch.stack([o[key] for o in outs]).mean(dim=0) for key in averaged if key in outs[0]}
         energies = torch.stack([o["energy"] for o in outs], dim=1)
         out["energy_committee"] = energies
         out["energy_uncertainty"] = energies.std(dim=1, correction=SPREAD_CORRECTION)

@@ -7,8 +7,9 @@ up to ``max_ell``) and a species-dependent skip; the product basis
 (:class:`~mpnn_ip.nn.mace.product_basis.ProductBasis`: symmetric contraction up to ``correlation``,
 linear, + skip) gives the next hidden features; a readout after every interaction (linear for
 all but the last, a small MLP for the last, whose hidden features are only the scalars).
-Atomic energy = sum of the readouts, scaled and shifted per species (fixed, as MACE's
-``ScaleShiftBlock``; the shift only for atoms with neighbours, :func:`~mpnn_ip.nn.neighbour_gate`);
+Atomic energy = sum of the readouts, scaled and shifted per species (:mod:`~mpnn_ip.models.energy_head`:
+fixed buffers, as MACE's ``ScaleShiftBlock``, but the shift is refitted by least squares of the energy
+residuals during training; the shift only for atoms with neighbours, :func:`~mpnn_ip.nn.neighbour_gate`);
 E0 is added by the base class.
 
 Differences from mace-torch, on purpose:
@@ -43,20 +44,17 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.models.heads import normalize_heads, per_head_values
+from mpnn_ip.models.energy_head import EnergyHead
 from mpnn_ip.nn import (
     LinearReadout,
     MACEInteraction,
     MLPReadout,
-    PerSpeciesScaleShift,
     ProductBasis,
     RadialEmbedding,
     SpeciesEmbedding,
-    ZBLRepulsion,
     embed_edges,
-    neighbour_gate,
 )
-from mpnn_ip.nn.heads import MultiHeadMLPReadout, MultiHeadScaleShift
+from mpnn_ip.nn.heads import MultiHeadMLPReadout
 from mpnn_ip.nn.kernels import resolve_kernels
 from mpnn_ip.nn.mace.radial import MACERadialEmbedding
 from mpnn_ip.nn.mace.zbl import MACEZBLRepulsion
@@ -92,7 +90,7 @@ def _correlations(correlation, num_interactions: int) -> list[int]:
     return values
 
 
-class MACE(Potential):
+class MACE(EnergyHead, Potential):
     """MACE interatomic potential.
 
     Args:
@@ -109,11 +107,8 @@ class MACE(Potential):
         interaction_irreps: irreps of the atomic basis A; default ``C x (0e+1o+...+max_ell)``,
             MACE's spherical-harmonic irreps times the channels.
         avg_num_neighbors: mean neighbour count of the training data; divides the neighbour sum.
-        e0s: per-species reference energies (eV), ``{Z or symbol: eV}``, added by the base class.
-        energy_scale: per-species scale of the atomic energies (eV; the force RMS), fixed.
-        energy_shift: per-species shift of the atomic energies (eV, on top of E0), fixed: one number,
-            one per species, or ``{Z or symbol: eV}``; applied to atoms with neighbours.
-        zbl: add the ZBL screened nuclear repulsion (:class:`~mpnn_ip.nn.ZBLRepulsion`, eV).
+        e0s: isolated-atom energies (eV, ``{Z or symbol: eV}``), added by the base class.
+        energy_scale, energy_shift, zbl: the shared energy head's (eV; :meth:`~mpnn_ip.models.energy_head.EnergyHead.build_energy_head`), fixed (the shift refitted in training).
         mlp_readout_irreps: hidden scalars of the last readout's MLP; None: the last readout is linear
             too (mace-torch's single-interaction models).
         first_interaction_skip: what the first layer does with the species: ``"none"`` (no skip, so a
@@ -127,10 +122,7 @@ class MACE(Potential):
         distance_transform: None, ``"agnesi"`` or ``"soft"``: transform of the length the radial basis sees.
         pair_repulsion: add mace-torch's ZBL repulsion (:class:`~mpnn_ip.nn.mace.zbl.MACEZBLRepulsion`)
             to the atomic energies before the scale and shift, as mace-torch does.
-        heads: names of the heads (see above); None = one head, ``"Default"``. With several heads,
-            ``e0s``, ``energy_scale`` and ``energy_shift`` may be given per head as ``{head: value}``.
-        kernels: ``"e3nn"`` (default), ``"auto"`` or ``"oeq"``: the kernels of the convolutions
-            (:mod:`mpnn_ip.nn.kernels`; ``"oeq"`` is refused where OpenEquivariance cannot run).
+        heads, kernels: as in :class:`~mpnn_ip.models.nequip.NequIP`.
     """
 
     def __init__(
@@ -150,7 +142,7 @@ class MACE(Potential):
         e0s: Mapping | None = None,
         energy_scale: float | Sequence[float] = 1.0,
         energy_shift: float | Sequence[float] | Mapping = 0.0,
-        zbl: bool = False,
+        zbl: bool | str = False,
         mlp_readout_irreps: str | None = "16x0e",
         first_interaction_skip: str = "none",
         shift_every_atom: bool = False,
@@ -163,7 +155,7 @@ class MACE(Potential):
         super().__init__(species, r_max, e0s, heads)
         #: the kernels the convolutions run on (:mod:`mpnn_ip.nn.kernels`)
         self.kernels = resolve_kernels(kernels, "MACE")
-        num_heads = len(normalize_heads(heads))
+        num_heads = self.num_heads
         if num_interactions < 1:
             raise ValueError(f"MACE needs at least one interaction, got num_interactions={num_interactions}")
         if first_interaction_skip not in FIRST_INTERACTION_SKIPS:
@@ -219,14 +211,9 @@ class MACE(Potential):
             else:
                 self.readouts.append(MultiHeadMLPReadout(scalars, mlp_readout_irreps, num_heads))
             irreps_node = irreps_out
-        if num_heads == 1:
-            self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=False)
-        else:
-            self.scale_shift = MultiHeadScaleShift(
-                self.species, per_head_values(energy_scale, self.heads), per_head_values(energy_shift, self.heads)
-            )
-        self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
-        self.shift_every_atom = bool(shift_every_atom)
+        self.build_energy_head(
+            energy_scale, energy_shift, trainable=False, zbl=zbl, cutoff_p=cutoff_p, shift_every_atom=shift_every_atom
+        )
         self.pair_repulsion = MACEZBLRepulsion(self.species, p=int(cutoff_p)) if pair_repulsion else None
 
     def per_head_tensors(self) -> dict[str, tuple[tuple[int, ...], int]]:
@@ -239,14 +226,11 @@ class MACE(Potential):
                 width = readout.linear_out.weight.numel() // heads
                 tensors[f"readouts.{index}.linear_in.weight"] = ((self.num_channels, heads, width), 1)
                 tensors[f"readouts.{index}.linear_out.weight"] = ((heads, width), 0)
-        tensors["scale_shift.scale"] = tensors["scale_shift.shift"] = ((heads, self.num_species), 0)
         return tensors
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs, head=None):
         """Per-atom energies (eV) without E0 (see :meth:`Potential.node_energies`); ``head [N]``: each atom's
         head index (None: the default head)."""
-        if self.num_heads > 1 and head is None:
-            head = torch.zeros_like(species)
         if isinstance(self.radial_embedding, MACERadialEmbedding):
             lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
             edge_sh, radial = (
@@ -264,14 +248,4 @@ class MACE(Potential):
             node_energy = node_energy + readout(node_features[:, : self.num_channels])  # [N, heads]
         if self.pair_repulsion is not None:
             node_energy = node_energy + self.pair_repulsion(species, edge_index, lengths).unsqueeze(-1)
-        if self.shift_every_atom:
-            shift_gate = torch.ones_like(species, dtype=node_energy.dtype)
-        else:
-            shift_gate = neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max)
-        if self.num_heads == 1:
-            node_energy = self.scale_shift(node_energy.squeeze(-1), species, shift_gate)
-        else:
-            node_energy = self.scale_shift(node_energy, species, head, shift_gate)
-        if self.zbl is not None:
-            node_energy = node_energy + self.zbl(species, edge_index, lengths)
-        return node_energy
+        return self.head_energies(node_energy, species, edge_index, lengths, head)

@@ -32,26 +32,22 @@ import torch
 from e3nn import o3
 
 from mpnn_ip.models.base import Potential
-from mpnn_ip.models.heads import normalize_heads, per_head_values
+from mpnn_ip.models.energy_head import EnergyHead
 from mpnn_ip.nn import (
     EquivariantGate,
     LinearReadout,
-    PerSpeciesScaleShift,
     RadialEmbedding,
     SpeciesEmbedding,
     SpeciesSelfInteraction,
     TensorProductConvolution,
-    ZBLRepulsion,
     check_same_irreps,
     convolution_output_irreps,
     embed_edges,
-    neighbour_gate,
     tp_path_exists,
 )
 from mpnn_ip.nn.constants import DtypeConstants
-from mpnn_ip.nn.heads import MultiHeadScaleShift
 from mpnn_ip.nn.kernels import resolve_kernels
-from mpnn_ip.nn.nequip import NequIPZBL, ScalarMLP
+from mpnn_ip.nn.nequip import ScalarMLP
 from mpnn_ip.nn.scale_shift import per_species_values
 
 
@@ -148,7 +144,7 @@ class NequIPLayer(torch.nn.Module):
         return node_features + update if self.resnet else update
 
 
-class NequIP(Potential):
+class NequIP(EnergyHead, Potential):
     """NequIP interatomic potential.
 
     Args:
@@ -167,12 +163,8 @@ class NequIP(Potential):
         avg_num_neighbors: mean neighbour count of the training data; messages are divided by its sqrt.
             Per species (one number per species, or ``{Z or symbol: count}``): each neighbour's message is
             divided by the sqrt of its own species' count (NequIP 0.19's per-type normalisation).
-        e0s: per-species reference energies (eV), ``{Z or symbol: eV}``, added by the base class.
-        energy_scale: initial per-species scale of the atomic energies (eV; e.g. the force RMS).
-        energy_shift: initial per-species shift of the atomic energies (eV, on top of E0): one number, one
-            per species, or ``{Z or symbol: eV}``; applied to atoms with neighbours (:func:`~mpnn_ip.nn.neighbour_gate`).
-        zbl: add the ZBL screened nuclear repulsion: True for :class:`~mpnn_ip.nn.ZBLRepulsion`, "nequip" for
-            NequIP 0.19's variant (:class:`~mpnn_ip.nn.nequip.NequIPZBL`, cut off at r_max), False for none.
+        e0s: isolated-atom energies (eV, ``{Z or symbol: eV}``), added by the base class.
+        energy_scale, energy_shift, zbl: the shared energy head's (eV; :meth:`~mpnn_ip.models.energy_head.EnergyHead.build_energy_head`), trained.
         self_connection: species-dependent self-connection in every layer but the first.
         resnet: residual update in layers whose input and output irreps match (not the first).
         readout_mlp: None: two linear maps ``F -> F/2 -> 1``; else the hidden widths of NequIP 0.19's
@@ -215,11 +207,10 @@ class NequIP(Potential):
         kernels: str = "e3nn",
     ):
         super().__init__(species, r_max, e0s, heads)
-        #: the kernels the convolutions run on (:mod:`mpnn_ip.nn.kernels`)
-        self.kernels = resolve_kernels(kernels, "NequIP")
-        num_heads = len(normalize_heads(heads))
         if num_layers < 1:
             raise ValueError(f"NequIP needs at least one layer, got num_layers={num_layers}")
+        #: the kernels the convolutions run on (:mod:`mpnn_ip.nn.kernels`)
+        self.kernels, num_heads = resolve_kernels(kernels, "NequIP"), self.num_heads
         nonlinearity_scalars = dict(nonlinearity_scalars or {"e": "silu", "o": "tanh"})
         nonlinearity_gates = dict(nonlinearity_gates or {"e": "silu", "o": "tanh"})
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
@@ -257,31 +248,16 @@ class NequIP(Potential):
             self.readout = torch.nn.Sequential(LinearReadout(irreps, half), LinearReadout(half, f"{num_heads}x0e"))
         else:
             self.readout = ScalarMLP([scalar_features, *readout_mlp, num_heads], readout_nonlinearity)
-        if num_heads == 1:
-            self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift, trainable=True)
-        else:
-            self.scale_shift = MultiHeadScaleShift(
-                self.species,
-                per_head_values(energy_scale, self.heads),
-                per_head_values(energy_shift, self.heads),
-                trainable=True,
-            )
-        if zbl not in (False, True, "nequip"):
-            raise ValueError(f"zbl must be False, True or 'nequip', got {zbl!r}")
-        if zbl == "nequip":
-            self.zbl = NequIPZBL(self.species, r_max, cutoff_p)
-        else:
-            self.zbl = ZBLRepulsion(self.species, p=cutoff_p, r_max=r_max) if zbl else None
+        self.build_energy_head(energy_scale, energy_shift, trainable=True, zbl=zbl, cutoff_p=cutoff_p)
 
     def per_head_tensors(self) -> dict[str, tuple[tuple[int, ...], int]]:
-        """E0, the head columns of the readout's last linear map, the scale and shift."""
+        """E0, the scale and shift (:class:`EnergyHead`) and the head columns of the readout's last linear map."""
         heads, tensors = self.num_heads, super().per_head_tensors()
         if isinstance(self.readout, ScalarMLP):
             last = len(self.readout.weights) - 1
             tensors[f"readout.weights.{last}"] = ((self.readout.dims[-2], heads), 1)
         else:
             tensors["readout.1.linear.weight"] = ((self.readout[1].irreps_in.dim, heads), 1)
-        tensors["scale_shift.scale"] = tensors["scale_shift.shift"] = ((heads, self.num_species), 0)
         return tensors
 
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs, head=None):
@@ -291,14 +267,4 @@ class NequIP(Potential):
         node_features = self.species_embedding(species)
         for layer in self.layers:
             node_features = layer(node_features, species, edge_sh, radial, edge_index)
-        gate = neighbour_gate(lengths, edge_index[0], species.shape[0], self.r_max)
-        node_energy = self.readout(node_features)  # [N, heads]
-        if self.num_heads == 1:
-            node_energy = self.scale_shift(node_energy.squeeze(-1), species, gate)
-        else:
-            if head is None:
-                head = torch.zeros_like(species)
-            node_energy = self.scale_shift(node_energy, species, head, gate)
-        if self.zbl is not None:
-            node_energy = node_energy + self.zbl(species, edge_index, lengths)
-        return node_energy
+        return self.head_energies(self.readout(node_features), species, edge_index, lengths, head)  # [N, heads] -> [N]

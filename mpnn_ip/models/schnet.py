@@ -17,20 +17,19 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from mpnn_ip.models.base import Potential
+from mpnn_ip.models.energy_head import EnergyHead
 from mpnn_ip.nn import (
     GaussianBasis,
-    PerSpeciesScaleShift,
     PolynomialCutoff,
     SchNetInteraction,
     cosine_cutoff,
-    neighbour_gate,
     shifted_softplus,
 )
 
 CUTOFFS = ("cosine", "polynomial")
 
 
-class SchNet(Potential):
+class SchNet(EnergyHead, Potential):
     """SchNet potential.
 
     Args:
@@ -41,11 +40,9 @@ class SchNet(Potential):
         num_gaussians: Gaussians of the distance expansion, centres evenly in [0, r_max].
         num_filters: channels of the continuous filters.
         cutoff: ``"cosine"`` (0.5 (cos(π r / r_max) + 1), the original) or ``"polynomial"`` (p = 6).
-        e0s: per-species isolated-atom energies (eV), ``{Z or symbol: eV}``.
         avg_num_neighbors: divides the neighbour sum of each convolution.
-        energy_scale: eV, initial per-species scale of the output network.
-        energy_shift: eV, initial per-species shift on top of E0 (one number, one per species or
-            ``{Z or symbol: eV}``), applied to atoms with neighbours.
+        e0s, energy_scale, energy_shift, zbl: isolated-atom energies added by the base class and the shared,
+            trained energy head (eV; :meth:`~mpnn_ip.models.energy_head.EnergyHead.build_energy_head`).
     """
 
     def __init__(
@@ -61,6 +58,7 @@ class SchNet(Potential):
         avg_num_neighbors: float = 1.0,
         energy_scale: float = 1.0,
         energy_shift: float | Sequence[float] | Mapping = 0.0,
+        zbl: bool | str = False,
     ):
         super().__init__(species, r_max, e0s)
         if cutoff not in CUTOFFS:
@@ -75,7 +73,7 @@ class SchNet(Potential):
         )
         self.output_hidden = torch.nn.Linear(num_features, max(num_features // 2, 1))
         self.output = torch.nn.Linear(max(num_features // 2, 1), 1)
-        self.scale_shift = PerSpeciesScaleShift(self.species, energy_scale, energy_shift)
+        self.build_energy_head(energy_scale, energy_shift, trainable=True, zbl=zbl)
 
     def cutoff_envelope(self, lengths: torch.Tensor) -> torch.Tensor:
         """Smooth cutoff ``[n_edges]`` Å -> ``[n_edges]`` (1 at r = 0, value and slope 0 at r_max)."""
@@ -95,4 +93,4 @@ class SchNet(Potential):
             node_features = interaction(node_features, radial_basis, cutoff, edge_index)
         raw = self.output(shifted_softplus(self.output_hidden(node_features))).squeeze(-1)
         relative = raw[:num_atoms] - raw[num_atoms:][species]
-        return self.scale_shift(relative, species, neighbour_gate(lengths, edge_index[0], num_atoms, self.r_max))
+        return self.head_energies(relative, species, edge_index, lengths)

@@ -1,4 +1,5 @@
-"""Naming the frames of a skipped (non-finite) training step, and refusing to checkpoint non-finite weights."""
+"""Naming the frames of a skipped (non-finite) training step, the message of a diverged run, and refusing to
+checkpoint non-finite weights."""
 
 from __future__ import annotations
 
@@ -47,3 +48,33 @@ def refuse_non_finite_weights(checkpoint: Mapping, model: torch.nn.Module, kept:
             f"checkpoint was written and the run stopped; {where}. Lower the learning rate (optim.lr=...), add gradient "
             "clipping (trainer.gradient_clip_val=...) or train in float64 (dtype=float64)."
         )
+
+
+def diverged_message(history: Sequence[tuple], bad_steps: int, max_bad_steps: int, paths: Sequence[str]) -> str:
+    """The :class:`TrainingDiverged` message: the skipped steps of ``history`` ((step, epoch, reason, frames) each),
+    how many in a row, and the kept checkpoints ``paths`` to start again from."""
+    (first_step, first_epoch, *_), (last_step, last_epoch, *_) = history[0], history[-1]
+    epochs = f"epoch {last_epoch}" if first_epoch == last_epoch else f"epochs {first_epoch}-{last_epoch}"
+    if bad_steps == 1:
+        what = f"an optimizer step (step {last_step}, {epochs}) had a non-finite loss or gradient and was skipped"
+    else:
+        what = (
+            f"{bad_steps} consecutive optimizer steps (steps {first_step}-{last_step}, {epochs}) had a "
+            "non-finite loss or gradient and were skipped"
+        )
+    lines = [f"training diverged: {what} (max_bad_steps={max_bad_steps}); the run stopped."]
+    for step, _epoch, reason, frames in history:
+        lines.append(f"  step {step}: {reason}; frames {name_frames(frames)}")
+    if paths:
+        others = f" (also kept: {', '.join(paths[1:])})" if len(paths) > 1 else ""
+        lines.append(f"The last good checkpoint is kept: {paths[0]}{others}.")
+        restart = f" Then start again from the last good checkpoint with ckpt_path={paths[0]} and the changed settings."
+    else:
+        lines.append("No checkpoint of this run had been written yet.")
+        restart = ""
+    lines.append(
+        "To try: check the frames named above (labels, units, weights, atoms too close), lower the learning rate "
+        "(optim.lr=...), add gradient clipping (trainer.gradient_clip_val=...) or train in float64 (dtype=float64)."
+        f"{restart} max_bad_steps=0 skips such steps without ever stopping."
+    )
+    return "\n".join(lines)

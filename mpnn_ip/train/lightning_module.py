@@ -15,16 +15,20 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from mpnn_ip.checkpoint import checkpoint_metadata, plain
 from mpnn_ip.errors import ConfigError, DataError, TrainingDiverged
 from mpnn_ip.models.compiled import CompileDecision, compile_potential, normalize_mode
-from mpnn_ip.train.bad_steps import MAX_FRAMES_NAMED, frame_names, name_frames, refuse_non_finite_weights
-from mpnn_ip.train.losses import EpochLoss, WeightedPropertyLoss
+from mpnn_ip.train.bad_steps import (
+    MAX_FRAMES_NAMED,
+    diverged_message,
+    frame_names,
+    name_frames,
+    refuse_non_finite_weights,
+)
+from mpnn_ip.train.losses import EpochLoss, WeightedPropertyLoss, default_loss
 from mpnn_ip.train.metrics import PropertyMetrics
+from mpnn_ip.train.shift_refit import ShiftRefit, refits_shift
 from mpnn_ip.train.stage_two import StageTwo
 
-DEFAULT_LOSS = {
-    "energy": {"weight": 1.0, "fn": "mse"},
-    "forces": {"weight": 10.0, "fn": "mse"},
-    "stress": {"weight": 0.0, "fn": "mse"},
-}
+#: One term per label, weighted as its row of mpnn_ip.outputs.LABELS says: energy 1, forces 10, stress 0.
+DEFAULT_LOSS = default_loss()
 STAGES = ("train", "val", "test", "val_replay")
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,9 @@ class PotentialModule(L.LightningModule):
             otherwise eager, with the reason printed; ``auto`` tries on CUDA only: on the CPU AOTAutograd
             refuses the double backward). The outcome is
             ``compile_decision``.
+        refit_energy_shift: refit a fixed per-species energy shift (MACE's) by least squares of the energy
+            residuals of the training frames before each validation (:class:`~mpnn_ip.train.shift_refit.ShiftRefit`);
+            no effect on models that train their shift.
 
     Diverging training: a training step whose loss or any gradient is NaN/inf does not change the
     weights (no optimizer step, the optimizer's moments are untouched, EMA skips it); a WARNING
@@ -94,6 +101,7 @@ class PotentialModule(L.LightningModule):
         statistics: Mapping | None = None,
         max_bad_steps: int = 5,
         compile: bool | str = False,
+        refit_energy_shift: bool = True,
     ):
         super().__init__()
         self.compile_mode = normalize_mode(compile)
@@ -111,6 +119,8 @@ class PotentialModule(L.LightningModule):
             )
         self.stage_two = StageTwo(**stage_two) if stage_two is not None else None
         self.loss_fn = WeightedPropertyLoss(**terms)
+        #: the least-squares refit of a fixed energy shift, or None
+        self.shift_refit = ShiftRefit(model) if refit_energy_shift and refits_shift(model) else None
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
@@ -268,34 +278,7 @@ class PotentialModule(L.LightningModule):
         return list(dict.fromkeys(path for path in candidates if path and Path(path).is_file()))
 
     def _diverged_message(self) -> str:
-        (first_step, first_epoch, *_), (last_step, last_epoch, *_) = self._bad_history[0], self._bad_history[-1]
-        epochs = f"epoch {last_epoch}" if first_epoch == last_epoch else f"epochs {first_epoch}-{last_epoch}"
-        if self.bad_steps == 1:
-            what = f"an optimizer step (step {last_step}, {epochs}) had a non-finite loss or gradient and was skipped"
-        else:
-            what = (
-                f"{self.bad_steps} consecutive optimizer steps (steps {first_step}-{last_step}, {epochs}) had a "
-                "non-finite loss or gradient and were skipped"
-            )
-        lines = [f"training diverged: {what} (max_bad_steps={self.max_bad_steps}); the run stopped."]
-        for step, _epoch, reason, frames in self._bad_history:
-            lines.append(f"  step {step}: {reason}; frames {name_frames(frames)}")
-        paths = self._checkpoint_paths()
-        if paths:
-            others = f" (also kept: {', '.join(paths[1:])})" if len(paths) > 1 else ""
-            lines.append(f"The last good checkpoint is kept: {paths[0]}{others}.")
-            restart = (
-                f" Then start again from the last good checkpoint with ckpt_path={paths[0]} and the changed settings."
-            )
-        else:
-            lines.append("No checkpoint of this run had been written yet.")
-            restart = ""
-        lines.append(
-            "To try: check the frames named above (labels, units, weights, atoms too close), lower the learning rate "
-            "(optim.lr=...), add gradient clipping (trainer.gradient_clip_val=...) or train in float64 (dtype=float64)."
-            f"{restart} max_bad_steps=0 skips such steps without ever stopping."
-        )
-        return "\n".join(lines)
+        return diverged_message(self._bad_history, self.bad_steps, self.max_bad_steps, self._checkpoint_paths())
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:
@@ -356,7 +339,7 @@ class PotentialModule(L.LightningModule):
         self._log_epoch_metrics("test")
 
     def configure_callbacks(self) -> list:
-        return [] if self.stage_two is None else [self.stage_two]
+        return [callback for callback in (self.stage_two, self.shift_refit) if callback is not None]
 
     def configure_optimizers(self):
         if self.model.fitted_in_closed_form:

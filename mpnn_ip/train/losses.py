@@ -1,11 +1,11 @@
 """One loss module configured per term: ``{energy: {weight, fn}, forces: {...}, stress: {...}}``.
 
-Each term compares one quantity of :mod:`mpnn_ip.outputs` with its labels: ``energy`` the energy
-per atom (eV/atom), so that frames of different size count alike; ``forces`` every Cartesian
-component (eV/Å); ``stress`` every tensor component (eV/Å³). All terms go through the same code:
-rows of frames without the label (``has_energy``/``has_forces``/``has_stress`` False) are masked
-out, every row is multiplied by its frame's ``weight``, and the sum is divided by the number of
-labelled entries.
+There is one term per label of :data:`mpnn_ip.outputs.LABELS`, named after it, comparing the quantity
+its row declares (``LabelSpec.loss_quantity``): ``energy`` the energy per atom (eV/atom), so that frames
+of different size count alike; ``forces`` every Cartesian component (eV/Å); ``stress`` every tensor
+component (eV/Å³); a registered label its own. All terms go through the same code: rows of frames
+without the label (``has_energy``/``has_forces``/``has_stress`` False) are masked out, every row is
+multiplied by its frame's ``weight``, and the sum is divided by the number of labelled entries.
 
 Under DDP each process holds part of the global batch; dividing each part's sum by its own count
 would weigh an entry of a process holding few atoms more than one of a process holding many. The
@@ -24,12 +24,33 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from mpnn_ip.outputs import OUTPUTS, QUANTITIES, Output, Quantity, labelled_outputs, per_row, quantity_rows
+from mpnn_ip.outputs import LABELS, OUTPUTS, QUANTITIES, Output, Quantity, labelled_outputs, per_row, quantity_rows
 
-#: Loss term name (the config key) -> the quantity it compares, in the order they are reported.
-LOSS_TERMS = {"energy": "energy_per_atom", "forces": "forces", "stress": "stress"}
+
+class _LossTerms(Mapping):
+    """Loss term name (the config key) -> the quantity it compares, in the order they are reported: one per
+    label of :data:`mpnn_ip.outputs.LABELS` (read when used, so a registered label has its term)."""
+
+    def __getitem__(self, name: str) -> str:
+        return LABELS[name].loss_quantity
+
+    def __iter__(self):
+        return iter(LABELS)
+
+    def __len__(self) -> int:
+        return len(LABELS)
+
+
+#: Loss term name -> the quantity it compares: ``{"energy": "energy_per_atom", "forces": "forces", "stress": "stress"}``
+#: and one per registered label.
+LOSS_TERMS = _LossTerms()
 LOSS_FUNCTIONS = ("mse", "mae", "huber")
 _SETTINGS = ("weight", "fn", "delta")
+
+
+def default_loss() -> dict[str, dict]:
+    """``{term: {"weight", "fn"}}`` of every label, with the weight its row gives (energy 1, forces 10, stress 0)."""
+    return {name: {"weight": spec.loss_weight, "fn": "mse"} for name, spec in LABELS.items()}
 
 
 def elementwise_loss(fn: str, pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
@@ -94,12 +115,14 @@ class WeightedPropertyLoss(torch.nn.Module):
             atom (eV/atom). ``delta`` (huber only) is in the unit of the quantity.
         forces: same, for force components (eV/Å).
         stress: same, for stress components (eV/Å³).
+        <label>: same, for the loss quantity of a label added with :func:`mpnn_ip.outputs.register_label`.
 
-    Any other name is a ``ValueError`` naming the known terms.
+    Any other name is a ``ValueError`` naming the known terms. The terms are those of :data:`LOSS_TERMS`
+    when the loss is built (:attr:`term_names`).
 
     ``forward(pred, batch, count_normaliser=None)`` -> ``(total, terms)``: the scalar loss and
-    ``{term: unweighted value}``; ``count_normaliser`` maps the counts of labelled entries ``[3]`` (one
-    per term of :data:`LOSS_TERMS`) to what the sums are divided by (DDP: the global count over
+    ``{term: unweighted value}``; ``count_normaliser`` maps the counts of labelled entries ``[T]`` (one
+    per term of :attr:`term_names`) to what the sums are divided by (DDP: the global count over
     the number of processes). :meth:`sums_and_counts` gives the sums and counts themselves.
     ``pred``: the model's output dict (``energy [B]``, ``forces [N,3]``, ``stress [B,3,3]``);
     ``batch``: a collated batch with labels, ``has_*`` masks, ``weight [B]``, ``batch``, ``ptr``.
@@ -109,6 +132,8 @@ class WeightedPropertyLoss(torch.nn.Module):
 
     def __init__(self, **terms: Mapping | None):
         super().__init__()
+        #: every term the sums and counts have a slot for, in order (those of :data:`LOSS_TERMS` now)
+        self.term_names = tuple(LOSS_TERMS)
         configured = [LossTerm.from_config(name, spec) for name, spec in terms.items() if spec is not None]
         self.terms = {term.name: term for term in configured if term.weight > 0}
         if not self.terms:
@@ -116,8 +141,8 @@ class WeightedPropertyLoss(torch.nn.Module):
 
     def set_weight(self, name: str, weight: float) -> None:
         """Change the weight of term ``name`` (e.g. the energy weight of a second stage); 0 switches it off."""
-        if name not in LOSS_TERMS:
-            raise ValueError(f"{name} is not a loss term; the terms are {', '.join(LOSS_TERMS)}")
+        if name not in self.term_names:
+            raise ValueError(f"{name} is not a loss term; the terms are {', '.join(self.term_names)}")
         term = self.terms.get(name) or LossTerm.from_config(name, {"weight": weight})
         terms = {**self.terms, name: replace(term, weight=float(weight))}
         self.terms = {key: value for key, value in terms.items() if value.weight > 0}
@@ -127,13 +152,13 @@ class WeightedPropertyLoss(torch.nn.Module):
         return any(term.quantity.output == output for term in self.terms.values())
 
     def sums_and_counts(self, pred: Mapping[str, torch.Tensor], batch) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """``(sums [3], counts [3], present)``: per term of :data:`LOSS_TERMS` (always all three, in that order,
+        """``(sums [T], counts [T], present)``: per term of :attr:`term_names` (always all of them, in that order,
         so that the shapes stay when a weight changes; 0 for a term that is off) the weighted sum of its errors
         and the number of labelled entries, and the terms on whose output the model returned."""
         labelled = labelled_outputs(pred, batch)
         zero = 0.0 * pred["energy"].sum()  # a batch without any labelled term still backpropagates
         sums, counts, present = [], [], []
-        for name in LOSS_TERMS:
+        for name in self.term_names:
             term = self.terms.get(name)
             output = None if term is None else OUTPUTS[term.quantity.output]
             entry = None if term is None else labelled.get(output.name)
@@ -154,11 +179,11 @@ class WeightedPropertyLoss(torch.nn.Module):
     def combine(
         self, sums: torch.Tensor, counts: torch.Tensor, present=None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(total, terms)`` from per-term sums and counts ``[3]`` (:meth:`sums_and_counts`): each term
+        """``(total, terms)`` from per-term sums and counts ``[T]`` (:meth:`sums_and_counts`): each term
         ``sum / max(count, 1)``, the total their weighted sum; ``terms`` holds the terms that are on and
         named in ``present`` (default: all that are on)."""
         values = sums / counts.clamp(min=1)
-        names = list(LOSS_TERMS)
+        names = list(self.term_names)
         weights = [self.terms[name].weight if name in self.terms else 0.0 for name in names]
         total = (torch.tensor(weights, dtype=values.dtype, device=values.device) * values).sum()
         keep = [name for name in names if name in self.terms and (present is None or name in present)]
@@ -190,15 +215,16 @@ class EpochLoss(Metric):
     def __init__(self, loss: WeightedPropertyLoss):
         super().__init__()
         self.loss = loss
-        self.add_state("sums", default=torch.zeros(len(LOSS_TERMS), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("counts", default=torch.zeros(len(LOSS_TERMS), dtype=torch.float64), dist_reduce_fx="sum")
+        size = len(loss.term_names)
+        self.add_state("sums", default=torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", default=torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
         self.sums += sums.detach().to(self.sums)
         self.counts += counts.detach().to(self.counts)
 
     def compute(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        present = [name for name, count in zip(LOSS_TERMS, self.counts.tolist()) if count > 0]
+        present = [name for name, count in zip(self.loss.term_names, self.counts.tolist()) if count > 0]
         return self.loss.combine(self.sums, self.counts, present)
 
 
@@ -209,5 +235,6 @@ def _check_unlabelled(term: LossTerm, output: Output, batch) -> None:
         raise ValueError(
             f"loss.{term.name} (weight {term.weight:g}) needs the model output {output.name!r}, but the model did not "
             f"return it for a batch in which {labelled_frames} frame(s) carry a {output.label} label; have the model "
-            f"compute it (compute_forces=True, compute_stress=True) or set loss.{term.name}.weight=0"
+            f"compute it (compute_forces=True, compute_stress=True, or return it as an extra output) or set "
+            f"loss.{term.name}.weight=0"
         )

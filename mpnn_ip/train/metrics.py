@@ -2,7 +2,8 @@
 
 The quantities, their units and how each is paired with its label are those of
 :mod:`mpnn_ip.outputs` (``energy_per_atom`` eV/atom, ``energy`` eV, ``forces`` eV/Å per
-component, ``stress`` eV/Å³ per component), the same as :func:`mpnn_ip.evaluation.evaluate` uses.
+component, ``stress`` eV/Å³ per component, and those of registered labels), the same as
+:func:`mpnn_ip.evaluation.evaluate` uses; a metric module has the quantities of the table when it is built.
 
 Logged names are ``{stage}/{quantity}_{mae|rmse}``, e.g. ``val/forces_rmse``.
 """
@@ -18,7 +19,8 @@ from mpnn_ip.outputs import QUANTITIES, labelled_outputs, paired_values
 
 
 class PropertyMetrics(torch.nn.Module):
-    """Running MAE and RMSE of energy per atom, energy, force and stress components over an epoch.
+    """Running MAE and RMSE of every compared quantity (energy per atom, energy, force and stress components ...)
+    over an epoch.
 
     ``update(pred, batch)`` accumulates; ``compute()`` returns ``{"forces_rmse": tensor, ...}`` for
     the quantities that had at least one labelled entry since the last ``reset()``.
