@@ -180,3 +180,25 @@ def test_nvt_run_md_in_process_reaches_finite_temperatures(tmp_path):
     assert len(summary["log_rows"]) == 3
     assert all(np.isfinite(row).all() for row in summary["log_rows"])
     assert summary["mean_temperature_K"] > 0
+
+
+def test_md_with_dispersion_moves_on_the_models_energy_plus_d3(workdir):
+    pytest.importorskip("dftd3")
+    pytest.importorskip("torch_dftd")
+    import ase.io
+
+    from mpnn_ip import MPNNCalculator
+    from mpnn_ip.checkpoint import load_model
+
+    out = workdir / "nve_d3"
+    args = [f"ckpt_path={workdir / 'tiny.ckpt'}", "structure=frames.extxyz", "steps=2", "log_interval=2"]
+    result = _run("mpnn_ip.cli.md", *args, "dispersion=d3bj:pbe", "dtype=float64", f"out_dir={out}", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = ase.io.read(out / "md.extxyz", 0)
+    start = ase.io.read(workdir / "frames.extxyz", -1)
+    model = load_model(workdir / "tiny.ckpt", dtype="float64")
+    start.calc = MPNNCalculator(model, dispersion="d3bj:pbe", compile=False)
+    plain = start.copy()
+    plain.calc = MPNNCalculator(model, compile=False)
+    assert abs(start.get_potential_energy() - plain.get_potential_energy()) > 1e-3
+    assert first.get_potential_energy() == pytest.approx(start.get_potential_energy(), abs=1e-6)

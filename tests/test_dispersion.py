@@ -68,7 +68,7 @@ def reference(atoms: Atoms, three_body: bool, three_body_cutoff: float = 40 * Bo
     atoms.calc = dftd3_ase.DFTD3(
         damping="d3bj",
         params_tweaks={"s6": s6, "s8": s8, "a1": a1, "a2": a2, "s9": 1.0 if three_body else 0.0},
-        realspace_cutoff={"disp2": 60 * Bohr, "disp3": three_body_cutoff, "cn": 40 * Bohr},
+        realspace_cutoff={"disp2": 40 * Bohr, "disp3": three_body_cutoff, "cn": 40 * Bohr},
     )
     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
     stress = atoms.get_stress(voigt=False) if atoms.pbc.all() else None
@@ -99,12 +99,14 @@ def test_energy_forces_stress_match_dftd3(name, three_body):
     assert abs(ref_energy) / n > 1e-3, "the comparison must not be trivial"
 
 
-def test_parse_dispersion_equals_dftd3_defaults():
-    """``d3bj:pbe`` with no further arguments is simple-dftd3's D3(BJ)-PBE with its default cutoffs and no ATM."""
+def test_parse_dispersion_is_dftd3_d3bj_pbe_with_40_bohr_cutoffs():
+    """``d3bj:pbe`` with no further arguments is simple-dftd3's D3(BJ)-PBE without ATM, pairs and coordination
+    numbers within 40 bohr (the issue's default; simple-dftd3's own pair cutoff is 60 bohr)."""
     atoms = make_triclinic_crystal()
     module = parse_dispersion("d3bj:PBE")
+    assert module.cutoff == pytest.approx(40 * Bohr) and module.cn_cutoff == pytest.approx(40 * Bohr)
     energy, forces, stress = evaluate(module, [atoms])
-    atoms.calc = dftd3_ase.DFTD3(method="pbe", damping="d3bj")
+    atoms.calc = dftd3_ase.DFTD3(method="pbe", damping="d3bj", realspace_cutoff={"disp2": 40 * Bohr, "cn": 40 * Bohr})
     assert abs(float(energy[0]) - atoms.get_potential_energy()) / len(atoms) < ENERGY_TOLERANCE
     assert np.abs(forces.numpy() - atoms.get_forces()).max() < FORCE_TOLERANCE
     assert np.abs(stress[0].numpy() - atoms.get_stress(voigt=False)).max() < STRESS_TOLERANCE

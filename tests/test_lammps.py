@@ -476,3 +476,36 @@ def test_attach_takes_a_model_in_memory_with_device_auto(model):
     lmp.command("run 0")
     assert potential.calls == 1 and np.isfinite(lmp.get_thermo("pe"))
     lmp.close()
+
+
+def test_dispersion_is_added_in_lammps_as_in_the_calculator(model):
+    pytest.importorskip("dftd3")
+    pytest.importorskip("torch_dftd")
+    from mpnn_ip.lammps import attach
+
+    lmp = _lammps(
+        "units metal",
+        "boundary p p p",
+        "lattice fcc 3.7",
+        "region box block 0 2 0 2 0 2",
+        "create_box 2 box",
+        "create_atoms 1 box",
+        "set type 1 type/fraction 2 0.3 11",
+        "mass 1 63.546",
+        "mass 2 196.97",
+        "displace_atoms all random 0.1 0.1 0.1 7",
+        "fix mpnn all external pf/callback 1 1",
+    )
+    potential = attach(lmp, model, compile=False, dispersion="d3bj:pbe")
+    lmp.command("run 0")
+    atoms = _state(lmp, potential.type_numbers)
+    atoms.calc = _calculator(model, dispersion="d3bj:pbe")
+    plain = atoms.copy()
+    plain.calc = _calculator(model)
+    energy, stress = atoms.get_potential_energy(), atoms.get_stress(voigt=False)
+    assert abs(energy - plain.get_potential_energy()) / len(atoms) > 1e-3  # the dispersion is there
+    assert abs(lmp.get_thermo("pe") - energy) / len(atoms) < 1e-8
+    for name, (i, j) in VOIGT.items():
+        assert lmp.get_thermo(name) / lmp.extract_global("nktv2p") == pytest.approx(-stress[i, j], abs=1e-10)
+    np.testing.assert_allclose(_forces(lmp), atoms.get_forces(), atol=1e-8)
+    lmp.close()

@@ -26,7 +26,7 @@ from mpnn_ip.models.compiled import CompileDecision
 
 SOURCE = "the ASE Atoms given to MPNNCalculator"
 #: the keywords that go to :class:`~mpnn_ip.calculators.evaluator.StructureEvaluator` (its defaults hold)
-EVALUATOR_OPTIONS = ("device", "dtype", "skin", "compile", "head")
+EVALUATOR_OPTIONS = ("device", "dtype", "skin", "compile", "head", "dispersion")
 
 
 class MPNNCalculator(Calculator):
@@ -72,6 +72,9 @@ class MPNNCalculator(Calculator):
         head: the head of a model with several heads (:mod:`mpnn_ip.models.heads`) to compute with, by
             name; ``None`` = its default head (the first; for a multi-head fine-tuned model, the new
             head). An unknown name is a ``ConfigError`` listing the model's heads.
+        dispersion: ``"d3bj:<functional>"`` (e.g. ``"d3bj:pbe"``) adds DFT-D3(BJ) dispersion
+            (:mod:`mpnn_ip.nn.dispersion`; pairs within 40 bohr) to every result (energy, energies,
+            forces, stress, stresses) of a model trained without it; ``None`` (default) = none.
 
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.
     """

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mpnn_ip.calculators.dispersion import DispersionCorrection
 from mpnn_ip.checkpoint import resolve_device, resolve_dtype
 from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
 from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS, AtomicGraph, to_inputs
@@ -42,6 +43,9 @@ class StructureEvaluator:
         compile: ``"auto"``, ``True`` or ``False`` (:func:`~mpnn_ip.models.compiled.compile_potential`),
             decided on the first structure; :attr:`compile_decision` holds the outcome.
         head: the head of a multi-head model, by name; ``None`` = its default head.
+        dispersion: a dispersion correction added to the model's outputs (``"d3bj:<functional>"``,
+            :class:`~mpnn_ip.calculators.dispersion.DispersionCorrection`), for a model trained without it;
+            ``None`` = none.
         source: what errors call the structures (e.g. ``"the ASE Atoms given to MPNNCalculator"``).
         name: what warnings and logs call the engine (e.g. ``"MPNNCalculator"``).
     """
@@ -54,6 +58,7 @@ class StructureEvaluator:
         skin: float = 0.0,
         compile: bool | str = "auto",
         head: str | None = None,
+        dispersion: str | None = None,
         source: str = "the structure",
         name: str = "StructureEvaluator",
     ):
@@ -61,6 +66,8 @@ class StructureEvaluator:
         #: the :class:`~mpnn_ip.models.compiled.CompileDecision` of the first call (None before it)
         self.compile_decision: CompileDecision | None = None
         self.source, self.name = source, name
+        #: the dispersion correction added to every evaluation, or None
+        self.dispersion = DispersionCorrection(dispersion) if dispersion not in (None, "", "none") else None
         keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
         if isinstance(model, (list, tuple)):
             model = Committee([select_head(member, head) for member in model])
@@ -148,7 +155,8 @@ class StructureEvaluator:
             self.compile_decision = self._decide_compile(inputs, stress)
         with torch.enable_grad():
             extra = {"compute_atomic_virial": True} if atomic_virial else {}
-            return self.model(inputs, compute_forces=True, compute_stress=stress, **extra)
+            out = self.model(inputs, compute_forces=True, compute_stress=stress, **extra)
+        return out if self.dispersion is None else self.dispersion.add_to(out, inputs, stress)
 
     def _decide_compile(self, inputs: dict[str, torch.Tensor], stress: bool) -> CompileDecision:
         """Compile the model if it pays on these inputs (:func:`~mpnn_ip.models.compiled.compile_potential`)."""

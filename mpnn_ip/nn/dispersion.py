@@ -50,13 +50,15 @@ DISPERSION_KINDS = ("d3bj",)
 class D3Dispersion(torch.nn.Module):
     """DFT-D3 with rational (Becke-Johnson) damping, optionally with the three-body ATM term.
 
-    Defaults are those of simple-dftd3 (``dftd3.ase.DFTD3(method=functional, damping="d3bj")``): pairs
-    within 60 bohr, coordination numbers within 40 bohr, no three-body term (``s9 = 0``).
+    Defaults: pairs and coordination numbers within 40 bohr, no three-body term (``s9 = 0``): simple-dftd3's
+    ``dftd3.ase.DFTD3(method=functional, damping="d3bj")`` with its pair cutoff set to 40 bohr (its own
+    default is 60 bohr).
 
     Args:
         functional: exchange-correlation functional whose D3(BJ) parameters to use (see
             :data:`~mpnn_ip.nn.d3_parameters.D3BJ_FUNCTIONALS`), case-insensitive.
-        cutoff: pair cutoff (Å), default 60 bohr = 31.75 Å.
+        cutoff: pair cutoff (Å), default 40 bohr = 21.17 Å (simple-dftd3's default, 60 bohr, differs by 1.4 meV/atom
+            on fcc Cu with (60/40)³ ≈ 3.4× the pairs; pass ``60 * ase.units.Bohr`` for it).
         cn_cutoff: coordination-number cutoff (Å), default 40 bohr = 21.17 Å.
         three_body: add the Axilrod-Teller-Muto term with ``s9 = 1`` (simple-dftd3's ``atm=True``).
             Its cost grows as the square of the neighbours within ``three_body_cutoff`` per atom.
@@ -68,7 +70,7 @@ class D3Dispersion(torch.nn.Module):
     def __init__(
         self,
         functional: str = "pbe",
-        cutoff: float = 60.0 * Bohr,
+        cutoff: float = 40.0 * Bohr,
         cn_cutoff: float = 40.0 * Bohr,
         three_body: bool = False,
         three_body_cutoff: float = 40.0 * Bohr,
