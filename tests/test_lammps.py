@@ -112,23 +112,26 @@ thermo_style custom step pe pxx pyy pzz pxy pxz pyz c_pe_sum c_virial_sum[1] c_v
 """
 
 
-def test_step_zero_energy_pressure_forces_and_per_atom_terms_equal_the_calculator(model):
-    from mpnn_ip.lammps import attach
-
-    lmp = _lammps(
+def _cu_au_box(region: str) -> list[str]:
+    """LAMMPS commands of a periodic fcc Cu box (``region box <region>``), 30 % Au, rattled by 0.1 Å."""
+    return [
         "units metal",
         "boundary p p p",
         "lattice fcc 3.7",
-        "region box prism 0 3 0 3 0 3 0.4 0.3 -0.2",
+        f"region box {region}",
         "create_box 2 box",
         "create_atoms 1 box",
         "set type 1 type/fraction 2 0.3 11",
         "mass 1 63.546",
         "mass 2 196.97",
         "displace_atoms all random 0.1 0.1 0.1 7",
-        "fix mpnn all external pf/callback 1 1",
-        PER_ATOM,
-    )
+    ]
+
+
+def test_step_zero_energy_pressure_forces_and_per_atom_terms_equal_the_calculator(model):
+    from mpnn_ip.lammps import attach
+
+    lmp = _lammps(*_cu_au_box("prism 0 3 0 3 0 3 0.4 0.3 -0.2"), "fix mpnn all external pf/callback 1 1", PER_ATOM)
     potential = attach(lmp, model, compile=False)
     lmp.command("run 0")
     atoms = _state(lmp, potential.type_numbers)
@@ -483,19 +486,7 @@ def test_dispersion_is_added_in_lammps_as_in_the_calculator(model):
     pytest.importorskip("torch_dftd")
     from mpnn_ip.lammps import attach
 
-    lmp = _lammps(
-        "units metal",
-        "boundary p p p",
-        "lattice fcc 3.7",
-        "region box block 0 2 0 2 0 2",
-        "create_box 2 box",
-        "create_atoms 1 box",
-        "set type 1 type/fraction 2 0.3 11",
-        "mass 1 63.546",
-        "mass 2 196.97",
-        "displace_atoms all random 0.1 0.1 0.1 7",
-        "fix mpnn all external pf/callback 1 1",
-    )
+    lmp = _lammps(*_cu_au_box("block 0 2 0 2 0 2"), "fix mpnn all external pf/callback 1 1")
     potential = attach(lmp, model, compile=False, dispersion="d3bj:pbe")
     lmp.command("run 0")
     atoms = _state(lmp, potential.type_numbers)

@@ -110,6 +110,21 @@ def test_only_models_with_a_fixed_shift_are_refitted():
     assert PotentialModule(_mace(), refit_energy_shift=False).shift_refit is None
 
 
+def _trainer(tmp_path, epochs: int) -> L.Trainer:
+    """A quiet CPU trainer without checkpoints (forces need gradients in validation)."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        inference_mode=False,
+        num_sanity_val_steps=0,
+        max_epochs=epochs,
+        default_root_dir=tmp_path,
+    )
+
+
 def _fit_offset_model(tmp_path, refit: bool) -> float:
     """Mean energy error (eV/atom) on the training frames after one epoch of a MACE whose labels carry an
     offset its fixed shift lacks (the learning rate is too small for the network to absorb it)."""
@@ -121,17 +136,7 @@ def _fit_offset_model(tmp_path, refit: bool) -> float:
         optimizer=functools.partial(torch.optim.Adam, lr=1e-6),
         refit_energy_shift=refit,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        inference_mode=False,
-        num_sanity_val_steps=0,
-        max_epochs=1,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(tmp_path, epochs=1)
     loader = DataLoader(graphs, batch_size=5, collate_fn=collate)
     trainer.fit(task, loader, DataLoader(graphs, batch_size=10, collate_fn=collate))
     batch = collate(graphs)
@@ -156,17 +161,7 @@ def test_the_shift_is_refitted_for_the_network_as_it_is_at_validation(tmp_path):
         loss={"energy": {"weight": 1.0}, "forces": {"weight": 100.0}},
         optimizer=functools.partial(torch.optim.Adam, lr=2e-2),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        inference_mode=False,
-        num_sanity_val_steps=0,
-        max_epochs=2,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(tmp_path, epochs=2)
     trainer.fit(
         task,
         DataLoader(graphs, batch_size=2, collate_fn=collate),

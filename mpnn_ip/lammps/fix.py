@@ -315,26 +315,15 @@ def attach(
     if ranks == 1 or comm.Get_rank() == 0:
         restore_torch_threads(ranks)  # LAMMPS (or mpiexec) left OpenMP one thread
     if not isinstance(model, StructureEvaluator):
-        model = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog, dispersion)
+        options = dict(device=device, dtype=dtype, skin=skin, compile=compile, head=head, dispersion=dispersion)
+        model = make_evaluator(model, fix_id, prog, **options)
     return LammpsPotential(lmp, model, elements, fix_id, comm, on_error, prog=prog)
 
 
-def make_evaluator(
-    model, device, dtype, skin: float, compile, head, fix_id: str, prog: str, dispersion: str | None = None
-) -> StructureEvaluator:
-    """The evaluator of a potential or committee (a list) for the fix ``fix_id`` (arguments of :func:`attach`)."""
-    source = f"LAMMPS fix {fix_id}"
-    return StructureEvaluator(
-        model,
-        device=device,
-        dtype=dtype,
-        skin=skin,
-        compile=compile,
-        head=head,
-        dispersion=dispersion,
-        source=source,
-        name=prog,
-    )
+def make_evaluator(model, fix_id: str, prog: str, **options) -> StructureEvaluator:
+    """The evaluator of a potential or committee (a list) for the fix ``fix_id``; ``options``: ``device``,
+    ``dtype``, ``skin``, ``compile``, ``head``, ``dispersion`` (see :func:`attach`)."""
+    return StructureEvaluator(model, **options, source=f"LAMMPS fix {fix_id}", name=prog)
 
 
 def _receive_sleeping(comm) -> Any:

@@ -154,7 +154,8 @@ def run_script(
         model = load_model(model, device=device, dtype=dtype)
     elif isinstance(model, (list, tuple)) and model and isinstance(model[0], (str, Path)):
         model = [load_model(path, device=device, dtype=dtype) for path in model]  # a committee
-    evaluator = make_evaluator(model, device, dtype, skin, compile, head, fix_id, prog, dispersion)
+    options = dict(device=device, dtype=dtype, skin=skin, compile=compile, head=head, dispersion=dispersion)
+    evaluator = make_evaluator(model, fix_id, prog, **options)
     comm = world_communicator()
     rank = 0 if comm is None else comm.Get_rank()
     final_log = Path(log) if log else None
