@@ -55,3 +55,18 @@ def test_a_molecule_gets_energy_and_forces_of_dftd3(molecule):
 def test_an_unknown_dispersion_is_refused_with_the_known_ones():
     with pytest.raises(ConfigError, match="d3bj"):
         MPNNCalculator(build_tiny_model(), dispersion="d4:pbe")
+
+
+def test_the_dispersion_pairs_are_kept_with_the_models_skin(triclinic_crystal):
+    model = build_tiny_model()
+    kept, searched = triclinic_crystal.copy(), triclinic_crystal.copy()
+    kept.calc = MPNNCalculator(model, dtype="float64", dispersion="d3bj:pbe", skin=1.0)
+    searched.calc = MPNNCalculator(model, dtype="float64", dispersion="d3bj:pbe")
+    for step in range(3):
+        for atoms in (kept, searched):
+            atoms.positions += 0.05 * step
+            atoms.positions[0] += [0.02, -0.01, 0.01]
+        assert kept.get_potential_energy() == pytest.approx(searched.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(kept.get_forces(), searched.get_forces(), atol=1e-10)
+    assert kept.calc.evaluator.dispersion.neighbor_list.builds == 1
+    assert searched.calc.evaluator.dispersion.neighbor_list.builds == 3

@@ -23,7 +23,7 @@ from e3nn import o3
 from mpnn_ip.interop.check import TOLERANCES, our_results, parity_errors
 from mpnn_ip.interop.errors import UnsupportedModelError
 from mpnn_ip.interop.importer import read_source
-from mpnn_ip.interop.nequip import convert_nequip_checkpoint, looks_like_nequip_checkpoint
+from mpnn_ip.interop.nequip_checkpoint import convert_nequip_checkpoint, looks_like_nequip_checkpoint
 from mpnn_ip.interop.nequip_package import looks_like_nequip_package
 from mpnn_ip.interop.nequip_weights import linear_dense, load_linear, self_connection_dense, species_linear_dense
 from mpnn_ip.interop.safe_pickle import SafeArchive, load_torch_file

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch_geometric.utils import scatter
 
-from mpnn_ip.graph import edge_vectors, radius_graph_pbc
+from mpnn_ip.graph import edge_vectors
+from mpnn_ip.graph.verlet import VerletList
 from mpnn_ip.models.derivatives import edge_derivatives
 from mpnn_ip.nn.dispersion import parse_dispersion
 
@@ -21,14 +22,18 @@ ADDED_OUTPUTS = ("energy", "node_energy", "forces", "virial", "stress", "atomic_
 class DispersionCorrection:
     """``spec`` (``"d3bj:<functional>"``, see :func:`~mpnn_ip.nn.dispersion.parse_dispersion`) as outputs to add.
 
-    Raises ``ConfigError`` for an unknown kind or functional, with the known ones.
+    ``skin`` (Å): its pairs are kept in a Verlet list (:class:`~mpnn_ip.graph.verlet.VerletList`) searched at
+    its cutoff + skin, as the model's are (0 = search at every call). Raises ``ConfigError`` for an unknown
+    kind or functional, with the known ones.
     """
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, skin: float = 0.0):
         self.spec = str(spec)
         self.module = parse_dispersion(self.spec)
         if self.module is None:
             raise ValueError("DispersionCorrection needs a dispersion, e.g. 'd3bj:pbe'")
+        #: the pairs within the dispersion's cutoff (``builds``/``calls`` count the searches)
+        self.neighbor_list = VerletList(self.module.graph_cutoff, skin)
 
     def outputs(self, inputs: dict[str, torch.Tensor], stress: bool) -> dict[str, torch.Tensor]:
         """The correction on ``inputs`` (a model's input dict: pos [N, 3] Å, atomic_numbers, cell, pbc, batch):
@@ -38,7 +43,7 @@ class DispersionCorrection:
         pos = inputs["pos"].detach().to(torch.float64)
         cell = inputs["cell"].detach().to(torch.float64).reshape(-1, 3, 3)
         batch, pbc = inputs["batch"], inputs["pbc"].reshape(-1, 3)
-        edge_index, shifts = radius_graph_pbc(pos, cell, pbc, batch, self.module.graph_cutoff)
+        edge_index, shifts = self.neighbor_list.edges(pos, cell, pbc, batch)
         with torch.enable_grad():
             vectors = edge_vectors(pos, cell, edge_index, shifts, batch).requires_grad_(True)
             node_energy = self.module.atomic_energies(inputs["atomic_numbers"], edge_index, vectors)

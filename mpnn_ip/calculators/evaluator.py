@@ -67,7 +67,7 @@ class StructureEvaluator:
         self.compile_decision: CompileDecision | None = None
         self.source, self.name = source, name
         #: the dispersion correction added to every evaluation, or None
-        self.dispersion = DispersionCorrection(dispersion) if dispersion not in (None, "", "none") else None
+        self.dispersion = DispersionCorrection(dispersion, skin) if dispersion not in (None, "", "none") else None
         keep_tensor_buffers_in_heap()  # see mpnn_ip.cpu_allocator
         if isinstance(model, (list, tuple)):
             model = Committee([select_head(member, head) for member in model])

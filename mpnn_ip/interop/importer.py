@@ -71,7 +71,7 @@ def read_source(path: str | Path, head: str | None = None) -> ImportedModel:
     if isinstance(obj, Record) and obj.qualname.startswith("mace.modules."):
         return _mace(obj, head)
     if isinstance(obj, dict):
-        from mpnn_ip.interop import nequip
+        from mpnn_ip.interop import nequip_checkpoint as nequip
 
         if nequip.looks_like_nequip_checkpoint(obj):
             _no_heads("NequIP", head, path)

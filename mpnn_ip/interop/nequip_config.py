@@ -267,3 +267,11 @@ def nequip_options(model_config: dict, where: str) -> dict[str, Any]:
         options["per_type_energy_shifts"], options["type_names"], "per_type_energy_shifts", where
     )
     return options
+
+
+def options_with_species(model_config: dict, data_config: Any, where: str) -> dict:
+    """:func:`nequip_options` of the model config with ``species``: the atomic numbers of its types (by the data
+    config's type map or the type names)."""
+    options = nequip_options(model_config, where)
+    options["species"] = species_of_types(options["type_names"], type_map_of(data_config), where)
+    return options

@@ -9,7 +9,8 @@ import yaml
 
 from mpnn_ip.interop.errors import UnsupportedModelError
 from mpnn_ip.interop.imported import ImportedModel
-from mpnn_ip.interop.nequip import SOLE_MODEL, convert_model, func_tensors, options_with_species
+from mpnn_ip.interop.nequip import SOLE_MODEL, convert_model, func_tensors
+from mpnn_ip.interop.nequip_config import options_with_species
 from mpnn_ip.interop.records import plain
 from mpnn_ip.interop.safe_pickle import Record, SafeArchive, module_children, module_tensors
 

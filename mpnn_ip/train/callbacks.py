@@ -3,6 +3,7 @@ resident-memory monitor (RSS per epoch, for spotting leaks in long runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -97,17 +98,14 @@ def resident_memory_mb() -> tuple[float, float]:
     One read of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) on Linux; elsewhere ``psutil`` for the
     current RSS (NaN without it) and ``getrusage`` for the peak.
     """
-    try:
-        with open("/proc/self/status", "rb") as fh:
-            fields = {}
-            for line in fh:
-                if line.startswith((b"VmRSS:", b"VmHWM:")):
-                    key, value = line.split(b":", 1)
-                    fields[key] = float(value.split()[0]) / 1024.0  # kB
-            if b"VmRSS" in fields and b"VmHWM" in fields:
-                return fields[b"VmRSS"], fields[b"VmHWM"]
-    except OSError:  # no /proc (not Linux): fall through to getrusage and psutil
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/status", "rb") as fh:  # no /proc (not Linux): getrusage below
+        fields = {}
+        for line in fh:
+            if line.startswith((b"VmRSS:", b"VmHWM:")):
+                key, value = line.split(b":", 1)
+                fields[key] = float(value.split()[0]) / 1024.0  # kB
+        if b"VmRSS" in fields and b"VmHWM" in fields:
+            return fields[b"VmRSS"], fields[b"VmHWM"]
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
