@@ -9,6 +9,7 @@ files are fine. The quantities, their units and how each is paired with its labe
     energy            eV        per frame (total energy)
     forces            eV/Å      per Cartesian component
     stress            eV/Å³     per tensor component (9 per frame)
+    dipole            e·Å       per Cartesian component (frames without periodicity; models with latent charges)
 
 and those of labels added with :func:`mpnn_ip.outputs.register_label` (their results hold
 ``{label: {"pred", "ref", "mask"}}`` like forces and stress).

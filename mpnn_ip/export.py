@@ -7,12 +7,20 @@ alone cannot differentiate through parameters), exported with ``torch.export`` w
 numbers of atoms, edges and frames, and compiled by AOTInductor into a ``.pt2`` package
 (``compile=True``, the product) or saved as the ``torch.export`` program itself
 (``compile=False``: no C++ compiler needed, slower to run). Metadata (species, r_max, dtype,
-device, model name, versions, units, the parity measured here) travels inside the file.
+device, model name, versions, units, the file's inputs and outputs, the model's long-range terms, the
+parity measured here) travels inside the file.
+
+The terms of :mod:`mpnn_ip.models.long_range` are exported as far as they can be traced: the charge/spin
+embedding with the frames' ``charge`` and ``spin`` as inputs (latent charges take ``charge``, their sum); D3 dispersion not at all (its pair search and
+chunks have shapes that depend on the data: the file holds the model without it and the metadata its spec);
+latent charges (LES) as the network with the input ``charge_potential`` and the output ``charges``, the
+Coulomb sum (frame loops) left out. :class:`~mpnn_ip.calculators.exported.ExportedModel` adds what is left out
+in eager torch, and the parity check compares that sum with the full eager model.
 
 Before the file is kept, the exported model is loaded back from it and run on sample structures
 (a molecule and a periodic cell of two sizes, each alone and all in one batch); its energies,
-forces and stress must match the eager model's to ``1e-5`` (float32) or ``1e-10`` (float64)
-relative to each quantity's largest magnitude. A mismatch removes the file and raises
+forces and stress (and latent charges) must match the eager model's to ``1e-5`` (float32) or ``1e-10``
+(float64) relative to each quantity's largest magnitude. A mismatch removes the file and raises
 :class:`ExportMismatch`. Models with outputs the file cannot carry (``extra_outputs``, e.g. GAP's
 uncertainties) are refused with a :class:`~mpnn_ip.errors.ConfigError`.
 
@@ -32,11 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpnn_ip.calculators.dispersion import DispersionCorrection
 from mpnn_ip.calculators.exported import (
     EXPORTED_INPUTS,
     EXPORTED_OUTPUTS,
+    FRAME_INPUTS,
     METADATA_NAME,
     ExportedModel,
+    exported_signature,
     structure_inputs,
 )
 from mpnn_ip.errors import ConfigError
@@ -56,18 +67,28 @@ class FlatPotential(torch.nn.Module):
 
     Forward (N atoms, B frames, E edges; see :func:`mpnn_ip.calculators.exported.structure_inputs`):
     ``pos [N, 3]`` Å, ``atomic_numbers [N]``, ``cell [B, 3, 3]`` Å, ``pbc [B, 3]``, ``batch [N]``,
-    ``edge_index [2, E]``, ``cell_shifts [E, 3]`` ->
-    ``(energy [B] eV, node_energy [N] eV, forces [N, 3] eV/Å, stress [B, 3, 3] eV/Å³)``.
+    ``edge_index [2, E]``, ``cell_shifts [E, 3]``, then the inputs of the model's long-range terms
+    (``charge [B]`` e, ``spin [B]``; ``charge_potential [N]`` eV/e) ->
+    ``(energy [B] eV, node_energy [N] eV, forces [N, 3] eV/Å, stress [B, 3, 3] eV/Å³)`` (+ ``charges [N]`` e).
+
+    Args:
+        model: the potential (for a model with D3, one without it: see :func:`export_model`).
+        input_names, output_names: the signature (:func:`~mpnn_ip.calculators.exported.exported_signature`).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        input_names: Sequence[str] = EXPORTED_INPUTS,
+        output_names: Sequence[str] = EXPORTED_OUTPUTS,
+    ):
         super().__init__()
         self.model = model
+        self.input_names, self.output_names = tuple(input_names), tuple(output_names)
 
-    def forward(self, pos, atomic_numbers, cell, pbc, batch, edge_index, cell_shifts):
-        inputs = dict(zip(EXPORTED_INPUTS, (pos, atomic_numbers, cell, pbc, batch, edge_index, cell_shifts)))
-        out = self.model(inputs, compute_forces=True, compute_stress=True)
-        return tuple(out[key] for key in EXPORTED_OUTPUTS)
+    def forward(self, *args):
+        out = self.model(dict(zip(self.input_names, args)), compute_forces=True, compute_stress=True)
+        return tuple(out[key] for key in self.output_names)
 
 
 def sample_structures(species: Sequence[int], r_max: float) -> list:
@@ -136,18 +157,31 @@ def export_model(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     dtype = model.dtype
-    samples = list(samples) if samples is not None else sample_structures(model.species, model.r_max)
+    terms = long_range_terms(model)
+    input_names, output_names = exported_signature(terms["charge_spin_embedding"], terms["long_range"] is not None)
+    frame_inputs = [name for name in input_names if name in FRAME_INPUTS]
+    if samples is None:
+        samples = sample_structures(model.species, model.r_max)
+        if frame_inputs:  # a charged doublet beside neutral singlets: the inputs are checked too
+            samples[0].info.update(charge=1.0, spin=2.0)
+    samples = list(samples)
     if len(samples) < 2:
         raise ConfigError("export_model needs at least two sample structures (two frames are the tracing example)")
-    flat = FlatPotential(model)
+    network = model
+    if terms["dispersion"] is not None:  # D3 runs beside the file (ExportedModel), not in it
+        network = copy.deepcopy(model)
+        network.dispersion = None
+    flat = FlatPotential(network, input_names, output_names)
     seconds = {}
 
     clock = time.perf_counter()
-    example = structure_inputs(samples[:2], model.r_max, dtype, device)
+    example = structure_inputs(samples[:2], model.r_max, dtype, device, frame_inputs=frame_inputs)
+    if terms["long_range"] is not None:
+        example["charge_potential"] = torch.zeros_like(example["pos"][:, 0])
     program = _trace_and_export(flat, example)
     seconds["trace_and_export"] = time.perf_counter() - clock
 
-    metadata = _metadata(model, model_name, device, compile)
+    metadata = _metadata(model, model_name, device, compile, input_names, output_names, terms)
     out.parent.mkdir(parents=True, exist_ok=True)
     # written beside ``out`` and renamed only once the parity check passed: a failed export never
     # replaces (or deletes) an existing file of that name
@@ -162,7 +196,7 @@ def export_model(
         seconds["compile" if compile else "save"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        parity = check_parity(flat, ExportedModel(partial, device if not compile else None), samples)
+        parity = check_parity(model, ExportedModel(partial, device if not compile else None), samples)
         seconds["check"] = time.perf_counter() - clock
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -171,28 +205,58 @@ def export_model(
     return {**metadata, "parity": parity, "seconds": seconds}
 
 
-def check_parity(eager: FlatPotential, exported, samples: Sequence) -> dict[str, float]:
-    """Largest relative error of each output of ``exported`` against ``eager`` over every sample
-    alone and all samples in one batch; raises :class:`ExportMismatch` past :data:`PARITY_RTOL`.
+def long_range_terms(model: torch.nn.Module) -> dict:
+    """The model's terms of :mod:`mpnn_ip.models.long_range` as its constructor arguments (for the metadata):
+    ``charge_spin_embedding`` (bool), ``dispersion`` (``"d3bj:<functional>"`` or None), ``long_range``
+    (``"les"`` or None) and ``long_range_options`` (dict or None); those of a model without them are off."""
+    config = dict(getattr(model, "config", {}) or {})
+    latent = getattr(model, "latent_ewald", None) is not None
+    return {
+        "charge_spin_embedding": getattr(model, "charge_spin", None) is not None,
+        "dispersion": str(config["dispersion"]) if getattr(model, "dispersion", None) is not None else None,
+        "long_range": "les" if latent else None,
+        "long_range_options": json.loads(json.dumps(dict(config.get("long_range_options") or {}))) if latent else None,
+    }
+
+
+def check_parity(model: torch.nn.Module, exported: ExportedModel, samples: Sequence) -> dict[str, float]:
+    """Largest relative error of each output of ``exported`` against the eager ``model`` (with every term,
+    D3 and latent charges included) over every sample alone and all samples in one batch; raises
+    :class:`ExportMismatch` past :data:`PARITY_RTOL`.
 
     The error of an output is ``max |exported - eager| / max |eager|`` over the batch (absolute
     where the eager output is zero, e.g. the stress of a molecule).
+
+    One exception to "every term": the D3 term of a float32 model. Summed in float32 over its tens of
+    thousands of pairs per atom, it carries a rounding that depends on the order of the pairs (~1e-5 of the
+    samples' small forces and stress, the size of the tolerance), and the exported model's pairs are ASE's; so
+    both sides add it in float64, the reference with the model code's own pair search and derivatives
+    (:class:`~mpnn_ip.calculators.dispersion.DispersionCorrection`).
     """
-    dtype = eager.model.dtype
-    device = next(eager.model.buffers()).device
+    dtype = model.dtype
+    device = next(model.buffers()).device
+    correction = None
+    if dtype != torch.float64 and getattr(model, "dispersion", None) is not None:
+        correction = DispersionCorrection(model.config["dispersion"])
+        model = copy.deepcopy(model)
+        model.dispersion = None
     rtol = PARITY_RTOL[dtype]
-    worst = dict.fromkeys(CHECKED_OUTPUTS, 0.0)
+    checked = CHECKED_OUTPUTS + (("charges",) if exported.latent_charges else ())
+    worst = dict.fromkeys(checked, 0.0)
     batches = [[atoms] for atoms in samples] + [list(samples)]
     for structures in batches:
-        inputs = structure_inputs(structures, eager.model.r_max, dtype, device)
+        inputs = structure_inputs(structures, model.r_max, dtype, device, frame_inputs=exported.frame_inputs)
         where = f"{len(structures)} frame(s) of {int(inputs['pos'].shape[0])} atoms, {int(inputs['edge_index'].shape[1])} edges"
         with torch.enable_grad():
-            reference = dict(zip(EXPORTED_OUTPUTS, (t.detach() for t in eager(*(inputs[k] for k in EXPORTED_INPUTS)))))
+            reference = model(inputs, compute_forces=True, compute_stress=True)
+        if correction is not None:
+            reference = correction.add_to(reference, inputs, stress=True)
+        reference = {key: value.detach() for key, value in reference.items() if key in checked}
         try:
             result = exported(inputs)
         except RuntimeError as error:
             raise ExportMismatch(f"the exported model failed on {where}: {error}") from error
-        for key in CHECKED_OUTPUTS:
+        for key in checked:
             expected, got = reference[key], result[key].to(reference[key].device, reference[key].dtype)
             if got.shape != expected.shape:
                 raise ExportMismatch(
@@ -216,7 +280,7 @@ def _trace_and_export(flat: FlatPotential, example: dict[str, torch.Tensor]) -> 
     from torch.fx.experimental import _config as fx_config
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    args = tuple(example[key] for key in EXPORTED_INPUTS)
+    args = tuple(example[key] for key in flat.input_names)
     with _no_duck_shapes(fx_config), torch.enable_grad():
         traced = make_fx(flat, tracing_mode="symbolic", _allow_non_fake_inputs=True, _error_on_data_dependent_ops=True)(
             *(a.clone() for a in args)
@@ -232,8 +296,11 @@ def _trace_and_export(flat: FlatPotential, example: dict[str, torch.Tensor]) -> 
         "batch": {0: atoms},
         "edge_index": {1: edges},
         "cell_shifts": {0: edges},
+        "charge": {0: frames},
+        "spin": {0: frames},
+        "charge_potential": {0: atoms},
     }
-    return torch.export.export(traced, args, dynamic_shapes=tuple(dims[key] for key in EXPORTED_INPUTS), strict=False)
+    return torch.export.export(traced, args, dynamic_shapes=tuple(dims[key] for key in flat.input_names), strict=False)
 
 
 @contextlib.contextmanager
@@ -247,7 +314,15 @@ def _no_duck_shapes(fx_config):
         fx_config.use_duck_shape = previous
 
 
-def _metadata(model, model_name: str | None, device: torch.device, compile: bool) -> dict:
+def _metadata(
+    model,
+    model_name: str | None,
+    device: torch.device,
+    compile: bool,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    terms: dict,
+) -> dict:
     import mpnn_ip
     from mpnn_ip.checkpoint import dtype_name, registry_name
     from mpnn_ip.outputs import UNITS
@@ -263,6 +338,7 @@ def _metadata(model, model_name: str | None, device: torch.device, compile: bool
         "mpnn_ip_version": mpnn_ip.__version__,
         "torch_version": torch.__version__,
         "units": dict(UNITS),
-        "inputs": list(EXPORTED_INPUTS),
-        "outputs": list(EXPORTED_OUTPUTS),
+        "inputs": list(input_names),
+        "outputs": list(output_names),
+        **terms,
     }

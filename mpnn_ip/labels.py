@@ -1,31 +1,45 @@
-"""The labelled quantities, one row each: what data files carry and models are fitted to.
+"""The label table, one row per quantity that data files carry: labels (what models are fitted to) and
+inputs (what models are given besides the structure, such as a frame's total charge).
 
-A :class:`LabelSpec` holds every fact about one label that the rest of the code needs, so that a new
-label (a dipole, a per-frame charge) is one row given to :func:`mpnn_ip.outputs.register_label`:
+A :class:`LabelSpec` holds every fact about one row that the rest of the code needs, so that a new
+label (a quadrupole, a per-frame charge sum) or input is one row given to :func:`mpnn_ip.outputs.register_label`:
 
     reading      the reader option ``<name>_key`` and its default key; how a frame's value is found
                  (:attr:`LabelSpec.read`, default: :func:`lookup` of the key) and converted to the
                  stored layout (:attr:`LabelSpec.to_array`, default: a shape check)
     graph        the batch attribute ``<name>`` ([1, *shape] per frame, [n_atoms, *shape] per atom)
                  and its mask ``has_<name>`` ([1] bool per frame); frames without it are masked
-    checks       finite values always; absolute values above :attr:`LabelSpec.max_magnitude` are errors
+    checks       finite values always; absolute values above :attr:`LabelSpec.max_magnitude` and values
+                 below :attr:`LabelSpec.minimum` are errors
     store        the columns ``<name>`` and ``has_<name>`` of an on-disk store (:attr:`LabelSpec.columns`)
     loss         the loss term ``<name>`` and the quantity it compares (:attr:`LabelSpec.loss_quantity`)
     metrics      the compared quantities (:attr:`LabelSpec.quantities`): MAE/RMSE in training and evaluation
     calculator   the names of the ASE results it gives (:attr:`LabelSpec.ase_names`)
 
+Labels (``kind="label"``) have all of these. Inputs (``kind="input"``) are read, checked, batched and
+stored the same way, but a frame without one holds :attr:`LabelSpec.default` (its mask says it was
+absent), and they are no model output, loss term, metric or ASE result: the model reads them from the
+batch (``charge`` [B], ``has_charge`` [B]), and the ASE calculator from ``atoms.info``.
+
 The standard rows (:data:`STANDARD_LABELS`):
 
-    name    unit   rows   shape   key     quantities (per atom?)                   loss term compares
-    energy  eV     frame  ()      energy  energy_per_atom (yes), energy (no)       energy_per_atom
-    forces  eV/Å   atom   (3,)    forces  forces                                   forces
-    stress  eV/Å³  frame  (3, 3)  stress  stress                                   stress
+    name    kind   unit   rows   shape   key     quantities (per atom?)               loss term compares
+    energy  label  eV     frame  ()      energy  energy_per_atom (yes), energy (no)   energy_per_atom
+    forces  label  eV/Å   atom   (3,)    forces  forces                               forces
+    stress  label  eV/Å³  frame  (3, 3)  stress  stress                               stress
+    dipole  label  e·Å    frame  (3,)    dipole  dipole                               dipole (weight 0)
+    charge  input  e      frame  ()      charge  (default 0: neutral)
+    spin    input  2S+1   frame  ()      spin    (default 1: singlet; >= 1)
 
 Stress is the one label with a special reading, declared in its row (:func:`read_stress`): it is
 converted from the file's unit and sign (``stress_unit``, ``stress_sign``), given as Voigt 6, 9
 components or 3×3 (:func:`stress_to_3x3`), or computed from a virial (``virial_key``: ``-virial / volume``);
-frames not periodic in x, y and z have it masked. The energy per atom is declared as a per-atom
-quantity of the energy row.
+frames not periodic in x, y and z have it masked. The dipole is defined for frames without any periodic
+direction only; periodic frames have it masked (silently: many codes print one for slabs too). The energy
+per atom is declared as a per-atom quantity of the energy row.
+
+Charge and spin are real numbers here (a fractional total charge of a fragment is stored as given);
+MACE-OMOL's charge/spin embedding, like this package's, takes integers and says so when it gets another.
 
 This module is a leaf (numpy, torch, warnings): the reader adds the file and frame to the
 :class:`LabelValueError` a conversion raises.
@@ -47,7 +61,7 @@ MAX_LABEL_MAGNITUDE = 1e12
 
 
 class LabelValueError(ValueError):
-    """A label value that cannot be stored (wrong shape, unusable cell); ``kind`` names the check.
+    """A label value that cannot be stored (wrong shape, unusable cell, below the minimum); ``kind`` names the check.
 
     The reader turns it into a :class:`~mpnn_ip.data.problems.FrameError` naming the file and frame.
     """
@@ -59,11 +73,13 @@ class LabelValueError(ValueError):
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """One labelled quantity (see the module docstring for where each fact is used).
+    """One row of the label table: a labelled quantity or an input (see the module docstring for where each
+    fact is used).
 
     Args:
-        name: batch attribute, model output, loss term and store column (``has_<name>`` is its mask).
-            The reader option that names its key in a file is ``<name>_key``.
+        name: batch attribute, model output, loss term and store column (``has_<name>`` is its mask); of an
+            input, the batch attribute and store column only. The reader option that names its key in a
+            file is ``<name>_key``.
         unit: unit of the stored values (``eV``, ``eV/Å``).
         rows: ``"frame"`` (one value per frame, stored [1, *shape]) or ``"atom"`` (stored [n_atoms, *shape]).
         shape: shape of one row's value: ``()`` a number, ``(3,)`` a vector, ``(3, 3)`` a tensor.
@@ -82,8 +98,19 @@ class LabelSpec:
         alternatives: other sources of this label, each a reader option ``<source>_key`` (stress: ``virial``):
             a file that has one of them does not lack the label.
         periodic_only: only frames periodic in x, y and z can carry it (a stress needs a volume).
+        nonperiodic_only: only frames without any periodic direction can carry it (a dipole); the others
+            have it masked.
         max_magnitude: absolute values above this (in ``unit``) are errors; ``None`` = no bound.
+        minimum: values below this (in ``unit``) are errors (a spin multiplicity below 1); ``None`` = no bound.
         ase_names: names of the ASE calculator results it gives (``energy`` gives ``energy`` and ``free_energy``).
+        kind: ``"label"`` (fitted: output, loss term, metrics, ASE result) or ``"input"`` (given to the
+            model: read, checked, batched and stored only).
+        default: the value a frame without it holds (an input's neutral value: charge 0, multiplicity 1);
+            ``None`` = zeros. The mask ``has_<name>`` is False either way.
+        warn_if_absent: warn when no frame of a file has it under its default key (it is then masked);
+            False for labels few datasets carry (a dipole). Inputs never warn: their default holds.
+        model_hint: what makes a model return this output, named when a loss term needs it and the model
+            did not return it (dipole: ``model.long_range=les``); ``None`` = the generic advice.
     """
 
     name: str
@@ -99,8 +126,14 @@ class LabelSpec:
     to_array: Callable[[Any, int], np.ndarray] | None = None
     alternatives: tuple[str, ...] = ()
     periodic_only: bool = False
+    nonperiodic_only: bool = False
     max_magnitude: float | None = MAX_LABEL_MAGNITUDE
+    minimum: float | None = None
     ase_names: tuple[str, ...] = ()
+    kind: Literal["label", "input"] = "label"
+    default: float | None = None
+    warn_if_absent: bool = True
+    model_hint: str | None = None
 
     def __post_init__(self):
         if self.key is None:
@@ -110,6 +143,11 @@ class LabelSpec:
         if self.loss_quantity is None:
             object.__setattr__(self, "loss_quantity", self.quantities[0][0])
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether models are fitted to it (a label), rather than given it (an input)."""
+        return self.kind == "label"
 
     @property
     def option(self) -> str:
@@ -134,7 +172,10 @@ class LabelSpec:
         }
 
     def value_of(self, atoms, key: str | None, options, where: str | None, frame: int | None):
-        """The frame's value of this label (``None`` when absent), by :attr:`read`."""
+        """The frame's value of this label (``None`` when absent, or when the frame is periodic and the label
+        is :attr:`nonperiodic_only`), by :attr:`read`."""
+        if self.nonperiodic_only and bool(atoms.pbc.any()):
+            return None
         if self.read is None:
             return lookup(atoms, key)
         return self.read(atoms, key, options, where, frame)
@@ -147,20 +188,28 @@ class LabelSpec:
         return self._checked_shape(value, num_atoms)
 
     def entries(self, value, num_atoms: int) -> dict[str, torch.Tensor]:
-        """``{name: tensor, has_name: [1] bool}`` of a frame: the value (zeros and False when ``value`` is None).
+        """``{name: tensor, has_name: [1] bool}`` of a frame: the value (:attr:`default`, or zeros, and False
+        when ``value`` is None).
 
-        Raises :class:`LabelValueError` (kind ``shape`` or ``non_finite``).
+        Raises :class:`LabelValueError` (kind ``shape``, ``non_finite`` or ``invalid``).
         """
         if value is None:
-            zeros = torch.zeros(self.stored_shape(num_atoms), dtype=self.dtype)
-            return {self.name: zeros, self.mask: torch.tensor([False])}
+            absent = torch.full(self.stored_shape(num_atoms), self.default or 0.0, dtype=self.dtype)
+            return {self.name: absent, self.mask: torch.tensor([False])}
         array = self.array(value, num_atoms)
         if not np.all(np.isfinite(array)):
             raise LabelValueError(f"{self.name} contain NaN or inf", kind="non_finite")
+        if self.minimum is not None and np.any(array < self.minimum):
+            raise LabelValueError(
+                f"{self.name} must be >= {self.minimum:g} ({self.unit}), got {float(array.min()):g}", kind="invalid"
+            )
         return {self.name: torch.as_tensor(array).to(self.dtype), self.mask: torch.tensor([True])}
 
     def _checked_shape(self, value, num_atoms: int) -> np.ndarray:
-        array = np.asarray(value, dtype=np.float64)
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise LabelValueError(f"{self.name} must be numbers, got {value!r}", kind="invalid") from None
         if self.rows == "atom":
             expected = (int(num_atoms), *self.shape)
             if array.shape != expected:
@@ -233,7 +282,8 @@ def read_stress(atoms, key: str | None, options, where: str | None, frame: int |
     return options.stress_scale * stress_to_3x3(stress)
 
 
-#: The labels of every dataset, in the order they are reported (:func:`mpnn_ip.outputs.register_label` adds more).
+#: The rows of every dataset: the labels in the order they are reported, then the inputs
+#: (:func:`mpnn_ip.outputs.register_label` adds more).
 STANDARD_LABELS = (
     LabelSpec(
         "energy",
@@ -255,4 +305,18 @@ STANDARD_LABELS = (
         periodic_only=True,
         ase_names=("stress",),
     ),
+    LabelSpec(
+        "dipole",
+        "e·Å",
+        "frame",
+        (3,),
+        nonperiodic_only=True,
+        warn_if_absent=False,
+        ase_names=("dipole",),
+        model_hint="a model with latent charges (model.long_range=les)",
+    ),
+    # the frame's total charge (e)
+    LabelSpec("charge", "e", "frame", kind="input", default=0.0, max_magnitude=1e3),
+    # the spin multiplicity 2S+1 (1 = singlet, 2 = doublet ...)
+    LabelSpec("spin", "2S+1", "frame", kind="input", default=1.0, minimum=1.0, max_magnitude=1e3),
 )

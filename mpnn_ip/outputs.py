@@ -12,10 +12,17 @@ Outputs of a model (``Potential.forward`` returns a dict with these keys; any ot
     stress        eV/Å³   [B, 3, 3]  ASE sign (positive = tensile)
     virial        eV      [B, 3, 3]
     atomic_virial eV      [N, 3, 3]  per-atom share of the virial (``compute_atomic_virial=True``)
+    charges       e       [N]        latent charge of each atom (long-range models only)
+    dipole        e·Å     [B, 3]     ``sum_i q_i r_i`` (long-range models; defined for non-periodic frames)
 
-Labels (:data:`LABELS`, rows of :class:`~mpnn_ip.labels.LabelSpec`): energy, forces and stress, plus
-any row given to :func:`register_label`. Each label is an output of the same name, with its reference
-in the batch attribute of that name and the mask ``has_<name>``.
+A model returns the outputs it computes; one without latent charges has no ``charges`` and ``dipole``.
+
+The label table (:data:`LABELS`, rows of :class:`~mpnn_ip.labels.LabelSpec`) holds labels and inputs:
+every row is read, checked, batched and stored. The labels (:data:`FITTED_LABELS`: energy, forces,
+stress, dipole, plus any label given to :func:`register_label`) are outputs of the same name, with the
+reference in the batch attribute of that name and the mask ``has_<name>``. The inputs (:data:`INPUTS`:
+the frame's total ``charge`` and spin multiplicity ``spin``) are given to the model in the batch
+(``charge`` [B], ``has_charge`` [B]) and are no output, loss term or metric.
 
 Quantities compared with reference labels (loss terms, MAE/RMSE):
 
@@ -23,12 +30,14 @@ Quantities compared with reference labels (loss terms, MAE/RMSE):
     energy            eV        one value per frame
     forces            eV/Å      one value per Cartesian component
     stress            eV/Å³     one value per tensor component (9 per frame)
+    dipole            e·Å       one value per Cartesian component
 
-Only frames that carry the label (``has_energy`` / ``has_forces`` / ``has_stress``) count.
+Only frames that carry the label (``has_energy`` / ``has_forces`` / ``has_stress`` / ``has_dipole``) count.
 
-:data:`LABELS`, :data:`OUTPUTS`, :data:`QUANTITIES`, :data:`QUANTITY_UNITS` and :data:`LABELLED_OUTPUTS`
-are live: :func:`register_label` and :func:`unregister_label` change them in place, so a label is
-added in one call (see ``docs/data.md``, "Labels and how to add one").
+:data:`LABELS`, :data:`FITTED_LABELS`, :data:`INPUTS`, :data:`OUTPUTS`, :data:`QUANTITIES`,
+:data:`QUANTITY_UNITS` and :data:`LABELLED_OUTPUTS` are live: :func:`register_label` and
+:func:`unregister_label` change them in place, so a label or input is added in one call (see
+``docs/data.md``, "Labels and how to add one").
 """
 
 from __future__ import annotations
@@ -78,11 +87,13 @@ _UNLABELLED = {
         Output("node_energy", "eV", "atom", ase_names=("energies",)),
         Output("virial", "eV", "frame", shape=(3, 3)),
         Output("atomic_virial", "eV", "atom", shape=(3, 3)),
+        Output("charges", "e", "atom", ase_names=("charges",)),
     )
 }
 
-#: Keys every model may return; any other key of a model's output dict is an extra (e.g. an uncertainty).
-STANDARD_OUTPUTS = ("energy", "node_energy", "forces", "stress", "virial", "atomic_virial")
+#: Keys every model may return (those it computes); any other key of a model's output dict is an extra
+#: (e.g. an uncertainty). Labelled outputs (``dipole``, registered labels) are standard too (:data:`OUTPUTS`).
+STANDARD_OUTPUTS = ("energy", "node_energy", "forces", "stress", "virial", "atomic_virial", "charges")
 
 #: Units recorded in checkpoint metadata. ASCII spelling; never change it, so that old checkpoints compare equal.
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"}
@@ -114,29 +125,36 @@ class Quantity:
         return f"{unit}/atom" if self.per_atom else unit
 
 
-#: label name -> :class:`~mpnn_ip.labels.LabelSpec`, in the order they are read, stored and reported.
+#: name -> :class:`~mpnn_ip.labels.LabelSpec` of every row, labels and inputs, in the order they are read,
+#: stored and reported.
 LABELS: dict[str, LabelSpec] = {}
-#: output name -> :class:`Output`: the standard outputs, then registered labels.
+#: The labels among :data:`LABELS` (``LabelSpec.fitted``): outputs, loss terms and metrics.
+FITTED_LABELS: dict[str, LabelSpec] = {}
+#: The inputs among :data:`LABELS` (charge, spin): given to the model in the batch, not fitted.
+INPUTS: dict[str, LabelSpec] = {}
+#: output name -> :class:`Output`: the standard outputs, then the labels.
 OUTPUTS: dict[str, Output] = {}
 #: Compared quantities, in the order they are reported.
 QUANTITIES: dict[str, Quantity] = {}
 #: quantity -> unit, in the order they are reported.
 QUANTITY_UNITS: dict[str, str] = {}
-#: Outputs that datasets carry reference labels for (a live view of :data:`LABELS`): energy, forces, stress, ...
-LABELLED_OUTPUTS = LABELS.keys()
+#: Outputs that datasets carry reference labels for (a live view of :data:`FITTED_LABELS`): energy, forces, stress, ...
+LABELLED_OUTPUTS = FITTED_LABELS.keys()
 
 
 def register_label(spec: LabelSpec) -> None:
-    """Add a labelled quantity: from then on it is read (``<name>_key``), batched with its mask, stored,
-    checked, available as loss term ``<name>`` and reported as ``<quantity>_mae``/``_rmse``.
+    """Add a row to the table: from then on it is read (``<name>_key``), checked, batched with its mask and
+    stored; a label (``kind="label"``) is also available as loss term ``<name>`` and reported as
+    ``<quantity>_mae``/``_rmse``, an input (``kind="input"``) is given to the model in the batch.
 
-    The model must return an output ``<name>`` of the label's layout ([B, *shape] or [N, *shape]), e.g.
+    For a label, the model must return an output ``<name>`` of the label's layout ([B, *shape] or [N, *shape]), e.g.
     as a declared extra output (``Potential.extra_outputs``). Register before data modules, losses and
     metrics are built (they take the table as it is then).
 
     Raises:
         ConfigError: a name that is taken (an output, a label, a graph field) or not an identifier, a
-            quantity name that is taken, or a ``loss_quantity`` that is not one of its quantities.
+            quantity name that is taken, a ``loss_quantity`` that is not one of its quantities, or an
+            input with a loss weight.
     """
     _check_new_label(spec)
     LABELS[spec.name] = spec
@@ -162,6 +180,10 @@ def _check_new_label(spec: LabelSpec) -> None:
         )
     if spec.rows not in ("frame", "atom"):
         raise ConfigError(f"label {spec.name}: rows must be 'frame' or 'atom', got {spec.rows!r}")
+    if spec.kind not in ("label", "input"):
+        raise ConfigError(f"label {spec.name}: kind must be 'label' or 'input', got {spec.kind!r}")
+    if not spec.fitted and spec.loss_weight:
+        raise ConfigError(f"input {spec.name}: an input is not fitted, so it takes no loss_weight")
     names = [name for name, _ in spec.quantities]
     clash = sorted((set(names) - {spec.name}) & taken) + sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -174,12 +196,17 @@ def _check_new_label(spec: LabelSpec) -> None:
 
 def _refresh() -> None:
     """Rebuild the live tables from :data:`LABELS` (in place: modules that imported them see the change)."""
+    for view, fitted in ((FITTED_LABELS, True), (INPUTS, False)):
+        view.clear()
+        view.update({name: spec for name, spec in LABELS.items() if spec.fitted == fitted})
     outputs = {name: _UNLABELLED.get(name) or Output.of_label(LABELS[name]) for name in STANDARD_OUTPUTS}
-    outputs.update({name: Output.of_label(spec) for name, spec in LABELS.items() if name not in outputs})
+    outputs.update({name: Output.of_label(spec) for name, spec in FITTED_LABELS.items() if name not in outputs})
     OUTPUTS.clear()
     OUTPUTS.update(outputs)
     quantities = [
-        Quantity(quantity, spec.name, per_atom) for spec in LABELS.values() for quantity, per_atom in spec.quantities
+        Quantity(quantity, spec.name, per_atom)
+        for spec in FITTED_LABELS.values()
+        for quantity, per_atom in spec.quantities
     ]
     QUANTITIES.clear()
     QUANTITIES.update({quantity.name: quantity for quantity in quantities})

@@ -46,6 +46,9 @@ class MPNNTorchSimModel(ModelInterface):
         head: the head of a model with several heads to compute with, by name (:mod:`mpnn_ip.models.heads`);
             ``None`` = its default head. An unknown name is a ``ConfigError`` listing the heads.
 
+    A state's ``charge`` and ``spin`` ([n_systems] total charge and multiplicity; TorchSim versions that
+    have them) reach models with a charge/spin embedding; without them systems are neutral singlets.
+
     ``forward(state)`` returns ``energy [n_systems]`` (eV), ``forces [n_atoms, 3]`` (eV/Å) and
     ``stress [n_systems, 3, 3]`` (eV/Å³, zero for a system without volume), detached. Memory grows
     with atoms times neighbours (``memory_scales_with = "n_atoms_x_density"``), which is what
@@ -105,6 +108,12 @@ class MPNNTorchSimModel(ModelInterface):
             "batch": system_idx,
             "ptr": torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
         }
+        for name in ("charge", "spin"):  # TorchSim states that carry them (newer versions); else neutral singlets
+            value = getattr(state, name, None)
+            if value is not None:
+                value = torch.as_tensor(value, dtype=torch.float64, device=self._device).reshape(-1)
+                inputs[name] = value.expand(num_systems) if value.numel() == 1 else value
+                inputs[f"has_{name}"] = torch.ones(num_systems, dtype=torch.bool, device=self._device)
         want_stress = self._compute_stress
         with torch.enable_grad():
             out = self.model(inputs, compute_forces=self._compute_forces, compute_stress=want_stress)

@@ -107,7 +107,8 @@ def test_checker_reports_every_problem_at_its_frame(crafted):
     assert "frame 0" in duplicate.message
     stats = report["statistics"]
     assert stats["frames"] == NUM_FRAMES - len(BAD_FRAMES)
-    assert stats["labels"] == {"energy": stats["frames"] - 1, "forces": stats["frames"], "stress": 0}
+    assert stats["labels"] == {"energy": stats["frames"] - 1, "forces": stats["frames"], "stress": 0, "dipole": 0}
+    assert stats["inputs"] == {"charge": 0, "spin": 0}
     assert stats["atoms"] == {"total": 4 * stats["frames"], "min": 4, "max": 4}
     assert stats["elements"] == {
         "Cu": {"atoms": 3 * stats["frames"], "frames": stats["frames"]},

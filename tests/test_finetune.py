@@ -9,12 +9,12 @@ checkpoint, with Ag in its species although no pretraining frame holds Ag. Every
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from train_in_process import mpnn_train
 
 pytest.importorskip("lightning")
 pytest.importorskip("hydra")
@@ -143,22 +143,6 @@ def pretrained(folder) -> Path:
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "mpnn_ip": checkpoint_metadata(model, statistics)}, path)
     return path
-
-
-def mpnn_train(args, run_dir: Path, monkeypatch) -> Path:
-    """``mpnn-train ARGS hydra.run.dir=RUN_DIR`` in this process; returns the run folder."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mpnn_ip.cli.train import main
-
-    monkeypatch.chdir(run_dir.parent)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(sys, "argv", ["mpnn-train", *map(str, args), f"hydra.run.dir={run_dir}"])
-    try:
-        main()
-    finally:
-        GlobalHydra.instance().clear()
-    return run_dir
 
 
 def user_error(args, run_dir: Path, monkeypatch, capsys) -> str:

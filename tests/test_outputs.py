@@ -21,9 +21,15 @@ def test_checkpoint_units_are_the_ones_old_checkpoints_carry():
 
 
 def test_output_and_quantity_names_and_units():
-    assert STANDARD_OUTPUTS == ("energy", "node_energy", "forces", "stress", "virial", "atomic_virial")
-    assert tuple(LABELLED_OUTPUTS) == ("energy", "forces", "stress")
-    assert QUANTITY_UNITS == {"energy_per_atom": "eV/atom", "energy": "eV", "forces": "eV/Å", "stress": "eV/Å³"}
+    assert STANDARD_OUTPUTS == ("energy", "node_energy", "forces", "stress", "virial", "atomic_virial", "charges")
+    assert tuple(LABELLED_OUTPUTS) == ("energy", "forces", "stress", "dipole")
+    assert QUANTITY_UNITS == {
+        "energy_per_atom": "eV/atom",
+        "energy": "eV",
+        "forces": "eV/Å",
+        "stress": "eV/Å³",
+        "dipole": "e·Å",
+    }
 
 
 def test_pairing_is_the_same_on_tensors_and_numpy_arrays():

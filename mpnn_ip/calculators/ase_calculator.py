@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mpnn_ip.calculators.evaluator import StructureEvaluator
-from mpnn_ip.calculators.results import check_keywords, check_stress_possible, energy_forces_stress
+from mpnn_ip.calculators.results import ase_result_names, check_keywords, check_stress_possible, energy_forces_stress
 from mpnn_ip.calculators.results import to_numpy as _numpy
 from mpnn_ip.checkpoint import load_model
 from mpnn_ip.graph.verlet import VerletList
@@ -26,7 +27,7 @@ from mpnn_ip.models.compiled import CompileDecision
 
 SOURCE = "the ASE Atoms given to MPNNCalculator"
 #: the keywords that go to :class:`~mpnn_ip.calculators.evaluator.StructureEvaluator` (its defaults hold)
-EVALUATOR_OPTIONS = ("device", "dtype", "skin", "compile", "head", "dispersion")
+EVALUATOR_OPTIONS = ("device", "dtype", "skin", "compile", "head", "dispersion", "info_keys")
 
 
 class MPNNCalculator(Calculator):
@@ -38,6 +39,12 @@ class MPNNCalculator(Calculator):
     ``stresses`` (per atom, eV/Å³, Voigt ``[N, 6]``, same conditions) are the atomic virials
     (``Potential.forward(compute_atomic_virial=True)``) divided by ``-volume``: their sum is
     ``stress``, as ASE's ``Atoms.get_stresses`` expects.
+    ``charges`` (e, per atom) and ``dipole`` (e·Å) are results of models with latent charges
+    (``model.long_range=les``; ``atoms.get_charges()``, ``atoms.get_dipole_moment()``); other models
+    do not give them (ASE's ``PropertyNotImplementedError``).
+    The frame's total charge (e) and spin multiplicity (2S+1) are read from ``atoms.info["charge"]`` and
+    ``atoms.info["spin"]`` (other keys: ``info_keys``); without them the structure is neutral / a singlet.
+    Changing them in ``atoms.info`` is a change of the structure (the model runs again).
     The extra outputs the model declares (``Potential.extra_outputs``, e.g. ``energy_uncertainty``
     of a Gaussian-process model) are implemented properties too, under their own names: per-frame
     ones as floats (arrays when they have more axes), per-atom ones as arrays.
@@ -75,11 +82,16 @@ class MPNNCalculator(Calculator):
         dispersion: ``"d3bj:<functional>"`` (e.g. ``"d3bj:pbe"``) adds DFT-D3(BJ) dispersion
             (:mod:`mpnn_ip.nn.dispersion`; pairs within 40 bohr) to every result (energy, energies,
             forces, stress, stresses) of a model trained without it; ``None`` (default) = none.
+        info_keys: ``{input: key}`` of the frame inputs in ``atoms.info`` under other keys than ``charge`` and
+            ``spin``, e.g. ``{"charge": "total_charge", "spin": "multiplicity"}``.
 
     Elements the model was not trained on raise :class:`mpnn_ip.errors.DataError`.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
+    #: the ASE results of the output table (:func:`~mpnn_ip.calculators.results.ase_result_names`: ``energy``,
+    #: ``free_energy``, ``energies``, ``forces``, ``stress``, ``charges``, ``dipole``) and ``stresses``; an
+    #: instance adds the results of labels registered since and the model's extra outputs
+    implemented_properties = [*ase_result_names(), "stresses"]
 
     def __init__(self, model: torch.nn.Module | Sequence[torch.nn.Module], **options):
         evaluator_options = {key: options.pop(key) for key in EVALUATOR_OPTIONS if key in options}
@@ -88,7 +100,9 @@ class MPNNCalculator(Calculator):
         #: the shared evaluation path (model, Verlet list, compile decision)
         self.evaluator = StructureEvaluator(model, **evaluator_options, source=SOURCE, name=type(self).__name__)
         self.extra_outputs = self.evaluator.extra_outputs
-        self.implemented_properties = [*type(self).implemented_properties, *self.extra_outputs]
+        self.implemented_properties = list(
+            dict.fromkeys([*type(self).implemented_properties, *ase_result_names(), *self.extra_outputs])
+        )
 
     @property
     def model(self) -> torch.nn.Module:
@@ -136,6 +150,16 @@ class MPNNCalculator(Calculator):
         """Where the model's parameters are (inputs are moved there)."""
         return self.evaluator.device
 
+    def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes since the last calculation, plus ``info`` when the frame inputs in ``atoms.info``
+        (total charge, spin) changed: ASE compares positions, numbers, cell and pbc only."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and not _same_values(
+            self.evaluator.frame_inputs(self.atoms), self.evaluator.frame_inputs(atoms)
+        ):
+            changes.append("info")
+        return changes
+
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         """Run the model on ``atoms``; fills ``self.results`` (ASE units: eV, Å)."""
         properties = list(properties or ["energy"])
@@ -158,3 +182,8 @@ class MPNNCalculator(Calculator):
         for key, (per, _) in self.extra_outputs.items():
             value = _numpy(out[key])
             self.results[key] = (float(value[0]) if value.ndim == 1 else value[0]) if per == "frame" else value
+
+
+def _same_values(first: dict, second: dict) -> bool:
+    """Whether two ``{name: value}`` of frame inputs hold the same names and equal values."""
+    return first.keys() == second.keys() and all(np.array_equal(first[k], second[k]) for k in first)

@@ -20,7 +20,14 @@ import torch
 from mpnn_ip.calculators.dispersion import DispersionCorrection
 from mpnn_ip.checkpoint import resolve_device, resolve_dtype
 from mpnn_ip.cpu_allocator import keep_tensor_buffers_in_heap
-from mpnn_ip.data.atomic_graph import MIN_INTERATOMIC_DISTANCE, MODEL_INPUT_KEYS, AtomicGraph, to_inputs
+from mpnn_ip.data.atomic_graph import (
+    MIN_INTERATOMIC_DISTANCE,
+    AtomicGraph,
+    check_info_keys,
+    info_inputs,
+    model_input_keys,
+    to_inputs,
+)
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph import edge_vectors
 from mpnn_ip.graph.verlet import VerletList
@@ -46,6 +53,9 @@ class StructureEvaluator:
         dispersion: a dispersion correction added to the model's outputs (``"d3bj:<functional>"``,
             :class:`~mpnn_ip.calculators.dispersion.DispersionCorrection`), for a model trained without it;
             ``None`` = none.
+        info_keys: ``{input: key}`` of the frame inputs in ``atoms.info`` not under their default key
+            (default: ``charge``, the total charge in e, and ``spin``, the multiplicity 2S+1), e.g.
+            ``{"charge": "total_charge"}``; a structure without one is neutral / a singlet.
         source: what errors call the structures (e.g. ``"the ASE Atoms given to MPNNCalculator"``).
         name: what warnings and logs call the engine (e.g. ``"MPNNCalculator"``).
     """
@@ -59,10 +69,13 @@ class StructureEvaluator:
         compile: bool | str = "auto",
         head: str | None = None,
         dispersion: str | None = None,
+        info_keys: dict[str, str] | None = None,
         source: str = "the structure",
         name: str = "StructureEvaluator",
     ):
         self.compile_mode = normalize_mode(compile)
+        #: ``{input: key in atoms.info}`` (checked: an unknown input fails here, not at the first structure)
+        self.info_keys = check_info_keys(info_keys)
         #: the :class:`~mpnn_ip.models.compiled.CompileDecision` of the first call (None before it)
         self.compile_decision: CompileDecision | None = None
         self.source, self.name = source, name
@@ -107,13 +120,20 @@ class StructureEvaluator:
         return self._inputs is not None and self.neighbor_list is not None
 
     def set_structure(self, atoms) -> None:
-        """A new structure (an ASE ``Atoms``): every check of :meth:`AtomicGraph.from_atoms`."""
-        graph = AtomicGraph.from_atoms(atoms, path=self.source)
-        self._inputs = {k: v.to(self.device) for k, v in to_inputs(graph).items() if k in MODEL_INPUT_KEYS}
+        """A new structure (an ASE ``Atoms``): every check of :meth:`AtomicGraph.from_atoms`; its total charge
+        and spin multiplicity from ``atoms.info`` (:func:`~mpnn_ip.data.atomic_graph.info_inputs`)."""
+        graph = AtomicGraph.from_atoms(atoms, path=self.source, **self.frame_inputs(atoms))
+        keys = model_input_keys()
+        self._inputs = {k: v.to(self.device) for k, v in to_inputs(graph).items() if k in keys}
         self._moved = False
 
+    def frame_inputs(self, atoms) -> dict:
+        """``{input: value}`` of the frame inputs ``atoms.info`` holds (keys :attr:`info_keys` or the defaults)."""
+        return info_inputs(atoms, self.info_keys)
+
     def set_arrays(self, positions: np.ndarray, atomic_numbers: np.ndarray, cell: np.ndarray, pbc) -> None:
-        """A new structure from arrays (Å; ``cell`` rows are the lattice vectors); same checks as :meth:`set_structure`."""
+        """A new structure from arrays (Å; ``cell`` rows are the lattice vectors); same checks as :meth:`set_structure`.
+        No ``atoms.info``: every input holds its default (neutral, singlet), masked."""
         from ase import Atoms
 
         self.set_structure(Atoms(numbers=atomic_numbers, positions=positions, cell=cell, pbc=pbc))

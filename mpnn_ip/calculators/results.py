@@ -1,9 +1,10 @@
 """ASE results from a model's output dict, shared by :class:`MPNNCalculator` and :class:`ExportedCalculator`.
 
 Which output gives which ASE result is a column of the output table (``Output.ase_names`` in
-:mod:`mpnn_ip.outputs`: energy -> energy and free_energy, node_energy -> energies, forces, stress, and
-those of registered labels). Needs torch, numpy, ASE and the output table only (the exported
-calculator imports no model code).
+:mod:`mpnn_ip.outputs`: energy -> energy and free_energy, node_energy -> energies, forces, stress,
+charges, dipole, and those of registered labels). A model that does not return an output gives no
+result of it. Needs torch, numpy, ASE and the output table only (the exported calculator imports no
+model code).
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def energy_forces_stress(out: dict, want_stress: bool) -> dict:
         value = ase_value(output, out[output.name])
         results.update(dict.fromkeys(output.ase_names, value))
     return results
+
+
+def ase_result_names() -> list[str]:
+    """The names of every ASE result an output of the table can give (``energy``, ``free_energy``, ``energies``,
+    ``forces``, ``stress``, ``charges``, ``dipole``, and those of registered labels)."""
+    return list(dict.fromkeys(name for output in OUTPUTS.values() for name in output.ase_names))
 
 
 def ase_value(output, tensor: torch.Tensor):

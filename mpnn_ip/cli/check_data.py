@@ -7,10 +7,11 @@ PATHs are files or glob patterns (quote them). Options are the settings of ``con
 (the ``data.`` prefix of an ``mpnn-train`` command may stay): the reading ones
 (:class:`~mpnn_ip.data.reader_options.ReaderOptions`: ``energy_key``, ``forces_key``, ``stress_key``,
 ``stress_unit``, ``stress_sign``, ``virial_key``, ``index``, ``format``, and ``<label>_key`` or
-``label_keys={label: key}`` for a registered label), ``species``, ``r_max`` (Å, neighbour counts),
-``outlier_sigma``, and the paths ``train_path``/``val_path``/``test_path``; the others (batch sizes,
-splits ...) are accepted and unused. ``report=FILE`` also writes the report as JSON. The report counts
-the frames carrying each label of the table.
+``label_keys={label: key}`` for a registered label; ``dipole_key``, and the inputs' ``charge_key`` and
+``spin_key``), ``species``, ``r_max`` (Å, neighbour counts), ``outlier_sigma``, and the paths
+``train_path``/``val_path``/``test_path``; the others (batch sizes, splits ...) are accepted and unused.
+``report=FILE`` also writes the report as JSON. The report counts the frames carrying each label of the
+table, and each input (total charge, spin multiplicity; the other frames hold its default).
 
 Errors (the frame cannot be trained on; ``mpnn-train`` raises, or drops it with
 ``data.on_error=skip``): unreadable files or frames, NaN/inf, wrong label shapes, atoms closer than
@@ -116,6 +117,8 @@ def format_report(report: dict) -> str:
         f"  atoms: {atoms['total']} (per frame: min {atoms['min']}, max {atoms['max']})",
         f"  elements: {elements or '-'}",
         "  labels: " + ", ".join(f"{name} {count}/{frames} frames" for name, count in labels.items()),
+        "  inputs (others at their default): "
+        + ", ".join(f"{name} {count}/{frames} frames" for name, count in stats.get("inputs", {}).items()),
         f"  force RMS: {force_rms}",
         f"  neighbours within r_max={neighbours['r_max']:g} Å: mean {neighbours['mean']:.2f}, min {neighbours['min']}, max {neighbours['max']} per atom",
     ]

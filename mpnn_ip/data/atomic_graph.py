@@ -13,15 +13,25 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from mpnn_ip.data.problems import FrameError
-from mpnn_ip.errors import DataError
+from mpnn_ip.errors import ConfigError, DataError
 from mpnn_ip.labels import LabelValueError
-from mpnn_ip.outputs import LABELS
+from mpnn_ip.outputs import INPUTS, LABELS
 
 #: Closest allowed distance between two atoms (Å); anything closer is a broken structure.
 MIN_INTERATOMIC_DISTANCE = 0.1
 
-#: Keys of a batch that the models read; labels and masks travel beside them.
-MODEL_INPUT_KEYS = ("pos", "atomic_numbers", "cell", "pbc", "batch", "ptr")
+#: Keys of a batch that describe the structure.
+STRUCTURE_KEYS = ("pos", "atomic_numbers", "cell", "pbc", "batch", "ptr")
+
+
+def model_input_keys() -> tuple[str, ...]:
+    """Keys of a batch that the models read: the structure, then every input of the table and its mask
+    (``charge``, ``has_charge``, ``spin``, ``has_spin``: [B] each); labels and their masks travel beside them."""
+    return (*STRUCTURE_KEYS, *(key for spec in INPUTS.values() for key in (spec.name, spec.mask)))
+
+
+#: :func:`model_input_keys` of the standard table.
+MODEL_INPUT_KEYS = model_input_keys()
 
 
 class AtomicGraph(Data):
@@ -32,10 +42,13 @@ class AtomicGraph(Data):
         atomic_numbers: [N] long.
         cell: [1, 3, 3] float64, Å; rows are lattice vectors (ASE); zeros when no direction is periodic.
         pbc: [1, 3] bool.
-        one field per label of :data:`mpnn_ip.outputs.LABELS` ([1, *shape] per frame, [N, *shape] per atom;
-            0 where missing) and its mask ``has_<label>`` ([1] bool); the standard ones:
+        one field per row of :data:`mpnn_ip.outputs.LABELS` ([1, *shape] per frame, [N, *shape] per atom;
+            0 where a label is missing, an input's default where it is) and its mask ``has_<name>``
+            ([1] bool); the standard ones:
             energy: [1] float64, eV. forces: [N, 3] float64, eV/Å.
             stress: [1, 3, 3] float64, eV/Å³, ASE sign (positive = tensile).
+            dipole: [1, 3] float64, e·Å (frames without periodicity only).
+            charge: [1] float64, e, the total charge (default 0). spin: [1] float64, multiplicity 2S+1 (default 1).
         weight: [1] float64, per-frame loss weight.
         head: [1] long, optional: the head of a multi-head model that evaluates the frame (absent = 0,
             the default head; set by :class:`~mpnn_ip.data.dataset.FramesOfHead`).
@@ -51,9 +64,11 @@ class AtomicGraph(Data):
         frame: int | None = None,
         **labels,
     ) -> AtomicGraph:
-        """Build a graph from an ASE ``Atoms``; labels are optional keywords, one per label of the table
+        """Build a graph from an ASE ``Atoms``; labels and inputs are optional keywords, one per row of the table
         (``energy=`` eV, ``forces=`` [N, 3] eV/Å, ``stress=`` eV/Å³ with ASE's sign as Voigt 6, 9 or 3×3,
-        ``<name>=`` of a registered label), each checked (layout, NaN/inf); a label not given is masked.
+        ``dipole=`` e·Å, ``charge=`` e, ``spin=`` 2S+1, ``<name>=`` of a registered row), each checked (layout,
+        NaN/inf, bounds); a label not given is masked, an input not given holds its default (masked too).
+        Nothing is taken from ``atoms.info`` here: :func:`info_inputs` gives the inputs found there.
 
         ``path``/``frame`` only make error messages name where the data came from.
 
@@ -104,6 +119,29 @@ class AtomicGraph(Data):
     @property
     def num_atoms(self) -> int:
         return int(self.pos.shape[0])
+
+
+def info_inputs(atoms, keys: Mapping[str, str] | None = None) -> dict:
+    """The inputs of the table (total charge, spin multiplicity) that ``atoms.info`` holds, ``{name: value}``
+    for :meth:`AtomicGraph.from_atoms`; an input absent from ``atoms.info`` is left out (its default holds).
+
+    ``keys``: ``{input: key in atoms.info}`` for those not under their default key (``{"charge": "total_charge"}``).
+
+    Raises:
+        ConfigError: a name in ``keys`` that is no input (the message lists them).
+    """
+    keys = check_info_keys(keys)
+    found = {name: atoms.info.get(keys.get(name, spec.key)) for name, spec in INPUTS.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def check_info_keys(keys: Mapping[str, str] | None) -> dict[str, str]:
+    """``keys`` as a dict, after checking that each names an input of the table (else a ``ConfigError``)."""
+    keys = dict(keys or {})
+    unknown = sorted(set(keys) - set(INPUTS))
+    if unknown:
+        raise ConfigError(f"info_keys: {', '.join(unknown)} are no inputs; the inputs are {', '.join(INPUTS)}")
+    return keys
 
 
 def collate(graphs: Sequence[AtomicGraph]) -> Batch:

@@ -20,7 +20,7 @@ from mpnn_ip.data.reading import expand_paths, read_dataset
 from mpnn_ip.data.statistics import neighbour_counts
 from mpnn_ip.elements import symbols
 from mpnn_ip.errors import DataError
-from mpnn_ip.outputs import LABELS
+from mpnn_ip.outputs import FITTED_LABELS, INPUTS
 
 #: Default outlier threshold: standard deviations of the per-atom energy residual. 8 is quiet on the
 #: reference sets (ab initio MD, the synthetic set) and flags only the most extreme of Ta's volume
@@ -136,7 +136,8 @@ def dataset_statistics(graphs: Sequence[AtomicGraph], r_max: float) -> dict:
     """What the data holds: frame and atom counts, elements, label coverage, force RMS (eV/Å), neighbours within ``r_max`` (Å).
 
     Returns a dict of plain values: ``frames``, ``atoms`` {total, min, max per frame}, ``elements``
-    {symbol: {atoms, frames}}, ``labels`` {label: frames with it, for every label of the table}, ``force_rms``
+    {symbol: {atoms, frames}}, ``labels`` {label: frames with it, for every label of the table}, ``inputs``
+    {input: frames with it (the others hold its default), for every input of the table}, ``force_rms``
     (None without forces), ``neighbours`` {r_max, mean, min, max per atom} (periodic images counted).
     """
     sizes = np.array([g.num_atoms for g in graphs], dtype=np.int64)
@@ -157,7 +158,8 @@ def dataset_statistics(graphs: Sequence[AtomicGraph], r_max: float) -> dict:
             "max": int(sizes.max()) if len(sizes) else 0,
         },
         "elements": {symbols([z])[0]: {"atoms": a, "frames": f} for z, (a, f) in sorted(elements.items())},
-        "labels": {name: int(sum(bool(g[spec.mask]) for g in graphs)) for name, spec in LABELS.items()},
+        "labels": {name: int(sum(bool(g[spec.mask]) for g in graphs)) for name, spec in FITTED_LABELS.items()},
+        "inputs": {name: int(sum(bool(g[spec.mask]) for g in graphs)) for name, spec in INPUTS.items()},
         "force_rms": float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else None,
         "neighbours": {
             "r_max": float(r_max),

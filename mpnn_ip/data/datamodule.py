@@ -34,12 +34,14 @@ class AtomicDataModule(SplitDataModule):
             ``val_fraction``, ``val_count``, ``test_fraction``, ``test_count``, ``seed``, ``batch_size``,
             ``val_batch_size``, ``max_atoms_per_batch``, ``num_workers``, ``pin_memory``, ``isolated_atoms``,
             ``r_max``, ``species``): see :class:`~mpnn_ip.data.split_module.SplitDataModule`.
-        energy_key, forces_key, stress_key, stress_unit, stress_sign, virial_key, index, format:
+        energy_key, forces_key, stress_key, dipole_key, stress_unit, stress_sign, virial_key, index, format:
             reading options of :func:`mpnn_ip.data.read_dataset`, applied to every file; together they
             make :attr:`reader_options` (:class:`~mpnn_ip.data.reader_options.ReaderOptions`).
+        charge_key, spin_key: keys of the model inputs in ``atoms.info``: the frame's total charge (e) and
+            spin multiplicity (2S+1 >= 1); a frame without them is neutral (0) / a singlet (1).
         label_keys: ``{label: key}`` of labels added with :func:`mpnn_ip.outputs.register_label` (a
-            standard label may be given here too; its flat ``*_key`` argument wins). ``None`` = their
-            default keys. From a command line: ``data.label_keys={dipole: REF_dipole}``.
+            standard label or input may be given here too, and then wins over its flat ``*_key`` argument). ``None`` = their
+            default keys. From a command line: ``data.label_keys={quadrupole: REF_quadrupole}``.
         on_error: what to do with bad frames (NaN/inf, wrong shapes, atoms closer than 0.1 Å,
             zero-volume periodic cells, elements outside ``species`` ...), found in every frame of
             every file before anything is split: ``"raise"``: one ``DataError`` listing them all;
@@ -70,6 +72,9 @@ class AtomicDataModule(SplitDataModule):
         energy_key: str | None = "energy",
         forces_key: str | None = "forces",
         stress_key: str | None = "stress",
+        dipole_key: str | None = "dipole",
+        charge_key: str | None = "charge",
+        spin_key: str | None = "spin",
         stress_unit: str = "eV/A^3",
         stress_sign: int = 1,
         virial_key: str | None = None,
@@ -88,6 +93,9 @@ class AtomicDataModule(SplitDataModule):
             energy_key=energy_key,
             forces_key=forces_key,
             stress_key=stress_key,
+            dipole_key=dipole_key,
+            charge_key=charge_key,
+            spin_key=spin_key,
             stress_unit=stress_unit,
             stress_sign=stress_sign,
             virial_key=virial_key,

@@ -4,9 +4,10 @@
 (:func:`~mpnn_ip.data.store_writer.write_store`) and ``mpnn-check-data`` take. Users and configs give
 it as flat keywords, the same in every place (``data.energy_key``, ``data.stress_unit`` ...):
 
-    <label>_key   key of each label (``energy_key``, ``forces_key``, ``stress_key``, and ``<name>_key`` of
-                  every label given to :func:`~mpnn_ip.outputs.register_label`); ``None`` = do not read it
-    label_keys    ``{label: key}``, the same as a mapping (a flat key wins where both are given)
+    <label>_key   key of each row of the label table (``energy_key``, ``forces_key``, ``stress_key``,
+                  ``dipole_key``, the inputs' ``charge_key`` and ``spin_key``, and ``<name>_key`` of every
+                  row given to :func:`~mpnn_ip.outputs.register_label`); ``None`` = do not read it
+    label_keys    ``{label: key}``, the same as a mapping (the mapping wins where both are given)
     stress_unit, stress_sign, virial_key, index, format   see :class:`ReaderOptions`
 """
 
@@ -29,9 +30,9 @@ class ReaderOptions:
     """The reading options of data files, validated when built.
 
     Args:
-        label_keys: ``{label: key}`` in ``atoms.info`` / ``atoms.arrays`` / calculator results, ``None``
-            to skip that label; a label not given gets its default key (``LabelSpec.key``: ``energy``,
-            ``forces``, ``stress``). Held as a read-only mapping of every label.
+        label_keys: ``{label or input: key}`` in ``atoms.info`` / ``atoms.arrays`` / calculator results,
+            ``None`` to skip it; one not given gets its default key (``LabelSpec.key``: ``energy``, ``forces``,
+            ``stress``, ``dipole``, ``charge``, ``spin``). Held as a read-only mapping of every row.
         stress_unit: unit of the stored stress: ``eV/A^3`` (also ``eV/Å^3``, ``eV/Ang^3``), ``GPa``, ``kbar``, ``bar``.
         stress_sign: ``1`` if positive stored stress is tensile (ASE), ``-1`` if positive is compressive.
         virial_key: virial (eV, Voigt 6, 9 or 3×3) key; where a frame has it, its stress is
@@ -55,7 +56,9 @@ class ReaderOptions:
         given = dict(self.label_keys or {})
         unknown = sorted(set(given) - set(LABELS))
         if unknown:
-            raise ConfigError(f"label_keys: unknown label(s) {', '.join(unknown)}; the labels are {', '.join(LABELS)}")
+            raise ConfigError(
+                f"label_keys: unknown label(s) {', '.join(unknown)}; the labels and inputs are {', '.join(LABELS)}"
+            )
         keys = {name: given.get(name, spec.key) for name, spec in LABELS.items()}
         for name, key in {**keys, "virial": self.virial_key}.items():
             if key is not None and not isinstance(key, str):
@@ -80,8 +83,9 @@ class ReaderOptions:
     @classmethod
     def from_config(cls, config: Mapping) -> ReaderOptions:
         """The options among the keys of ``config`` (e.g. a whole ``data`` config); other keys are ignored."""
-        label_keys = dict(config.get("label_keys") or {})
-        label_keys.update({spec.name: config[spec.option] for spec in LABELS.values() if spec.option in config})
+        mapped = dict(config.get("label_keys") or {})
+        label_keys = {spec.name: config[spec.option] for spec in LABELS.values() if spec.option in config}
+        label_keys.update(mapped)  # the mapping wins: a config's flat keys are mostly defaults
         return cls(label_keys, **{name: config[name] for name in OTHER_OPTIONS if name in config})
 
     @classmethod

@@ -1,15 +1,18 @@
 """Read labelled structures from any ASE-readable file into :class:`AtomicGraph` frames.
 
 The labels read are the rows of the label table (:data:`mpnn_ip.outputs.LABELS`: energy, forces,
-stress and any registered one), each with the key :class:`~mpnn_ip.data.reader_options.ReaderOptions`
-gives it. Label lookup: for each key, a frame's ``atoms.info``, then ``atoms.arrays``, then the
-results of an attached calculator (ASE's extxyz reader moves ``energy``/``forces``/``stress`` there;
-custom keys such as ``REF_energy`` stay in info/arrays). Only the exact key is looked up.
+stress, dipole, the inputs charge and spin, and any registered one), each with the key
+:class:`~mpnn_ip.data.reader_options.ReaderOptions` gives it. Label lookup: for each key, a frame's
+``atoms.info``, then ``atoms.arrays``, then the results of an attached calculator (ASE's extxyz reader
+moves ``energy``/``forces``/``stress``/``dipole`` there; custom keys such as ``REF_energy`` stay in
+info/arrays). Only the exact key is looked up.
 
 Missing labels (see :func:`read_dataset`): a frame without a label gets it masked
-(``has_* = False``), never invented. A key the user chose (not the default) that no frame of the
-file has is an error listing the keys that do exist; a default key that no frame has is masked
-with a warning; a file with no label at all is an error. Pass ``None`` as a key to skip that label.
+(``has_* = False``), never invented; a frame without an input (charge, spin) holds the input's default
+(neutral, singlet), masked too, without a warning. A key the user chose (not the default) that no frame
+of the file has is an error listing the keys that do exist; a default key of a label that no frame has is
+masked with a warning (not for the dipole, which few files carry); a file with no label at all is an
+error. Pass ``None`` as a key to skip that label.
 The reader never writes to the user's file.
 
 Bad frames (NaN/inf, wrong shapes, atoms closer than 0.1 Å, zero-volume periodic cells, elements
@@ -38,7 +41,7 @@ from mpnn_ip.data.reader_options import ReaderOptions
 from mpnn_ip.elements import atomic_number, atomic_numbers, symbols
 from mpnn_ip.errors import DataError
 from mpnn_ip.labels import LabelValueError, lookup
-from mpnn_ip.outputs import LABELS
+from mpnn_ip.outputs import FITTED_LABELS, INPUTS, LABELS
 
 _WEIGHT_KEYS = ("weight", "config_weight")
 #: Larger absolute values are corrupt numbers (1e308 ...) or wrong units: they would overflow in products.
@@ -64,7 +67,9 @@ def read_dataset(
             sign, virial key, ``index``, ``format``); ``None`` = built from ``reader_keywords``.
         reader_keywords: the same as flat keywords, when ``options`` is None: ``energy_key`` (total energy,
             eV), ``forces_key`` (eV/Å, [n_atoms, 3]), ``stress_key`` (Voigt xx,yy,zz,yz,xz,xy or 9 / 3×3),
-            ``<name>_key`` of a registered label, ``label_keys``, ``stress_unit``, ``stress_sign``,
+            ``dipole_key`` (e·Å, frames without periodicity), ``charge_key`` (total charge, e; default 0),
+            ``spin_key`` (multiplicity 2S+1 >= 1; default 1), ``<name>_key`` of a registered label,
+            ``label_keys``, ``stress_unit``, ``stress_sign``,
             ``virial_key``, ``index``, ``format`` (see ``ReaderOptions``); a key ``None`` = do not read that
             label. Stress and virial labels of frames not periodic in all three directions are masked
             with a warning. Error messages count frames within the ``index`` selection.
@@ -165,9 +170,10 @@ def _missing_labels(atoms, graph: AtomicGraph, found: dict, path: str, frame: in
     """Warnings for labels that other frames of the file have but this one lacks (masked in training)."""
     missing = [
         name
-        for name, spec in LABELS.items()
+        for name, spec in FITTED_LABELS.items()
         if _label_in_file(spec, found)
         and (bool(atoms.pbc.all()) or not spec.periodic_only)
+        and (not bool(atoms.pbc.any()) or not spec.nonperiodic_only)
         and not bool(graph[spec.mask])
     ]
     if not missing:
@@ -329,6 +335,7 @@ def labels_found(frames, options: ReaderOptions, path) -> dict[str, bool]:
     keys = options.source_keys()
     found = {name: key is not None and any(lookup(a, key) is not None for a in frames) for name, key in keys.items()}
     periodic = any(a.pbc.all() for a in frames)
+    molecular = any(not a.pbc.any() for a in frames)
     for name, key in keys.items():
         if key is None or found[name]:
             continue
@@ -336,14 +343,20 @@ def labels_found(frames, options: ReaderOptions, path) -> dict[str, bool]:
             raise DataError(
                 f"no frame has the {name} key {key!r}; keys present: {_describe_keys(frames)}", path=str(path)
             )
-        spec = LABELS.get(name)
-        if spec is not None and not _label_in_file(spec, found) and (periodic or not spec.periodic_only):
+        spec = FITTED_LABELS.get(name)
+        if (
+            spec is not None
+            and spec.warn_if_absent
+            and not _label_in_file(spec, found)
+            and (periodic or not spec.periodic_only)
+            and (molecular or not spec.nonperiodic_only)
+        ):
             warnings.warn(
                 f"{path}: no frame has a {name!r} label (key {key!r}); it is masked. Keys present: {_describe_keys(frames)}",
                 stacklevel=3,
             )
-    if not any(found.values()):
-        chosen = ", ".join(f"{name} {key!r}" for name, key in keys.items())
+    if not any(value for name, value in found.items() if name not in INPUTS):
+        chosen = ", ".join(f"{name} {key!r}" for name, key in keys.items() if name not in INPUTS)
         raise DataError(
             f"no frame has any label ({chosen}); keys present: {_describe_keys(frames)}",
             path=str(path),

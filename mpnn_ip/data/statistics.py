@@ -30,7 +30,7 @@ import numpy as np
 from mpnn_ip.data.atomic_graph import AtomicGraph, collate
 from mpnn_ip.errors import DataError
 from mpnn_ip.graph.neighbours import neighbours_per_atom
-from mpnn_ip.outputs import LABELS
+from mpnn_ip.outputs import FITTED_LABELS
 
 #: Atomic numbers 0..118 index the accumulated sums.
 _NUM_Z = 119
@@ -120,14 +120,14 @@ def frame_summaries(graphs: Sequence[AtomicGraph], r_max_values: Iterable[float]
     """The per-frame summary arrays of ``graphs`` that :meth:`StatisticsAccumulator.add` takes (and a store keeps).
 
     Keys: ``species [S]`` (atomic numbers present), ``counts [F, S]`` atoms per species,
-    ``energy [F]`` eV, the mask of every label of the table (``has_energy``, ``has_forces``, ``has_stress``
-    ... ``[F]`` bool), ``force_sq_sum [F]`` (eV/Å)², ``num_edges`` ``{r_max: [F] directed pairs within r_max}``
-    for each cutoff.
+    ``energy [F]`` eV, the mask of every label (not input) of the table (``has_energy``, ``has_forces``,
+    ``has_stress`` ... ``[F]`` bool), ``force_sq_sum [F]`` (eV/Å)², ``num_edges``
+    ``{r_max: [F] directed pairs within r_max}`` for each cutoff.
     """
     numbers = [g.atomic_numbers.numpy() for g in graphs]
     species = np.unique(np.concatenate(numbers)).astype(np.int64)
     counts = np.stack([np.count_nonzero(n[:, None] == species[None, :], axis=0) for n in numbers]).astype(np.int64)
-    masks = {spec.mask: np.array([bool(g[spec.mask].item()) for g in graphs]) for spec in LABELS.values()}
+    masks = {spec.mask: np.array([bool(g[spec.mask].item()) for g in graphs]) for spec in FITTED_LABELS.values()}
     return {
         "species": species,
         "counts": counts,

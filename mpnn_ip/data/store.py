@@ -11,8 +11,10 @@ Layout of a store folder::
     shard-00000.summary.npz    one row per frame: atoms per species, energy, Σ forces², label flags,
                                neighbour pairs within each preprocessed r_max (the statistics' input)
 
-The manifest's ``labels`` lists the labels a store holds (stores written before it existed hold
-energy, forces and stress); a label registered now that the store lacks is read as absent (masked).
+The manifest's ``labels`` lists the rows of the label table a store holds, labels and inputs (stores
+written before it existed hold energy, forces and stress); a row of the table now that the store lacks is
+read as absent: a label masked, an input at its default (neutral, singlet) and masked. Such a store trains
+as it is; ``mpnn-preprocess`` on the same files rebuilds it, to read the rows it lacks.
 
 Frames are numbered globally in input order (files of a glob in sorted order, frames in file order,
 bad frames left out); the parts ``train``, ``val``, ``test`` (one per input path given) are
@@ -33,7 +35,7 @@ import torch
 from mpnn_ip.data.atomic_graph import AtomicGraph
 from mpnn_ip.data.problems import Problem
 from mpnn_ip.errors import DataError
-from mpnn_ip.outputs import LABELS
+from mpnn_ip.outputs import FITTED_LABELS, LABELS
 
 #: Bump when the layout, the schema or the summaries change: older stores are then rebuilt or refused.
 FORMAT_VERSION = 1
@@ -94,8 +96,8 @@ def graph_row(graph: AtomicGraph, schema: dict | None = None) -> dict:
 
 
 def row_graph(row: dict) -> AtomicGraph:
-    """The :class:`AtomicGraph` of a shard row (tensors copied: the database's buffers are read-only); a label
-    of the table that the row lacks is absent (zeros, masked)."""
+    """The :class:`AtomicGraph` of a shard row (tensors copied: the database's buffers are read-only); a row
+    of the table that the shard lacks is absent (masked; zeros, or an input's default)."""
     data = {key: value.clone() for key, value in row.items() if isinstance(value, torch.Tensor)}
     for name, spec in LABELS.items():
         if name not in data:
@@ -255,7 +257,7 @@ def stack_summaries(rows: list[dict]) -> dict:
     counts = np.zeros((len(rows), len(species)), dtype=np.int64)
     for i, row in enumerate(rows):
         counts[i, np.searchsorted(species, row["species"])] = row["counts"][0]
-    columns = ("energy", "force_sq_sum", *(spec.mask for spec in LABELS.values()))
+    columns = ("energy", "force_sq_sum", *(spec.mask for spec in FITTED_LABELS.values()))
     stacked = {key: np.concatenate([row[key] for row in rows]) if rows else np.zeros(0) for key in columns}
     radii = rows[0]["num_edges"].keys() if rows else ()
     stacked["num_edges"] = {r: np.concatenate([row["num_edges"][r] for row in rows]) for r in radii}

@@ -34,6 +34,7 @@ from mpnn_ip.data.statistics import StatisticsAccumulator, edge_counts, frame_su
 from mpnn_ip.data.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    LEGACY_LABELS,
     MANIFEST,
     TABLE,
     GraphStore,
@@ -77,7 +78,7 @@ def write_store(
         train_path, val_path, test_path: files or glob patterns, as ``data.*_path`` of training.
         read_options: how files are read: a :class:`~mpnn_ip.data.reader_options.ReaderOptions`, or its flat
             keywords (``{"energy_key": ...}``); ``None`` = the defaults. Recorded in the manifest as flat keywords;
-            a store holds every label of the table (the manifest's ``labels``).
+            a store holds every row of the label table, labels and inputs (the manifest's ``labels``).
         species, on_error: as :class:`~mpnn_ip.data.AtomicDataModule`'s.
         r_max: cutoffs (Å) whose neighbour counts are stored (the statistics' mean neighbour count).
             Counts for a cutoff an existing store lacks are added without rebuilding it.
@@ -272,6 +273,10 @@ def _rebuild_reason(out: Path, settings: dict, fingerprints: dict) -> str | None
     problem = version_problem(manifest)
     if problem is not None:
         return problem
+    held = manifest.get("labels", LEGACY_LABELS)
+    lacking = [name for name in LABELS if name not in held]
+    if lacking:
+        return f"the store has no columns for {', '.join(lacking)} (written before they were rows of the label table)"
     old = manifest["reader_settings"]
     changed = [
         f"{key} {old.get(key)!r} -> {settings.get(key)!r}"
@@ -309,7 +314,7 @@ def _fingerprint(path: str) -> dict:
 def _label_kind(atoms) -> tuple:
     calc = getattr(atoms, "calc", None)
     results = getattr(calc, "results", None) or {}
-    return frozenset(atoms.info), frozenset(atoms.arrays), frozenset(results), bool(atoms.pbc.all())
+    return frozenset(atoms.info), frozenset(atoms.arrays), frozenset(results), tuple(bool(p) for p in atoms.pbc)
 
 
 def _replace(out: Path, built: Path) -> None:

@@ -22,9 +22,11 @@ from torch_geometric.utils import scatter
 from mpnn_ip.elements import atomic_numbers, energies_by_atomic_number, symbols
 from mpnn_ip.errors import ConfigError, DataError
 from mpnn_ip.graph import edge_vectors, radius_graph_pbc
+from mpnn_ip.models import heads as head_tables
 from mpnn_ip.models.arguments import record_constructor_arguments
 from mpnn_ip.models.derivatives import edge_derivatives, position_and_strain_derivatives, zero_strain
 from mpnn_ip.models.heads import head_index, map_per_head, normalize_heads, per_head_values, selected_per_head
+from mpnn_ip.models.long_range import add_dispersion_pairs
 from mpnn_ip.nn.edge_chunks import AtomChunking, EdgeChunking
 from mpnn_ip.nn.tracing import is_tracing
 
@@ -155,7 +157,7 @@ class Potential(torch.nn.Module):
                 config[name] = selected_per_head(config[name], self.heads, index, heads)
         config["heads"] = heads
         rebuilt = type(self)(**config).to(device=self.e0.device, dtype=self.dtype)
-        rebuilt.load_state_dict(self._head_state(rebuilt, index), strict=True)
+        rebuilt.load_state_dict(head_tables.selected_head_state(self, rebuilt, index), strict=True)
         if hasattr(self, "checkpoint_metadata"):
             rebuilt.checkpoint_metadata = dict(self.checkpoint_metadata)
         return rebuilt.train(self.training)
@@ -203,28 +205,6 @@ class Potential(torch.nn.Module):
             )
         return index
 
-    def _head_state(self, rebuilt: Potential, index: list[int]) -> dict[str, torch.Tensor]:
-        """The state dict of ``rebuilt`` (heads ``index`` of this model): per-head tensors selected, shared ones
-        copied; constant buffers whose shape depends on the number of heads (e3nn's output masks) are rebuilt's."""
-        source, target = self.state_dict(), rebuilt.state_dict()
-        per_head = self.per_head_tensors()
-        parameters = {name for name, _ in rebuilt.named_parameters()}
-        selection = torch.tensor(index, device=self.e0.device)
-        state = {}
-        for name, value in target.items():
-            if name in per_head:
-                shape, axis = per_head[name]
-                state[name] = source[name].reshape(shape).index_select(axis, selection).reshape(value.shape).clone()
-            elif name in source and source[name].shape == value.shape:
-                state[name] = source[name]
-            elif name not in parameters:
-                state[name] = value
-            else:
-                raise ValueError(
-                    f"{type(self).__name__}.per_head_tensors does not declare {name}, whose shape depends on the heads"
-                )
-        return state
-
     def frame_heads(self, inputs: Mapping[str, torch.Tensor], num_graphs: int, device) -> torch.Tensor | None:
         """[B] head index of each frame (``inputs["head"]``, absent = 0); None for a model with one head, whose
         frames must all be of head 0 (else DataError)."""
@@ -253,6 +233,7 @@ class Potential(torch.nn.Module):
         inputs,
         positions: torch.Tensor | None = None,
         strain: torch.Tensor | None = None,
+        separate_direct_positions: bool = False,
     ) -> dict[str, Any]:
         """Species, edges and edge vectors of ``inputs``: what every model computes from.
 
@@ -263,11 +244,15 @@ class Potential(torch.nn.Module):
             positions: [N, 3] Å to use instead of ``inputs["pos"]`` (e.g. a tensor that requires
                 grad, or a forward-mode dual tensor); edges are still taken from ``inputs``.
             strain: [B, 3, 3] (symmetrised here) applied to positions and cell, for stress.
+            separate_direct_positions: give terms that read positions directly (LES) a leaf of their own,
+                ``direct_pos``: one gradient then tells their share from the edges' (edge-gradient route).
         Returns: ``species [N]`` (index into ``self.species``), ``edge_index [2, E]``,
             ``cell_shifts [E, 3]``, ``edge_vectors [E, 3]`` (Å, differentiable w.r.t. positions and
             strain), ``pos [N, 3]``, ``cell [B, 3, 3]``, ``pbc [B, 3]``, ``batch [N]``, ``ptr``
             (when the input has it), ``num_graphs`` (int B) and ``head [N]`` (each atom's head index
-            into :attr:`heads`; None for a model with one head).
+            into :attr:`heads`; None for a model with one head); ``direct_pos`` [N, 3] (``pos`` or its own leaf),
+            the frame inputs ``charge``, ``spin``, ``has_charge``, ``has_spin`` ([B], None when absent) and a
+            dispersion term's own pairs (:func:`~mpnn_ip.models.long_range.add_dispersion_pairs`).
         """
         from mpnn_ip.data.atomic_graph import to_inputs
 
@@ -288,7 +273,10 @@ class Potential(torch.nn.Module):
             pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
             cell = cell + torch.bmm(cell, symmetric)
         frame_heads = self.frame_heads(inputs, cell.shape[0], pos.device)
-        return {
+        direct_pos = pos
+        if separate_direct_positions and getattr(self, "uses_positions_directly", False):
+            direct_pos = pos.detach().requires_grad_(True)
+        graph = {
             "species": self.species_index(inputs["atomic_numbers"]),
             "edge_index": edge_index,
             "cell_shifts": cell_shifts,
@@ -300,7 +288,12 @@ class Potential(torch.nn.Module):
             "ptr": inputs.get("ptr"),
             "num_graphs": cell.shape[0],
             "head": None if frame_heads is None else frame_heads[batch],
+            "direct_pos": direct_pos,
+            **{name: inputs.get(name) for name in ("charge", "spin", "has_charge", "has_spin", "charge_potential")},
         }
+        if getattr(self, "dispersion", None) is not None:
+            add_dispersion_pairs(graph, self.dispersion.graph_cutoff, inputs, positions)
+        return graph
 
     def node_energies(
         self,
@@ -380,8 +373,13 @@ class Potential(torch.nn.Module):
         strain = None
         if compute_stress and not compute_atomic_virial:
             strain = zero_strain(inputs["cell"].reshape(-1, 3, 3).shape[0], dtype, positions.device)
-        graph = self.graph(inputs, positions=positions, strain=strain)
+        graph = self.graph(inputs, positions=positions, strain=strain, separate_direct_positions=compute_atomic_virial)
         out = self.atomic_outputs(graph)
+        dispersion = getattr(self, "dispersion", None)
+        if dispersion is not None:
+            out["node_energy"] = out["node_energy"] + dispersion.atomic_energies(
+                inputs["atomic_numbers"], graph["dispersion_edge_index"], graph["dispersion_vectors"]
+            ).to(dtype)
         species, batch = graph["species"], graph["batch"]
         e0 = self.e0[species] if graph["head"] is None else self.e0[graph["head"], species]
         # the frame's sum in float64, rounded once: a float32 sum of atoms carrying E0 (~1e3 eV each)
@@ -390,8 +388,9 @@ class Potential(torch.nn.Module):
         energy = scatter(interaction.to(torch.float64) + e0, batch, dim=0, dim_size=graph["num_graphs"], reduce="sum")
         out["node_energy"] = interaction + e0.to(dtype)
         out["energy"] = energy.to(dtype)
+        direct_virial = out.pop("direct_atomic_virial", None)
         if compute_atomic_virial:
-            edge_derivatives(out, graph, compute_stress, create_graph=self.training)
+            edge_derivatives(out, graph, compute_stress, create_graph=self.training, direct_atomic_virial=direct_virial)
         elif compute_forces or compute_stress:
             forces_wrt = positions if compute_forces else None
             position_and_strain_derivatives(out, forces_wrt, strain, graph["cell"], create_graph=self.training)

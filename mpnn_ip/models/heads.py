@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+
 from mpnn_ip.errors import ConfigError
 
 #: Name of the one head of a model built without ``heads`` (mace-torch's name too).
@@ -83,3 +85,26 @@ def select_head(model, head: str | None):
     if members is not None and all(hasattr(m, "with_heads") for m in members):
         return type(model)([m.with_heads([head]) for m in members], names=model.names)
     raise ConfigError(f"head={head!r}: a {type(model).__name__} has no heads to choose from; leave head unset")
+
+
+def selected_head_state(model, rebuilt, index: list[int]) -> dict:
+    """The state dict of ``rebuilt`` (heads ``index`` of ``model``, a Potential): per-head tensors selected, shared ones
+    copied; constant buffers whose shape depends on the number of heads (e3nn's output masks) are rebuilt's."""
+    source, target = model.state_dict(), rebuilt.state_dict()
+    per_head = model.per_head_tensors()
+    parameters = {name for name, _ in rebuilt.named_parameters()}
+    selection = torch.tensor(index, device=model.e0.device)
+    state = {}
+    for name, value in target.items():
+        if name in per_head:
+            shape, axis = per_head[name]
+            state[name] = source[name].reshape(shape).index_select(axis, selection).reshape(value.shape).clone()
+        elif name in source and source[name].shape == value.shape:
+            state[name] = source[name]
+        elif name not in parameters:
+            state[name] = value
+        else:
+            raise ValueError(
+                f"{type(model).__name__}.per_head_tensors does not declare {name}, whose shape depends on the heads"
+            )
+    return state

@@ -45,6 +45,7 @@ from e3nn import o3
 
 from mpnn_ip.models.base import Potential
 from mpnn_ip.models.energy_head import EnergyHead
+from mpnn_ip.models.long_range import LongRangeTerms
 from mpnn_ip.nn import (
     LinearReadout,
     MACEInteraction,
@@ -90,7 +91,7 @@ def _correlations(correlation, num_interactions: int) -> list[int]:
     return values
 
 
-class MACE(EnergyHead, Potential):
+class MACE(LongRangeTerms, EnergyHead, Potential):
     """MACE interatomic potential.
 
     Args:
@@ -122,7 +123,8 @@ class MACE(EnergyHead, Potential):
         distance_transform: None, ``"agnesi"`` or ``"soft"``: transform of the length the radial basis sees.
         pair_repulsion: add mace-torch's ZBL repulsion (:class:`~mpnn_ip.nn.mace.zbl.MACEZBLRepulsion`)
             to the atomic energies before the scale and shift, as mace-torch does.
-        heads, kernels: as in :class:`~mpnn_ip.models.nequip.NequIP`.
+        heads, kernels, long_range, long_range_options, charge_spin_embedding, dispersion: as in
+            :class:`~mpnn_ip.models.nequip.NequIP` (LES reads the last product's C scalars).
     """
 
     def __init__(
@@ -151,6 +153,10 @@ class MACE(EnergyHead, Potential):
         pair_repulsion: bool = False,
         heads: Sequence[str] | None = None,
         kernels: str = "e3nn",
+        long_range: str | None = None,
+        long_range_options: Mapping | None = None,
+        charge_spin_embedding: bool = False,
+        dispersion: str | None = None,
     ):
         super().__init__(species, r_max, e0s, heads)
         #: the kernels the convolutions run on (:mod:`mpnn_ip.nn.kernels`)
@@ -215,6 +221,7 @@ class MACE(EnergyHead, Potential):
             energy_scale, energy_shift, trainable=False, zbl=zbl, cutoff_p=cutoff_p, shift_every_atom=shift_every_atom
         )
         self.pair_repulsion = MACEZBLRepulsion(self.species, p=int(cutoff_p)) if pair_repulsion else None
+        self.build_long_range(channels, long_range, long_range_options, charge_spin_embedding, dispersion)
 
     def per_head_tensors(self) -> dict[str, tuple[tuple[int, ...], int]]:
         """E0, every readout's head columns, the last MLP's per-head hidden layer, the scale and shift."""
@@ -231,6 +238,12 @@ class MACE(EnergyHead, Potential):
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs, head=None):
         """Per-atom energies (eV) without E0 (see :meth:`Potential.node_energies`); ``head [N]``: each atom's
         head index (None: the default head)."""
+        node_energy, _, lengths = self.readout_energies(species, edge_index, edge_vectors)
+        return self.head_energies(node_energy, species, edge_index, lengths, head)
+
+    def readout_energies(self, species, edge_index, edge_vectors, conditioning=None):
+        """``(energies [N, heads] before the scale and shift, last scalars [N, C], lengths [E] Å)``;
+        ``conditioning`` [N, C] is added to the species embedding (the frame's charge and spin)."""
         if isinstance(self.radial_embedding, MACERadialEmbedding):
             lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
             edge_sh, radial = (
@@ -240,6 +253,8 @@ class MACE(EnergyHead, Potential):
         else:
             lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
         node_features = self.species_embedding(species)
+        if conditioning is not None:
+            node_features = node_features + conditioning
         node_energy = 0
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
             atomic_basis, skip = interaction(node_features, species, edge_sh, radial, edge_index)
@@ -248,4 +263,14 @@ class MACE(EnergyHead, Potential):
             node_energy = node_energy + readout(node_features[:, : self.num_channels])  # [N, heads]
         if self.pair_repulsion is not None:
             node_energy = node_energy + self.pair_repulsion(species, edge_index, lengths).unsqueeze(-1)
-        return self.head_energies(node_energy, species, edge_index, lengths, head)
+        return node_energy, node_features[:, : self.num_channels], lengths
+
+    def atomic_outputs(self, graph):
+        """:meth:`Potential.atomic_outputs`, plus the frame's charge and spin and LES when the model has them."""
+        if not self.reads_frame_inputs:
+            return super().atomic_outputs(graph)
+        species, edge_index = graph["species"], graph["edge_index"]
+        conditioning = self.conditioning(graph, graph["edge_vectors"].dtype)
+        node_energy, scalars, lengths = self.readout_energies(species, edge_index, graph["edge_vectors"], conditioning)
+        energies = self.head_energies(node_energy, species, edge_index, lengths, graph["head"])
+        return self.add_long_range({"node_energy": energies}, scalars, graph)

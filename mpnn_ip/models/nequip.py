@@ -33,6 +33,7 @@ from e3nn import o3
 
 from mpnn_ip.models.base import Potential
 from mpnn_ip.models.energy_head import EnergyHead
+from mpnn_ip.models.long_range import LongRangeTerms
 from mpnn_ip.nn import (
     EquivariantGate,
     LinearReadout,
@@ -144,7 +145,7 @@ class NequIPLayer(torch.nn.Module):
         return node_features + update if self.resnet else update
 
 
-class NequIP(EnergyHead, Potential):
+class NequIP(LongRangeTerms, EnergyHead, Potential):
     """NequIP interatomic potential.
 
     Args:
@@ -177,6 +178,13 @@ class NequIP(EnergyHead, Potential):
             ``e0s``, ``energy_scale`` and ``energy_shift`` may be given per head as ``{head: value}``.
         kernels: ``"e3nn"`` (default), ``"auto"`` or ``"oeq"``: the kernels of the convolutions
             (:mod:`mpnn_ip.nn.kernels`; ``"oeq"`` is refused where OpenEquivariance cannot run).
+        long_range: None (a local model) or ``"les"``: latent charges from the last scalar features and their
+            Coulomb energy beyond the cutoff (:mod:`mpnn_ip.models.long_range`); outputs ``charges``, ``dipole``.
+        long_range_options: options of :class:`~mpnn_ip.nn.les.LatentEwald` (``sigma`` Å, ``accuracy``,
+            ``real_space_cutoff`` Å, ``kspace``, ``pme_order``, ``charge_mlp``).
+        charge_spin_embedding: condition the atoms' features on the frame's total charge and multiplicity
+            (inputs ``charge``, ``spin``; MACE-OMOL's embedding).
+        dispersion: None or ``"d3bj:<functional>"``: DFT-D3(BJ) added inside the model on its own pairs.
     """
 
     def __init__(
@@ -205,6 +213,10 @@ class NequIP(EnergyHead, Potential):
         readout_nonlinearity: str | None = "silu",
         heads: Sequence[str] | None = None,
         kernels: str = "e3nn",
+        long_range: str | None = None,
+        long_range_options: Mapping | None = None,
+        charge_spin_embedding: bool = False,
+        dispersion: str | None = None,
     ):
         super().__init__(species, r_max, e0s, heads)
         if num_layers < 1:
@@ -249,6 +261,14 @@ class NequIP(EnergyHead, Potential):
         else:
             self.readout = ScalarMLP([scalar_features, *readout_mlp, num_heads], readout_nonlinearity)
         self.build_energy_head(energy_scale, energy_shift, trainable=True, zbl=zbl, cutoff_p=cutoff_p)
+        self.build_long_range(
+            scalar_features,
+            long_range,
+            long_range_options,
+            charge_spin_embedding,
+            dispersion,
+            num_initial_scalars=self.species_embedding.irreps_out.dim,
+        )
 
     def per_head_tensors(self) -> dict[str, tuple[tuple[int, ...], int]]:
         """E0, the scale and shift (:class:`EnergyHead`) and the head columns of the readout's last linear map."""
@@ -263,8 +283,26 @@ class NequIP(EnergyHead, Potential):
     def node_energies(self, species, edge_index, edge_vectors, batch, num_graphs, head=None):
         """Per-atom energies (eV) without E0 (see :meth:`Potential.node_energies`); ``head [N]``: each atom's
         head index (None: the default head)."""
+        scalars, lengths = self.scalar_features(species, edge_index, edge_vectors)
+        return self.head_energies(self.readout(scalars), species, edge_index, lengths, head)  # [N, heads] -> [N]
+
+    def scalar_features(self, species, edge_index, edge_vectors, conditioning=None):
+        """``(scalars [N, F], lengths [E] Å)``: the last layer's scalar features; ``conditioning`` [N, F0] is
+        added to the species embedding (the frame's charge and spin)."""
         lengths, edge_sh, radial = embed_edges(self.spherical_harmonics, self.radial_embedding, edge_vectors)
         node_features = self.species_embedding(species)
+        if conditioning is not None:
+            node_features = node_features + conditioning
         for layer in self.layers:
             node_features = layer(node_features, species, edge_sh, radial, edge_index)
-        return self.head_energies(self.readout(node_features), species, edge_index, lengths, head)  # [N, heads] -> [N]
+        return node_features, lengths
+
+    def atomic_outputs(self, graph):
+        """:meth:`Potential.atomic_outputs`, plus the frame's charge and spin and LES when the model has them."""
+        if not self.reads_frame_inputs:
+            return super().atomic_outputs(graph)
+        species, edge_index = graph["species"], graph["edge_index"]
+        conditioning = self.conditioning(graph, graph["edge_vectors"].dtype)
+        scalars, lengths = self.scalar_features(species, edge_index, graph["edge_vectors"], conditioning)
+        energies = self.head_energies(self.readout(scalars), species, edge_index, lengths, graph["head"])
+        return self.add_long_range({"node_energy": energies}, scalars, graph)

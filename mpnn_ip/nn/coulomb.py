@@ -27,6 +27,14 @@ has ``~ (1.25 k_max / pi)³ V`` points: O(N log N) (measured slope ~1, scripts/b
 
 Forces, stress and virials are the caller's autograd of these energies (with a strained cell and positions, as
 :mod:`mpnn_ip.models.derivatives` does), also twice for force training; gradients reach the charges too.
+
+Per-atom virials: :meth:`GaussianCoulomb.atomic_virials` gives them in closed form, at fixed charges and without
+autograd: ``W_i`` [n_atoms, 3, 3] eV whose sum over a frame is ``W = -dE/dstrain`` (strain applied to positions and
+cell; stress ``-W / V``), the convention of :func:`mpnn_ip.models.derivatives.edge_derivatives`. Each pair (direct
+sum, Ewald real space) gives ``-r_ij ⊗ dE/dr_ij`` half to each end; each k term (k sum or mesh) gives its energy
+times ``delta - (a² + 2 / k²) k ⊗ k`` shared among the atoms as its energy is (LAMMPS ewald/pppm), for the mesh by
+interpolating the grid potentials of the 6 tensor components; the self term gives none and the background
+(``∝ 1 / V``) ``E_bg delta``, shared equally. Summed they equal the autograd virial to rounding, the mesh's included.
 """
 
 from __future__ import annotations
@@ -38,7 +46,12 @@ import torch
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.graph.radius import radius_graph_pbc
 from mpnn_ip.graph.vectors import edge_vectors
-from mpnn_ip.nn.ewald_kspace import ewald_reciprocal, pme_reciprocal
+from mpnn_ip.nn.ewald_kspace import (
+    ewald_reciprocal,
+    ewald_reciprocal_virials,
+    pme_reciprocal,
+    pme_reciprocal_virials,
+)
 from mpnn_ip.nn.zbl import COULOMB_EV_ANGSTROM
 
 #: Reciprocal-space methods of :class:`GaussianCoulomb`.
@@ -117,16 +130,7 @@ class GaussianCoulomb(torch.nn.Module):
             pbc: [n_frames, 3] bool; each frame periodic in all three directions or in none.
             batch: [n_atoms] long, frame of each atom, sorted.
         """
-        _check_inputs(charges, pos, cell, pbc, batch)
-        charges, cell, pbc = charges.to(pos.dtype), cell.to(pos.dtype), pbc.to(device=pos.device, dtype=torch.bool)
-        partial = pbc.any(dim=1) & ~pbc.all(dim=1)
-        if bool(partial.any()):
-            frame = int(torch.nonzero(partial)[0, 0])
-            raise ValueError(
-                f"GaussianCoulomb: frame {frame} is periodic along {pbc[frame].tolist()}; Coulomb sums are "
-                "supported for frames periodic in all three directions (Ewald) or in none (direct sum), not "
-                "for slabs or wires. Make the frame fully periodic with vacuum, or non-periodic."
-            )
+        charges, cell, pbc = _prepare(charges, pos, cell, pbc, batch)
         energies = torch.zeros_like(charges)
         molecular = torch.nonzero(~pbc.any(dim=1)[batch]).squeeze(1)
         if molecular.numel():
@@ -140,41 +144,99 @@ class GaussianCoulomb(torch.nn.Module):
             )
         return COULOMB_EV_ANGSTROM * energies
 
+    def atomic_virials(
+        self,
+        charges: torch.Tensor,
+        pos: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        batch: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-atom virials ``[n_atoms, 3, 3]`` (eV) at fixed charges, in closed form (no autograd needed).
+
+        Summed over a frame's atoms: the frame's ``-dE/dstrain`` (the stress is ``-virial / V``). Pairs give
+        ``-r_ij ⊗ dE/dr_ij`` half to each end, reciprocal space ``sum_k E_i(k) T(k)`` with atom i's share
+        ``E_i(k)`` of each k term (see :func:`~mpnn_ip.nn.ewald_kspace.virial_tensor`), the self term nothing and
+        the background ``E_bg delta`` shared like its energy. Differentiable; arguments as :meth:`forward`.
+        """
+        charges, cell, pbc = _prepare(charges, pos, cell, pbc, batch)
+        virials = torch.zeros(pos.shape[0], 3, 3, dtype=pos.dtype, device=pos.device)
+        molecular = torch.nonzero(~pbc.any(dim=1)[batch]).squeeze(1)
+        if molecular.numel():
+            centre, neighbour = _all_pairs(batch[molecular])
+            vectors = pos[molecular][neighbour] - pos[molecular][centre]
+            part = self._pair_virials(charges[molecular], vectors, centre, neighbour, self._pair_kernel_slope)
+            virials = virials.index_add(0, molecular, part)
+        periodic = torch.nonzero(pbc.all(dim=1)[batch]).squeeze(1)
+        if periodic.numel():
+            virials = virials.index_add(
+                0, periodic, self._ewald(charges[periodic], pos[periodic], cell, pbc, batch[periodic], virial=True)
+            )
+        return COULOMB_EV_ANGSTROM * virials
+
     def _pair_kernel(self, lengths: torch.Tensor) -> torch.Tensor:
         """``erf(r / (sqrt(2) sigma)) / r`` (1/Å), or ``1 / r`` for point charges."""
         if self.sigma == 0.0:
             return 1.0 / lengths
         return torch.erf(lengths / (math.sqrt(2.0) * self.sigma)) / lengths
 
+    def _pair_kernel_slope(self, lengths: torch.Tensor) -> torch.Tensor:
+        """d/dr of :meth:`_pair_kernel` (1/Å²)."""
+        if self.sigma == 0.0:
+            return -1.0 / (lengths * lengths)
+        gauss = math.sqrt(2.0 / math.pi) / self.sigma * torch.exp(-0.5 * (lengths / self.sigma) ** 2)
+        return (gauss - self._pair_kernel(lengths)) / lengths
+
+    def _short_range_kernel(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Real-space Ewald kernel ``[erfc(r / (sqrt(2) a)) - erfc(r / (sqrt(2) sigma))] / r`` (1/Å)."""
+        short_range = torch.erfc(lengths / (math.sqrt(2.0) * self.ewald_width))
+        if self.sigma > 0.0:
+            short_range = short_range - torch.erfc(lengths / (math.sqrt(2.0) * self.sigma))
+        return short_range / lengths
+
+    def _short_range_slope(self, lengths: torch.Tensor) -> torch.Tensor:
+        """d/dr of :meth:`_short_range_kernel` (1/Å²)."""
+        a, sigma = self.ewald_width, self.sigma
+        gauss = torch.exp(-0.5 * (lengths / a) ** 2) / a
+        if sigma > 0.0:
+            gauss = gauss - torch.exp(-0.5 * (lengths / sigma) ** 2) / sigma
+        return -(math.sqrt(2.0 / math.pi) * gauss + self._short_range_kernel(lengths)) / lengths
+
     def _direct_sum(self, charges, pos, batch):
         """Per-atom energies (e²/Å) of frames without periodicity: all pairs of each frame."""
-        n_atoms = charges.shape[0]
-        counts = torch.bincount(batch)
-        starts = torch.cumsum(counts, dim=0) - counts
-        per_centre = counts[batch]
-        centre = torch.repeat_interleave(torch.arange(n_atoms, device=pos.device), per_centre)
-        first_pair = torch.cumsum(per_centre, dim=0) - per_centre
-        rank = torch.arange(centre.shape[0], device=pos.device) - first_pair[centre]
-        neighbour = starts[batch[centre]] + rank
-        keep = torch.nonzero(centre != neighbour).squeeze(1)
-        centre, neighbour = centre[keep], neighbour[keep]
+        centre, neighbour = _all_pairs(batch)
         lengths = torch.linalg.vector_norm(pos[neighbour] - pos[centre], dim=1)
         pair = 0.5 * charges[centre] * charges[neighbour] * self._pair_kernel(lengths)
         return torch.zeros_like(charges).index_add(0, centre, pair)
 
-    def _ewald(self, charges, pos, cell, pbc, batch):
-        """Per-atom energies (e²/Å) of fully periodic frames: real space + reciprocal space + self + background."""
+    @staticmethod
+    def _pair_virials(charges, vectors, centre, neighbour, slope):
+        """Per-atom virials (e²/Å) of directed pairs of energy ``q_i q_j phi(r) / 2`` (``slope`` = phi'): each
+        pair's ``-r ⊗ dE/dr`` half to each end."""
+        lengths = torch.linalg.vector_norm(vectors, dim=1)
+        scale = -0.25 * charges[centre] * charges[neighbour] * slope(lengths) / lengths
+        pair = scale.view(-1, 1, 1) * vectors.unsqueeze(2) * vectors.unsqueeze(1)
+        virials = torch.zeros(charges.shape[0], 3, 3, dtype=vectors.dtype, device=vectors.device)
+        return virials.index_add(0, centre, pair).index_add(0, neighbour, pair)
+
+    def _ewald(self, charges, pos, cell, pbc, batch, virial: bool = False):
+        """Per-atom energies (e²/Å) of fully periodic frames: real space + reciprocal space + self + background;
+        with ``virial``, their per-atom virials [n_atoms, 3, 3] instead (the self term has none)."""
         a, sigma = self.ewald_width, self.sigma
-        energies = -charges * charges / (math.sqrt(2.0 * math.pi) * a)
+        if virial:
+            result = torch.zeros(pos.shape[0], 3, 3, dtype=pos.dtype, device=pos.device)
+        else:
+            result = -charges * charges / (math.sqrt(2.0 * math.pi) * a)
         if self.pair_cutoff > 0.0:
             edge_index, shifts = radius_graph_pbc(pos, cell, pbc, batch, self.pair_cutoff)
-            lengths = torch.linalg.vector_norm(edge_vectors(pos, cell, edge_index, shifts, batch), dim=1)
-            short_range = torch.erfc(lengths / (math.sqrt(2.0) * a))
-            if sigma > 0.0:
-                short_range = short_range - torch.erfc(lengths / (math.sqrt(2.0) * sigma))
+            vectors = edge_vectors(pos, cell, edge_index, shifts, batch)
             centre, neighbour = edge_index[0], edge_index[1]
-            pair = 0.5 * charges[centre] * charges[neighbour] * short_range / lengths
-            energies = energies.index_add(0, centre, pair)
+            if virial:
+                result = result + self._pair_virials(charges, vectors, centre, neighbour, self._short_range_slope)
+            else:
+                lengths = torch.linalg.vector_norm(vectors, dim=1)
+                pair = 0.5 * charges[centre] * charges[neighbour] * self._short_range_kernel(lengths)
+                result = result.index_add(0, centre, pair)
 
         n_frames = cell.shape[0]
         counts = torch.bincount(batch, minlength=n_frames)
@@ -182,7 +244,10 @@ class GaussianCoulomb(torch.nn.Module):
         _check_volumes(volumes, counts, cell)
         net_charge = torch.zeros(n_frames, dtype=charges.dtype, device=charges.device).index_add(0, batch, charges)
         background = -math.pi * net_charge**2 * (a * a - sigma * sigma) / volumes.clamp(min=1e-30)
-        energies = energies + (background / counts.clamp(min=1))[batch]
+        shares = (background / counts.clamp(min=1))[batch]  # E_bg ∝ 1/V: its virial is E_bg delta
+        result = result + (
+            shares.view(-1, 1, 1) * torch.eye(3, dtype=pos.dtype, device=pos.device) if virial else shares
+        )
 
         # One frame at a time: the k vectors (or grid) of each cell differ in number.
         reciprocal = []
@@ -193,11 +258,13 @@ class GaussianCoulomb(torch.nn.Module):
             atoms = slice(start, start + count)
             start += count
             if self._use_mesh(count, float(volumes[frame].detach())):
-                part = pme_reciprocal(charges[atoms], pos[atoms], cell[frame], a, self.k_max, self.pme_order)
+                method = pme_reciprocal_virials if virial else pme_reciprocal
+                part = method(charges[atoms], pos[atoms], cell[frame], a, self.k_max, self.pme_order)
             else:
-                part = ewald_reciprocal(charges[atoms], pos[atoms], cell[frame], a, self.k_max)
+                method = ewald_reciprocal_virials if virial else ewald_reciprocal
+                part = method(charges[atoms], pos[atoms], cell[frame], a, self.k_max)
             reciprocal.append(part)
-        return energies + torch.cat(reciprocal)
+        return result + torch.cat(reciprocal)
 
     def _use_mesh(self, n_atoms: int, volume: float) -> bool:
         if self.kspace != "auto":
@@ -220,6 +287,35 @@ def dipole(charges: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_fr
     """
     moments = charges.to(pos.dtype).unsqueeze(1) * pos
     return torch.zeros(num_frames, 3, dtype=pos.dtype, device=pos.device).index_add(0, batch, moments)
+
+
+def _all_pairs(batch):
+    """(centre, neighbour) [n_pairs] of every ordered pair of distinct atoms of the same frame."""
+    n_atoms = batch.shape[0]
+    counts = torch.bincount(batch)
+    starts = torch.cumsum(counts, dim=0) - counts
+    per_centre = counts[batch]
+    centre = torch.repeat_interleave(torch.arange(n_atoms, device=batch.device), per_centre)
+    first_pair = torch.cumsum(per_centre, dim=0) - per_centre
+    rank = torch.arange(centre.shape[0], device=batch.device) - first_pair[centre]
+    neighbour = starts[batch[centre]] + rank
+    keep = torch.nonzero(centre != neighbour).squeeze(1)
+    return centre[keep], neighbour[keep]
+
+
+def _prepare(charges, pos, cell, pbc, batch):
+    """Checked inputs: charges and cell in the dtype of ``pos``, pbc bool; slabs and wires refused."""
+    _check_inputs(charges, pos, cell, pbc, batch)
+    charges, cell, pbc = charges.to(pos.dtype), cell.to(pos.dtype), pbc.to(device=pos.device, dtype=torch.bool)
+    partial = pbc.any(dim=1) & ~pbc.all(dim=1)
+    if bool(partial.any()):
+        frame = int(torch.nonzero(partial)[0, 0])
+        raise ValueError(
+            f"GaussianCoulomb: frame {frame} is periodic along {pbc[frame].tolist()}; Coulomb sums are "
+            "supported for frames periodic in all three directions (Ewald) or in none (direct sum), not "
+            "for slabs or wires. Make the frame fully periodic with vacuum, or non-periodic."
+        )
+    return charges, cell, pbc
 
 
 def _check_volumes(volumes, counts, cell):

@@ -14,7 +14,8 @@ neutralising background, tin-foil boundary); self-energy and background correcti
   rotation and translation invariance at the level of its interpolation error (set by ``MESH_OVERSAMPLING``).
 
 Everything is differentiable (twice) w.r.t. charges, positions and cell; k vectors follow the cell through
-``inv(cell)``, so the caller's strain gives the stress.
+``inv(cell)``, so the caller's strain gives the stress. :func:`ewald_reciprocal_virials` and
+:func:`pme_reciprocal_virials` give the per-atom virials of the same energies in closed form (:func:`virial_tensor`).
 """
 
 from __future__ import annotations
@@ -41,17 +42,49 @@ def ewald_reciprocal(
         width: Ewald splitting width ``a`` (Å) of the kernel ``exp(-a² k² / 2)``.
         k_max: k vectors with ``|k| < k_max`` (1/Å) are summed.
     """
+    _, kernel, cosine, sine, real, imaginary = _k_sum_terms(charges, pos, cell, width, k_max)
+    return charges * (cosine @ (kernel * real) + sine @ (kernel * imaginary))
+
+
+def ewald_reciprocal_virials(
+    charges: torch.Tensor, pos: torch.Tensor, cell: torch.Tensor, width: float, k_max: float
+) -> torch.Tensor:
+    """Per-atom virials ``[n_atoms, 3, 3]`` (e²/Å) of :func:`ewald_reciprocal` at fixed charges.
+
+    ``W_i = sum_k E_i(k) T(k)``, ``E_i(k)`` atom i's share of the energy of k (shared as the energy is) and
+    ``T(k)`` from :func:`virial_tensor`; they sum to ``-dE/dstrain``. Arguments as :func:`ewald_reciprocal`.
+    """
+    k, kernel, cosine, sine, real, imaginary = _k_sum_terms(charges, pos, cell, width, k_max)
+    tensor = virial_tensor(k, width).reshape(-1, 9)
+    per_atom = cosine @ ((kernel * real).unsqueeze(1) * tensor) + sine @ ((kernel * imaginary).unsqueeze(1) * tensor)
+    return (charges.unsqueeze(1) * per_atom).view(-1, 3, 3)
+
+
+def virial_tensor(k: torch.Tensor, width: float) -> torch.Tensor:
+    """``T(k) = delta - (a² + 2 / k²) k ⊗ k`` ``[..., 3, 3]``: the virial of one k term divided by its energy.
+
+    The term is ``G(k²) / V`` times ``|S(k)|²``, which a strain ``eps`` leaves alone while it takes k to
+    ``(1 - eps) k`` and V to ``V (1 + tr eps)``: ``-d(G / V)/d eps = (G / V) (delta + 2 (d ln G / dk²) k ⊗ k)`` with
+    ``d ln G / dk² = -a² / 2 - 1 / k²``. ``k = 0`` (the mesh's origin, whose kernel is zero) gets ``k² = 1``.
+    """
+    k_squared = (k * k).sum(dim=-1)
+    k_squared = torch.where(k_squared > 0, k_squared, torch.ones_like(k_squared))
+    scale = (width * width + 2.0 / k_squared).unsqueeze(-1).unsqueeze(-1)
+    return torch.eye(3, dtype=k.dtype, device=k.device) - scale * k.unsqueeze(-1) * k.unsqueeze(-2)
+
+
+def _k_sum_terms(charges, pos, cell, width, k_max):
+    """Half-space k vectors [n_k, 3]; ``G / V`` [n_k] (k stands for ±k: ``2 G / (2 V)``); cos and sin of ``k.r_i``
+    [n_atoms, n_k]; real and imaginary parts of ``S(k)`` [n_k]."""
     inverse = torch.linalg.inv(cell)
     fractional = pos @ inverse
     m = half_space_vectors(cell.detach(), k_max).to(pos.dtype)
     k = 2.0 * math.pi * (m @ inverse.T)
     k_squared = (k * k).sum(dim=1)
-    # Each k of the half space stands for k and -k: 2 * G / (2 V) = G / V.
     kernel = 4.0 * math.pi * torch.exp(-0.5 * width * width * k_squared) / k_squared / torch.linalg.det(cell).abs()
     phase = 2.0 * math.pi * (fractional @ m.T)  # [n_atoms, n_k], k.r = 2 pi m.s
     cosine, sine = torch.cos(phase), torch.sin(phase)
-    real, imaginary = charges @ cosine, charges @ sine
-    return charges * (cosine @ (kernel * real) + sine @ (kernel * imaginary))
+    return k, kernel, cosine, sine, charges @ cosine, charges @ sine
 
 
 def half_space_vectors(cell: torch.Tensor, k_max: float) -> torch.Tensor:
@@ -81,6 +114,48 @@ def pme_reciprocal(
         k_max: sets the grid, ``mesh_shape``; the sum runs over every wave vector of the grid.
         order: B-spline order ``p`` (even, >= 4): each charge is spread on ``p³`` grid points.
     """
+    shape, flat, spread, _, kernel, transformed = _mesh_terms(charges, pos, cell, width, k_max, order)
+    # potential on the grid: sum_m C(m) F(Q)(m) exp(2 pi i m.x / K), with numpy's unnormalised forward FFT
+    potential = torch.fft.irfftn(kernel * transformed, s=shape) * math.prod(shape)
+    at_atoms = (spread * potential.reshape(-1)[flat]).sum(dim=(1, 2, 3))
+    return 0.5 * charges * at_atoms
+
+
+#: The 6 components ``(a, b)``, ``a <= b``, of a symmetric 3 x 3 tensor, and where each of the 9 entries is among them.
+_UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+_SYMMETRIC_INDEX = (0, 1, 2, 1, 3, 4, 2, 4, 5)
+
+
+def pme_reciprocal_virials(
+    charges: torch.Tensor, pos: torch.Tensor, cell: torch.Tensor, width: float, k_max: float, order: int
+) -> torch.Tensor:
+    """Per-atom virials ``[n_atoms, 3, 3]`` (e²/Å) of :func:`pme_reciprocal` at fixed charges.
+
+    The grid potential of each of the 6 components of ``C(m) T(k_m)`` (:func:`virial_tensor`) instead of ``C(m)``,
+    interpolated at the atoms as the energy's: they sum to ``-dE/dstrain`` of the mesh energy (exactly, since the
+    spread charges depend on fractional coordinates only). Arguments as :func:`pme_reciprocal`.
+    """
+    shape, flat, spread, k, kernel, transformed = _mesh_terms(charges, pos, cell, width, k_max, order)
+    k_squared = (k * k).sum(dim=-1)
+    scale = width * width + 2.0 / torch.where(k_squared > 0, k_squared, torch.ones_like(k_squared))
+    rows, columns = (torch.tensor(ends, device=pos.device) for ends in zip(*_UPPER))
+    along = k.movedim(-1, 0)  # [3, K1, K2, K3 // 2 + 1]
+    factors = (rows == columns).to(pos.dtype).view(6, 1, 1, 1) - scale * along[rows] * along[columns]
+    weighted = torch.view_as_real(kernel * transformed)  # [K1, K2, K3 // 2 + 1, 2]
+    components = torch.view_as_complex((factors.unsqueeze(-1) * weighted).contiguous())  # [6, K1, K2, K3 // 2 + 1]
+    potentials = torch.fft.irfftn(components, s=shape, dim=(1, 2, 3))  # / n_points: scaled back below
+    table = potentials.reshape(6, -1).T.contiguous()  # [n_points, 6]: an atom's points read whole rows
+    n_atoms = charges.shape[0]
+    at_points = torch.index_select(table, 0, flat.reshape(-1)).view(n_atoms, -1, 6)
+    at_atoms = torch.bmm(spread.reshape(n_atoms, 1, -1), at_points).squeeze(1)  # [n_atoms, 6]
+    virials = (0.5 * math.prod(shape)) * charges.unsqueeze(1) * at_atoms
+    return virials[:, list(_SYMMETRIC_INDEX)].view(n_atoms, 3, 3)
+
+
+def _mesh_terms(charges, pos, cell, width, k_max, order):
+    """Grid shape; flat grid index [n_atoms, p, p, p] and B-spline weight of each atom's points; k vectors
+    [K1, K2, K3 // 2 + 1, 3] and kernel ``C(m)`` of the ``rfftn`` half grid (0 at the origin); ``rfftn`` of the
+    spread charges."""
     shape = mesh_shape(cell.detach(), k_max, order)
     sizes = torch.tensor(shape, dtype=pos.dtype, device=pos.device)
     inverse = torch.linalg.inv(cell)
@@ -111,10 +186,7 @@ def pme_reciprocal(
     kernel = 4.0 * math.pi * torch.exp(-0.5 * width * width * k_squared) / k_squared * moduli
     kernel = kernel / torch.linalg.det(cell).abs()
     kernel = torch.where(_is_origin(kernel.shape, pos.device), torch.zeros_like(kernel), kernel)
-    # potential on the grid: sum_m C(m) F(Q)(m) exp(2 pi i m.x / K), with numpy's unnormalised forward FFT
-    potential = torch.fft.irfftn(kernel * torch.fft.rfftn(grid), s=shape) * n_points
-    at_atoms = (spread * potential.reshape(-1)[flat]).sum(dim=(1, 2, 3))
-    return 0.5 * charges * at_atoms
+    return shape, flat, spread, k, kernel, torch.fft.rfftn(grid)
 
 
 def _is_origin(shape, device) -> torch.Tensor:

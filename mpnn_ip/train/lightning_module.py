@@ -27,7 +27,8 @@ from mpnn_ip.train.metrics import PropertyMetrics
 from mpnn_ip.train.shift_refit import ShiftRefit, refits_shift
 from mpnn_ip.train.stage_two import StageTwo
 
-#: One term per label, weighted as its row of mpnn_ip.outputs.LABELS says: energy 1, forces 10, stress 0.
+#: One term per label, weighted as its row of mpnn_ip.outputs.FITTED_LABELS says: energy 1, forces 10, stress 0,
+#: dipole 0.
 DEFAULT_LOSS = default_loss()
 STAGES = ("train", "val", "test", "val_replay")
 

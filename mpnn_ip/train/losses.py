@@ -1,11 +1,13 @@
 """One loss module configured per term: ``{energy: {weight, fn}, forces: {...}, stress: {...}}``.
 
-There is one term per label of :data:`mpnn_ip.outputs.LABELS`, named after it, comparing the quantity
-its row declares (``LabelSpec.loss_quantity``): ``energy`` the energy per atom (eV/atom), so that frames
-of different size count alike; ``forces`` every Cartesian component (eV/Å); ``stress`` every tensor
-component (eV/Å³); a registered label its own. All terms go through the same code: rows of frames
-without the label (``has_energy``/``has_forces``/``has_stress`` False) are masked out, every row is
-multiplied by its frame's ``weight``, and the sum is divided by the number of labelled entries.
+There is one term per label of :data:`mpnn_ip.outputs.FITTED_LABELS` (not the inputs charge and spin),
+named after it, comparing the quantity its row declares (``LabelSpec.loss_quantity``): ``energy`` the
+energy per atom (eV/atom), so that frames of different size count alike; ``forces`` every Cartesian
+component (eV/Å); ``stress`` every tensor component (eV/Å³); ``dipole`` every Cartesian component (e·Å;
+weight 0 unless configured, and only models with latent charges return it); a registered label its own.
+All terms go through the same code: rows of frames without the label (``has_energy``/``has_forces``/
+``has_stress`` False) are masked out, every row is multiplied by its frame's ``weight``, and the sum is
+divided by the number of labelled entries.
 
 Under DDP each process holds part of the global batch; dividing each part's sum by its own count
 would weigh an entry of a process holding few atoms more than one of a process holding many. The
@@ -24,33 +26,46 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from mpnn_ip.outputs import LABELS, OUTPUTS, QUANTITIES, Output, Quantity, labelled_outputs, per_row, quantity_rows
+from mpnn_ip.errors import ConfigError
+from mpnn_ip.outputs import (
+    FITTED_LABELS,
+    INPUTS,
+    LABELS,
+    OUTPUTS,
+    QUANTITIES,
+    Output,
+    Quantity,
+    labelled_outputs,
+    per_row,
+    quantity_rows,
+)
 
 
 class _LossTerms(Mapping):
     """Loss term name (the config key) -> the quantity it compares, in the order they are reported: one per
-    label of :data:`mpnn_ip.outputs.LABELS` (read when used, so a registered label has its term)."""
+    label of :data:`mpnn_ip.outputs.FITTED_LABELS` (read when used, so a registered label has its term)."""
 
     def __getitem__(self, name: str) -> str:
-        return LABELS[name].loss_quantity
+        return FITTED_LABELS[name].loss_quantity
 
     def __iter__(self):
-        return iter(LABELS)
+        return iter(FITTED_LABELS)
 
     def __len__(self) -> int:
-        return len(LABELS)
+        return len(FITTED_LABELS)
 
 
-#: Loss term name -> the quantity it compares: ``{"energy": "energy_per_atom", "forces": "forces", "stress": "stress"}``
-#: and one per registered label.
+#: Loss term name -> the quantity it compares: ``{"energy": "energy_per_atom", "forces": "forces", "stress": "stress",
+#: "dipole": "dipole"}`` and one per registered label.
 LOSS_TERMS = _LossTerms()
 LOSS_FUNCTIONS = ("mse", "mae", "huber")
 _SETTINGS = ("weight", "fn", "delta")
 
 
 def default_loss() -> dict[str, dict]:
-    """``{term: {"weight", "fn"}}`` of every label, with the weight its row gives (energy 1, forces 10, stress 0)."""
-    return {name: {"weight": spec.loss_weight, "fn": "mse"} for name, spec in LABELS.items()}
+    """``{term: {"weight", "fn"}}`` of every label, with the weight its row gives (energy 1, forces 10, stress 0,
+    dipole 0)."""
+    return {name: {"weight": spec.loss_weight, "fn": "mse"} for name, spec in FITTED_LABELS.items()}
 
 
 def elementwise_loss(fn: str, pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
@@ -95,6 +110,11 @@ class LossTerm:
 
     @classmethod
     def from_config(cls, name: str, spec: Mapping) -> LossTerm:
+        if name in INPUTS:
+            raise ValueError(
+                f"loss.{name}: {name} is an input of the model ({INPUTS[name].unit}), not a label, so it has no "
+                f"loss term; the terms are {', '.join(LOSS_TERMS)}"
+            )
         if name not in LOSS_TERMS:
             raise ValueError(f"loss.{name} is not a loss term; the terms are {', '.join(LOSS_TERMS)}")
         unknown = set(spec) - set(_SETTINGS)
@@ -115,6 +135,8 @@ class WeightedPropertyLoss(torch.nn.Module):
             atom (eV/atom). ``delta`` (huber only) is in the unit of the quantity.
         forces: same, for force components (eV/Å).
         stress: same, for stress components (eV/Å³).
+        dipole: same, for dipole components (e·Å) of frames without periodicity; the model must return
+            ``dipole`` (latent charges: ``model.long_range=les``).
         <label>: same, for the loss quantity of a label added with :func:`mpnn_ip.outputs.register_label`.
 
     Any other name is a ``ValueError`` naming the known terms. The terms are those of :data:`LOSS_TERMS`
@@ -126,8 +148,8 @@ class WeightedPropertyLoss(torch.nn.Module):
     the number of processes). :meth:`sums_and_counts` gives the sums and counts themselves.
     ``pred``: the model's output dict (``energy [B]``, ``forces [N,3]``, ``stress [B,3,3]``);
     ``batch``: a collated batch with labels, ``has_*`` masks, ``weight [B]``, ``batch``, ``ptr``.
-    A term whose output is missing from ``pred`` is a ``ValueError`` when some frame of the batch
-    carries its label, and is left out of ``terms`` (it would be 0) when none does.
+    A term whose output is missing from ``pred`` is a ``ConfigError`` (saying what makes a model return it)
+    when some frame of the batch carries its label, and is left out of ``terms`` (it would be 0) when none does.
     """
 
     def __init__(self, **terms: Mapping | None):
@@ -232,9 +254,11 @@ def _check_unlabelled(term: LossTerm, output: Output, batch) -> None:
     """A term's output may be missing only from a batch where no frame carries its label."""
     labelled_frames = int(getattr(batch, output.mask).sum())
     if labelled_frames:
-        raise ValueError(
+        hint = LABELS[output.label].model_hint or (
+            "compute_forces=True, compute_stress=True, or return it as an extra output"
+        )
+        raise ConfigError(
             f"loss.{term.name} (weight {term.weight:g}) needs the model output {output.name!r}, but the model did not "
-            f"return it for a batch in which {labelled_frames} frame(s) carry a {output.label} label; have the model "
-            f"compute it (compute_forces=True, compute_stress=True, or return it as an extra output) or set "
-            f"loss.{term.name}.weight=0"
+            f"return it for a batch in which {labelled_frames} frame(s) carry a {output.label} label; use a model "
+            f"that computes it ({hint}) or set loss.{term.name}.weight=0"
         )
