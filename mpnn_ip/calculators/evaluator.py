@@ -56,6 +56,8 @@ class StructureEvaluator:
         info_keys: ``{input: key}`` of the frame inputs in ``atoms.info`` not under their default key
             (default: ``charge``, the total charge in e, and ``spin``, the multiplicity 2S+1), e.g.
             ``{"charge": "total_charge"}``; a structure without one is neutral / a singlet.
+        charge, spin: total charge (e) and multiplicity of the structures given as arrays (:meth:`set_arrays`,
+            LAMMPS), which have no ``atoms.info``; ``None`` = neutral / singlet.
         source: what errors call the structures (e.g. ``"the ASE Atoms given to MPNNCalculator"``).
         name: what warnings and logs call the engine (e.g. ``"MPNNCalculator"``).
     """
@@ -70,12 +72,17 @@ class StructureEvaluator:
         head: str | None = None,
         dispersion: str | None = None,
         info_keys: dict[str, str] | None = None,
+        charge: float | None = None,
+        spin: float | None = None,
         source: str = "the structure",
         name: str = "StructureEvaluator",
     ):
         self.compile_mode = normalize_mode(compile)
         #: ``{input: key in atoms.info}`` (checked: an unknown input fails here, not at the first structure)
         self.info_keys = check_info_keys(info_keys)
+        given = {"charge": charge, "spin": spin}
+        #: ``atoms.info`` of the structures of :meth:`set_arrays`
+        self.array_info = {self.info_keys.get(k, k): float(v) for k, v in given.items() if v not in (None, "")}
         #: the :class:`~mpnn_ip.models.compiled.CompileDecision` of the first call (None before it)
         self.compile_decision: CompileDecision | None = None
         self.source, self.name = source, name
@@ -133,10 +140,12 @@ class StructureEvaluator:
 
     def set_arrays(self, positions: np.ndarray, atomic_numbers: np.ndarray, cell: np.ndarray, pbc) -> None:
         """A new structure from arrays (Å; ``cell`` rows are the lattice vectors); same checks as :meth:`set_structure`.
-        No ``atoms.info``: every input holds its default (neutral, singlet), masked."""
+        No ``atoms.info``: the inputs are the evaluator's ``charge`` and ``spin``, else their defaults (neutral,
+        singlet), masked."""
         from ase import Atoms
 
-        self.set_structure(Atoms(numbers=atomic_numbers, positions=positions, cell=cell, pbc=pbc))
+        atoms = Atoms(numbers=atomic_numbers, positions=positions, cell=cell, pbc=pbc, info=dict(self.array_info))
+        self.set_structure(atoms)
 
     def move(self, positions: np.ndarray, cell: np.ndarray | None = None) -> None:
         """Same atoms, new positions ``[N, 3]`` (Å) and optionally a new cell ``[3, 3]``: checked for

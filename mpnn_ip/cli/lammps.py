@@ -19,6 +19,7 @@ energy uncertainty (eV) and largest per-atom force uncertainty (eV/Å) are f_mpn
     compile=auto             torch.compile when it pays (auto: CUDA, or CPU from 1000 atoms) | true | false
     head=                    head of a multi-head model (default: its first)
     dispersion=              d3bj:<functional> (e.g. d3bj:pbe): add DFT-D3(BJ) to a model trained without it
+    charge=0 spin=1          total charge (e) and multiplicity of the system (models with charge/spin inputs)
     log=log.lammps           LAMMPS's log file (none = no log)
 
 Every other argument goes to LAMMPS (`-var NAME VALUE ...`, `-screen none`, `-echo both`, ...).
@@ -33,7 +34,20 @@ import os
 import sys
 
 PROG = "mpnn-lammps"
-OPTIONS = ("model", "elements", "fix_id", "device", "dtype", "skin", "compile", "head", "dispersion", "log")
+OPTIONS = (
+    "model",
+    "elements",
+    "fix_id",
+    "device",
+    "dtype",
+    "skin",
+    "compile",
+    "head",
+    "dispersion",
+    "charge",
+    "spin",
+    "log",
+)
 
 
 def parse_arguments(argv: list[str]) -> tuple[str, dict, list[str]]:
@@ -70,6 +84,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _number(options: dict, name: str, what: str, default: float | None = None) -> float | None:
+    """The option ``name`` as a number (``default`` when absent or empty); ConfigError naming ``what`` it should be."""
+    from mpnn_ip.errors import ConfigError
+
+    text = options.get(name)
+    if text in (None, ""):
+        return default
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={text}: not {what}") from exc
+
+
 def _listed(value: str) -> list[str]:
     """``[a,b]`` or ``a,b`` -> ``["a", "b"]``."""
     value = value.strip()
@@ -80,15 +107,11 @@ def _listed(value: str) -> list[str]:
 
 def run(argv: list[str]) -> None:
     """Parse, run the script, print a summary (rank 0)."""
-    from mpnn_ip.errors import ConfigError
     from mpnn_ip.lammps import run_script
 
     script, options, lammps_args = parse_arguments(argv)
     models = _listed(options["model"])
-    try:
-        skin = float(options.get("skin", 1.0))
-    except ValueError as exc:
-        raise ConfigError(f"skin={options['skin']}: not a number of Å") from exc
+    skin = _number(options, "skin", "a number of Å", 1.0)
     log = options.get("log", "log.lammps")
     result = run_script(
         script,
@@ -103,6 +126,8 @@ def run(argv: list[str]) -> None:
         compile=options.get("compile", "auto"),
         head=options.get("head") or None,
         dispersion=options.get("dispersion") or None,
+        charge=_number(options, "charge", "a total charge in e"),
+        spin=_number(options, "spin", "a multiplicity 2S+1"),
         on_error="exit",
         prog=PROG,
     )

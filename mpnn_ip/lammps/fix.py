@@ -283,6 +283,8 @@ def attach(
     compile: bool | str = "auto",
     head: str | None = None,
     dispersion: str | None = None,
+    charge: float | None = None,
+    spin: float | None = None,
     comm: Any = None,
     on_error: str = "stop",
     prog: str = "mpnn_ip.lammps",
@@ -299,6 +301,8 @@ def attach(
         elements: element symbol of each LAMMPS type, in type order; None = from the per-type masses.
         device, dtype, skin, compile, head, dispersion: as for :class:`~mpnn_ip.calculators.ase_calculator.MPNNCalculator`
             (``skin`` in Å, default 1.0: the graph is searched again only when an atom moved 0.5 Å).
+        charge, spin: the system's total charge (e) and multiplicity, for a model with a charge/spin embedding
+            (or latent charges); None = neutral / singlet.
         comm: mpi4py communicator of ``lmp`` (default: ``COMM_WORLD`` when mpi4py is installed).
         on_error: ``"stop"`` (stop the run, keep the error: :meth:`LammpsPotential.check` raises it) or
             ``"exit"`` (print it and end the process with status 2, as ``mpnn-lammps`` does).
@@ -316,13 +320,13 @@ def attach(
         restore_torch_threads(ranks)  # LAMMPS (or mpiexec) left OpenMP one thread
     if not isinstance(model, StructureEvaluator):
         options = dict(device=device, dtype=dtype, skin=skin, compile=compile, head=head, dispersion=dispersion)
-        model = make_evaluator(model, fix_id, prog, **options)
+        model = make_evaluator(model, fix_id, prog, **options, charge=charge, spin=spin)
     return LammpsPotential(lmp, model, elements, fix_id, comm, on_error, prog=prog)
 
 
 def make_evaluator(model, fix_id: str, prog: str, **options) -> StructureEvaluator:
     """The evaluator of a potential or committee (a list) for the fix ``fix_id``; ``options``: ``device``,
-    ``dtype``, ``skin``, ``compile``, ``head``, ``dispersion`` (see :func:`attach`)."""
+    ``dtype``, ``skin``, ``compile``, ``head``, ``dispersion``, ``charge``, ``spin`` (see :func:`attach`)."""
     return StructureEvaluator(model, **options, source=f"LAMMPS fix {fix_id}", name=prog)
 
 

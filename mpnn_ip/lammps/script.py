@@ -121,6 +121,8 @@ def run_script(
     compile: bool | str = "auto",
     head: str | None = None,
     dispersion: str | None = None,
+    charge: float | None = None,
+    spin: float | None = None,
     on_error: str = "exit",
     prog: str = "mpnn-lammps",
 ) -> ScriptRun:
@@ -132,7 +134,7 @@ def run_script(
         elements: element of each LAMMPS type in type order; None = from the masses.
         lammps_args: LAMMPS command-line arguments (``-var NAME VALUE``, ``-screen none``, ...).
         log: LAMMPS's log file (None: no log); written once the potential is attached.
-        device, dtype, skin, compile, head, dispersion, on_error: see :func:`mpnn_ip.lammps.fix.attach`.
+        device, dtype, skin, compile, head, dispersion, charge, spin, on_error: see :func:`mpnn_ip.lammps.fix.attach`.
     Raises:
         ConfigError: a bad script, option, type mapping or model (before LAMMPS runs anything but the
             script's head, and with no log written); LAMMPS's own errors, with its message.
@@ -155,7 +157,7 @@ def run_script(
     elif isinstance(model, (list, tuple)) and model and isinstance(model[0], (str, Path)):
         model = [load_model(path, device=device, dtype=dtype) for path in model]  # a committee
     options = dict(device=device, dtype=dtype, skin=skin, compile=compile, head=head, dispersion=dispersion)
-    evaluator = make_evaluator(model, fix_id, prog, **options)
+    evaluator = make_evaluator(model, fix_id, prog, **options, charge=charge, spin=spin)
     comm = world_communicator()
     rank = 0 if comm is None else comm.Get_rank()
     final_log = Path(log) if log else None
