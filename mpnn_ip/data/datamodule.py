@@ -40,8 +40,8 @@ class AtomicDataModule(SplitDataModule):
         charge_key, spin_key: keys of the model inputs in ``atoms.info``: the frame's total charge (e) and
             spin multiplicity (2S+1 >= 1); a frame without them is neutral (0) / a singlet (1).
         label_keys: ``{label: key}`` of labels added with :func:`mpnn_ip.outputs.register_label` (a
-            standard label or input may be given here too, and then wins over its flat ``*_key`` argument). ``None`` = their
-            default keys. From a command line: ``data.label_keys={quadrupole: REF_quadrupole}``.
+            standard label or input may be given here too, and then wins over its flat ``*_key`` argument).
+            ``None`` = their default keys. From a command line: ``data.label_keys={quadrupole: REF_quadrupole}``.
         on_error: what to do with bad frames (NaN/inf, wrong shapes, atoms closer than 0.1 Å,
             zero-volume periodic cells, elements outside ``species`` ...), found in every frame of
             every file before anything is split: ``"raise"``: one ``DataError`` listing them all;

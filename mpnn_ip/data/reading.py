@@ -68,11 +68,10 @@ def read_dataset(
         reader_keywords: the same as flat keywords, when ``options`` is None: ``energy_key`` (total energy,
             eV), ``forces_key`` (eV/Å, [n_atoms, 3]), ``stress_key`` (Voigt xx,yy,zz,yz,xz,xy or 9 / 3×3),
             ``dipole_key`` (e·Å, frames without periodicity), ``charge_key`` (total charge, e; default 0),
-            ``spin_key`` (multiplicity 2S+1 >= 1; default 1), ``<name>_key`` of a registered label,
-            ``label_keys``, ``stress_unit``, ``stress_sign``,
-            ``virial_key``, ``index``, ``format`` (see ``ReaderOptions``); a key ``None`` = do not read that
-            label. Stress and virial labels of frames not periodic in all three directions are masked
-            with a warning. Error messages count frames within the ``index`` selection.
+            ``spin_key`` (multiplicity 2S+1 >= 1; default 1), ``<name>_key`` of a registered label, ``label_keys``,
+            ``stress_unit``, ``stress_sign``, ``virial_key``, ``index``, ``format`` (see ``ReaderOptions``); a
+            key ``None`` = do not read that label. Stress and virial labels of frames not periodic in all three
+            directions are masked with a warning. Error messages count frames within the ``index`` selection.
         species: allowed elements (symbols or Z); a frame with another one is an error
             (kind ``unknown_element``). ``None`` = any.
         on_error: ``"raise"``: every frame is checked, then one ``DataError`` lists every bad
@@ -344,13 +343,8 @@ def labels_found(frames, options: ReaderOptions, path) -> dict[str, bool]:
                 f"no frame has the {name} key {key!r}; keys present: {_describe_keys(frames)}", path=str(path)
             )
         spec = FITTED_LABELS.get(name)
-        if (
-            spec is not None
-            and spec.warn_if_absent
-            and not _label_in_file(spec, found)
-            and (periodic or not spec.periodic_only)
-            and (molecular or not spec.nonperiodic_only)
-        ):
+        applies = spec is not None and (periodic or not spec.periodic_only) and (molecular or not spec.nonperiodic_only)
+        if applies and spec.warn_if_absent and not _label_in_file(spec, found):
             warnings.warn(
                 f"{path}: no frame has a {name!r} label (key {key!r}); it is masked. Keys present: {_describe_keys(frames)}",
                 stacklevel=3,
