@@ -234,3 +234,31 @@ def test_a_dipole_label_trains_the_latent_charges_through_the_dipole_loss_term()
         total.backward()
         optimizer.step()
     assert dipole_error() < 0.2 * before, (before, dipole_error())
+
+
+def test_mace_trains_with_latent_charges_and_dispersion_from_the_command_line(trained, monkeypatch):
+    """``model=mace_tiny`` with LES, the charge/spin embedding and D3: one epoch, and the checkpoint computes
+    charges that sum to each frame's charge."""
+    from mpnn_ip import load_model
+    from mpnn_ip.data.atomic_graph import AtomicGraph, info_inputs, to_inputs
+
+    run = mpnn_train(
+        [
+            "model=mace_tiny",
+            "model.r_max=3.0",
+            "model.long_range=les",
+            "model.charge_spin_embedding=true",
+            "model.dispersion=d3bj:pbe",
+            f"data.train_path={trained['data']}",
+            "trainer.max_epochs=1",
+            *DATA,
+            *QUIET,
+        ],
+        trained["folder"] / "mace",
+        monkeypatch,
+    )
+    model = load_model(run / "checkpoints" / "last.ckpt", dtype="float64")
+    assert type(model).__name__ == "MACE" and model.config["long_range"] == "les"
+    cation = clusters(1, seed=0)[0]  # frame 0 carries charge +1, multiplicity 2
+    out = model(to_inputs(AtomicGraph.from_atoms(cation, **info_inputs(cation))))
+    assert float(out["charges"].sum()) == pytest.approx(1.0, abs=1e-10)
