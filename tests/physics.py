@@ -559,3 +559,15 @@ def check_atomic_virials(model, atoms: Atoms, *, rtol: float = 1e-10, seed: int 
         structure=name,
         floor=floor,
     )
+
+
+def perturb_parameters(model: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """``model`` (float64) with seeded Gaussian noise of ``scale`` added to every parameter, so that no
+    zero-initialised layer lets a check pass vacuously."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(
+                scale * torch.randn(parameter.shape, generator=generator, dtype=torch.float64).to(parameter.dtype)
+            )
+    return model

@@ -74,13 +74,7 @@ def build_test_model(name: str, *, e0s=None, perturb: bool = True, seed: int = 0
     torch.manual_seed(seed)
     model = cls(species=SPECIES, r_max=R_MAX, e0s=e0s, **MODEL_KWARGS.get(name, {}))
     model = model.to(torch.float64).eval()
-    if perturb:
-        generator = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for parameter in model.parameters():
-                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
-                parameter.add_(0.1 * noise.to(parameter.dtype))
-    return model
+    return physics.perturb_parameters(model, seed + 1) if perturb else model
 
 
 @pytest.fixture(scope="module", params=MODEL_NAMES + list(CHUNKED))

@@ -60,12 +60,7 @@ def build_long_range_model(name: str, *, e0s=None, perturb: bool = True, seed: i
     if model.dispersion is not None:
         model.dispersion = D3Dispersion("pbe", cutoff=D3_TEST_CUTOFF, cn_cutoff=D3_TEST_CUTOFF)
     model = model.to(torch.float64).eval()
-    if perturb:
-        generator = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
-    return model
+    return physics.perturb_parameters(model, seed + 1) if perturb else model
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))

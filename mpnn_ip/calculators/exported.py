@@ -167,7 +167,11 @@ class ExportedModel:
         self.input_names = tuple(self.metadata.get("inputs", EXPORTED_INPUTS))
         self.output_names = tuple(self.metadata.get("outputs", EXPORTED_OUTPUTS))
         #: the D3 term added here (:class:`~mpnn_ip.nn.dispersion.D3Dispersion`), or None
-        self.dispersion = self._dispersion(self.metadata.get("dispersion"))
+        self.dispersion = None
+        if self.metadata.get("dispersion") is not None:
+            from mpnn_ip.nn.dispersion import parse_dispersion
+
+            self.dispersion = parse_dispersion(self.metadata["dispersion"])
         #: the Coulomb energy of the latent charges (:class:`~mpnn_ip.nn.coulomb.GaussianCoulomb`), or None
         self.coulomb = self._coulomb(self.metadata.get("long_range"), self.metadata.get("long_range_options"))
 
@@ -207,6 +211,8 @@ class ExportedModel:
         if not self.latent_charges:
             out = self._run(inputs)
             return out if self.dispersion is None else _added(out, self._eager_terms(inputs))
+        from mpnn_ip.nn.coulomb import dipole
+
         charges = self._run(inputs, torch.zeros_like(inputs["batch"], dtype=self.dtype))["charges"]
         terms = self._eager_terms(inputs, charges)
         potential = terms.pop(CHARGE_POTENTIAL)
@@ -218,8 +224,7 @@ class ExportedModel:
         terms["energy"] = terms["energy"] - _frame_sum(response, batch, num_frames)
         out = _added(out, terms)
         out["charges"] = charges
-        moments = _frame_sum(charges.unsqueeze(1) * inputs["pos"].to(self.dtype), batch, num_frames)
-        out["dipole"] = torch.where(inputs["pbc"].any(dim=1, keepdim=True), torch.zeros_like(moments), moments)
+        out["dipole"] = dipole(charges, inputs["pos"].to(self.dtype), batch, num_frames, inputs["pbc"])
         return out
 
     def inputs(self, structures: Sequence) -> dict[str, torch.Tensor]:
@@ -261,6 +266,8 @@ class ExportedModel:
         float64, as :class:`~mpnn_ip.calculators.dispersion.DispersionCorrection` does: its tens of thousands
         of pairs per atom, summed in float32, leave a rounding that depends on their order, which ASE's pairs
         do not share with the model's."""
+        from mpnn_ip.graph.vectors import edge_vectors, strained
+
         dtype, batch, pbc = self.dtype, inputs["batch"], inputs["pbc"].reshape(-1, 3)
         positions = inputs["pos"].detach().to(torch.float64).requires_grad_(True)
         unstrained = inputs["cell"].detach().to(torch.float64).reshape(-1, 3, 3)
@@ -268,15 +275,11 @@ class ExportedModel:
         strain = torch.zeros(num_frames, 3, 3, dtype=torch.float64, device=positions.device, requires_grad=True)
         wrt = [positions, strain]
         with torch.enable_grad():
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            pos = positions + torch.einsum("ni,nij->nj", positions, symmetric[batch])
-            cell = unstrained + torch.bmm(unstrained, symmetric)
+            pos, cell = strained(positions, unstrained, strain, batch)
             energies = torch.zeros(pos.shape[0], dtype=torch.float64, device=pos.device)
             if self.dispersion is not None:
                 pairs, shifts = self._dispersion_pairs(inputs)
-                centre, neighbour = pairs[0], pairs[1]
-                offsets = torch.einsum("ek,ekx->ex", shifts.to(torch.float64), cell[batch[centre]])
-                vectors = pos[neighbour] - pos[centre] + offsets
+                vectors = edge_vectors(pos, cell, pairs, shifts, batch)
                 energies = energies + self.dispersion.atomic_energies(inputs["atomic_numbers"], pairs, vectors)
             if charges is not None:
                 charges = charges.detach().to(dtype).requires_grad_(True)
@@ -311,14 +314,6 @@ class ExportedModel:
         ]
         pairs, shifts = _pairs(structures, self.dispersion.graph_cutoff)
         return torch.as_tensor(pairs, device=self.device), torch.as_tensor(shifts, device=self.device)
-
-    def _dispersion(self, spec: str | None):
-        """The D3 term of the metadata's ``dispersion`` (``"d3bj:<functional>"``), or None."""
-        if spec is None:
-            return None
-        from mpnn_ip.nn.dispersion import parse_dispersion
-
-        return parse_dispersion(spec)
 
     def _coulomb(self, kind: str | None, options: dict | None):
         """The Coulomb energy of the metadata's ``long_range`` with the Coulomb part of its ``long_range_options``."""

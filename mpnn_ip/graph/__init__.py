@@ -2,6 +2,6 @@
 
 from mpnn_ip.graph.neighbours import neighbours_per_atom
 from mpnn_ip.graph.radius import radius_graph_pbc
-from mpnn_ip.graph.vectors import edge_vectors
+from mpnn_ip.graph.vectors import edge_vectors, strained
 
-__all__ = ["edge_vectors", "neighbours_per_atom", "radius_graph_pbc"]
+__all__ = ["edge_vectors", "neighbours_per_atom", "radius_graph_pbc", "strained"]

@@ -31,3 +31,12 @@ def edge_vectors(
     shifts = cell_shifts.to(pos.dtype)
     image_offsets = torch.einsum("ek,ekx->ex", shifts, cell.to(pos.dtype)[batch[centre]])
     return pos[neighbour] - pos[centre] + image_offsets
+
+
+def strained(
+    pos: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor, batch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions ``[n_atoms, 3]`` and cell ``[n_frames, 3, 3]`` (Å) deformed by ``1 + sym(strain)`` of their frame;
+    ``strain`` [n_frames, 3, 3] (symmetrised here) is what the virial ``-dE/dstrain`` is the derivative by."""
+    symmetric = 0.5 * (strain + strain.transpose(1, 2))
+    return pos + torch.einsum("ni,nij->nj", pos, symmetric[batch]), cell + torch.bmm(cell, symmetric)

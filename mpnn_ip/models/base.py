@@ -21,7 +21,7 @@ from torch_geometric.utils import scatter
 
 from mpnn_ip.elements import atomic_numbers, energies_by_atomic_number, symbols
 from mpnn_ip.errors import ConfigError, DataError
-from mpnn_ip.graph import edge_vectors, radius_graph_pbc
+from mpnn_ip.graph import edge_vectors, radius_graph_pbc, strained
 from mpnn_ip.models import heads as head_tables
 from mpnn_ip.models.arguments import record_constructor_arguments
 from mpnn_ip.models.derivatives import edge_derivatives, position_and_strain_derivatives, zero_strain
@@ -269,9 +269,7 @@ class Potential(torch.nn.Module):
             with torch.no_grad():
                 edge_index, cell_shifts = radius_graph_pbc(pos.detach(), cell.detach(), pbc, batch, self.r_max)
         if strain is not None:
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
-            cell = cell + torch.bmm(cell, symmetric)
+            pos, cell = strained(pos, cell, strain, batch)
         frame_heads = self.frame_heads(inputs, cell.shape[0], pos.device)
         direct_pos = pos
         if separate_direct_positions and getattr(self, "uses_positions_directly", False):

@@ -20,7 +20,7 @@ from mpnn_ip.data.atomic_graph import to_inputs
 from mpnn_ip.elements import symbols
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.graph import radius_graph_pbc
-from mpnn_ip.outputs import LABELS, STANDARD_OUTPUTS
+from mpnn_ip.outputs import FITTED_LABELS, STANDARD_OUTPUTS
 
 #: Spreads are population standard deviations (``correction=0``) over the members.
 SPREAD_CORRECTION = 0
@@ -122,7 +122,7 @@ class Committee(torch.nn.Module):
                     self.r_max,
                 )
         outs = [member(inputs, **flags) for member in self.members]
-        averaged = dict.fromkeys([*STANDARD_OUTPUTS, *LABELS])  # the standard outputs and every registered label
+        averaged = dict.fromkeys([*STANDARD_OUTPUTS, *FITTED_LABELS])  # the standard outputs and every label
         out = {key: torch.stack([o[key] for o in outs]).mean(dim=0) for key in averaged if key in outs[0]}
         energies = torch.stack([o["energy"] for o in outs], dim=1)
         out["energy_committee"] = energies

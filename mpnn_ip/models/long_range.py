@@ -29,9 +29,8 @@ from mpnn_ip.nn.coulomb import dipole
 from mpnn_ip.nn.dispersion import parse_dispersion
 from mpnn_ip.nn.les import build_long_range
 from mpnn_ip.nn.tracing import is_tracing
+from mpnn_ip.outputs import INPUTS
 
-#: frame inputs and the value a frame without one is taken to have
-FRAME_INPUT_DEFAULTS = {"charge": 0.0, "spin": 1.0}
 _warned: set[str] = set()
 
 
@@ -40,7 +39,7 @@ def frame_input(graph: Mapping[str, Any], name: str, warn: bool = True) -> torch
     default (neutral, singlet), which is said once per process and input (``warn``)."""
     values, present = graph.get(name), graph.get(f"has_{name}")
     num_frames, like = graph["num_graphs"], graph["pos"]
-    default = FRAME_INPUT_DEFAULTS[name]
+    default = INPUTS[name].default  # the input's row of the label table
     if values is None:
         values = torch.full((num_frames,), default, dtype=torch.float64, device=like.device)
         present = torch.zeros(num_frames, dtype=torch.bool, device=like.device)
@@ -137,8 +136,7 @@ class LongRangeTerms:
         charges, energies = self.latent_ewald(scalars, pos, cell, pbc, batch, total_charge)
         out["node_energy"] = out["node_energy"] + energies
         out["charges"] = charges
-        moments = dipole(charges, graph["pos"], batch, graph["num_graphs"])
-        out["dipole"] = torch.where(pbc.any(dim=1, keepdim=True), torch.zeros_like(moments), moments)
+        out["dipole"] = dipole(charges, graph["pos"], batch, graph["num_graphs"], pbc)
         if pos is not graph["pos"]:
             with torch.no_grad():
                 out["direct_atomic_virial"] = self.latent_ewald.coulomb.atomic_virials(

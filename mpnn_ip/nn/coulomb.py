@@ -273,20 +273,27 @@ class GaussianCoulomb(torch.nn.Module):
         return n_atoms * half_k_vectors > EWALD_MAX_PRODUCTS
 
 
-def dipole(charges: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_frames: int) -> torch.Tensor:
+def dipole(
+    charges: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, num_frames: int, pbc: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dipole moment ``sum_i q_i r_i`` of each frame, ``[num_frames, 3]`` in e Å (differentiable).
 
     Meaningful for frames without periodicity; for a neutral frame it does not depend on the origin. For
-    periodic frames the result depends on which periodic image of each atom ``pos`` holds.
+    periodic frames the result depends on which periodic image of each atom ``pos`` holds: given ``pbc``,
+    frames periodic in any direction get zeros instead (the model output ``dipole``).
 
     Args:
         charges: [n_atoms] e.
         pos: [n_atoms, 3] Å.
         batch: [n_atoms] long, frame of each atom.
         num_frames: number of frames B.
+        pbc: [B, 3] bool, or None (every frame's sum).
     """
     moments = charges.to(pos.dtype).unsqueeze(1) * pos
-    return torch.zeros(num_frames, 3, dtype=pos.dtype, device=pos.device).index_add(0, batch, moments)
+    moments = torch.zeros(num_frames, 3, dtype=pos.dtype, device=pos.device).index_add(0, batch, moments)
+    if pbc is None:
+        return moments
+    return torch.where(pbc.reshape(-1, 3).any(dim=1, keepdim=True), torch.zeros_like(moments), moments)
 
 
 def _all_pairs(batch):

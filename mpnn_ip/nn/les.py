@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from torch_geometric.utils import scatter
 
 from mpnn_ip.errors import ConfigError
 from mpnn_ip.nn.coulomb import GaussianCoulomb
@@ -63,10 +64,10 @@ class LatentEwald(torch.nn.Module):
         Coulomb energy of a neutral cell free of the background term."""
         raw = self.charge_readout(scalars).squeeze(-1)
         num_frames = total_charge.shape[0]
-        sums = torch.zeros(num_frames, dtype=raw.dtype, device=raw.device).index_add(0, batch, raw)
-        counts = torch.zeros(num_frames, dtype=raw.dtype, device=raw.device).index_add(0, batch, torch.ones_like(raw))
-        excess = (sums - total_charge.to(raw.dtype)) / counts.clamp(min=1)
-        return raw - excess[batch]
+        sums = scatter(raw, batch, dim=0, dim_size=num_frames, reduce="sum")
+        # a scatter, not bincount: its size must not depend on the data (torch.export)
+        counts = scatter(torch.ones_like(raw), batch, dim=0, dim_size=num_frames, reduce="sum").clamp(min=1)
+        return raw - ((sums - total_charge.to(raw.dtype)) / counts)[batch]
 
     def forward(self, scalars, pos, cell, pbc, batch, total_charge) -> tuple[torch.Tensor, torch.Tensor]:
         """``(charges [n_atoms] e, energies [n_atoms] eV)``; differentiable w.r.t. features, positions and cell.
